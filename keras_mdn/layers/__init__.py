@@ -1,0 +1,3 @@
+"""Keras layers of keras_mdn, one public layer per module."""
+
+__all__ = []

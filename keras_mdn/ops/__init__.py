@@ -1,0 +1,19 @@
+"""Backend-agnostic tensor math shared by layers, surgery, export and tuning."""
+
+from keras_mdn.ops.routing import (
+    canonicalize_domain,
+    domain_counts,
+    domain_sums,
+    gather_domain,
+    is_uniform,
+    route,
+)
+
+__all__ = [
+    "canonicalize_domain",
+    "domain_counts",
+    "domain_sums",
+    "gather_domain",
+    "is_uniform",
+    "route",
+]
