@@ -6,7 +6,7 @@ parameters. Importing `keras_mdn` loads only Keras and NumPy; the TensorFlow-onl
 are imported where they are used.
 """
 
-from keras_mdn import layers, ops
+from keras_mdn import layers, ops  # noqa: F401
 from keras_mdn.layers import *  # noqa: F401,F403
 
 __version__ = "0.1.0"

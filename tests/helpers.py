@@ -43,3 +43,33 @@ def save_and_load(model, tmp_path, name="model.keras"):
 
 def rng(seed=0):
     return np.random.default_rng(seed)
+
+
+def np_conv(x, kernel, strides=1, padding="same", dilation=1):
+    """Reference N-d convolution (channels last) with TensorFlow's padding rules, in numpy."""
+    spatial = x.ndim - 2
+    strides = (strides,) * spatial if isinstance(strides, int) else tuple(strides)
+    dilation = (dilation,) * spatial if isinstance(dilation, int) else tuple(dilation)
+    ks = kernel.shape[:spatial]
+    pads, outs = [], []
+    for size, k, s, d in zip(x.shape[1:-1], ks, strides, dilation):
+        span = d * (k - 1) + 1
+        if padding == "valid":
+            out, total = (size - span) // s + 1, 0
+        elif padding == "same":
+            out = -(-size // s)
+            total = max((out - 1) * s + span - size, 0)
+        else:  # causal (1-D)
+            out, total = size, span - 1
+        before = total // 2 if padding == "same" else total
+        pads.append((before, total - before))
+        outs.append(out)
+    xp = np.pad(x, [(0, 0)] + pads + [(0, 0)])
+    y = np.zeros((x.shape[0], *outs, kernel.shape[-1]), dtype=np.float64)
+    for tap in np.ndindex(*ks):
+        index = tuple(
+            slice(t * d, t * d + (o - 1) * s + 1, s)
+            for t, d, o, s in zip(tap, dilation, outs, strides)
+        )
+        y += xp[(slice(None),) + index + (slice(None),)] @ kernel[tap]
+    return y

@@ -2,6 +2,7 @@
 
 from keras_mdn.ops.routing import (
     canonicalize_domain,
+    check_num_domains,
     domain_counts,
     domain_sums,
     gather_domain,
@@ -11,6 +12,7 @@ from keras_mdn.ops.routing import (
 
 __all__ = [
     "canonicalize_domain",
+    "check_num_domains",
     "domain_counts",
     "domain_sums",
     "gather_domain",

@@ -22,6 +22,15 @@ from keras import KerasTensor, ops
 from keras import backend as K
 
 
+def check_num_domains(num_domains, name="num_domains"):
+    """Validates a constructor's number of domains (or tasks) and returns it as an int."""
+    if isinstance(num_domains, (bool, np.bool_)) or not isinstance(num_domains, (int, np.integer)):
+        raise TypeError(f"`{name}` must be a positive integer. Received: {name}={num_domains!r}")
+    if num_domains < 1:
+        raise ValueError(f"`{name}` must be a positive integer. Received: {name}={num_domains}")
+    return int(num_domains)
+
+
 def canonicalize_domain(domain, num_domains, name="domain"):
     """Validates a domain argument and returns a Python int or an int32 tensor.
 

@@ -1,0 +1,234 @@
+import keras
+from keras import ops
+
+from keras_mdn.api import register
+from keras_mdn.ops import routing
+
+
+@register
+class DomainBatchNormalization(keras.layers.Layer):
+    """Batch normalization with its own gamma, beta and moving statistics per domain.
+
+    The normalised axis is the last one (channels last). In training, a one-domain batch is
+    normalised with its own statistics and updates that domain's moving mean and variance. A
+    mixed-domain batch is normalised domain by domain: each example uses the mean and
+    variance of the examples of its domain in the batch, and only the domains present in the
+    batch update their moving statistics. At inference each example uses its domain's moving
+    statistics. As in `keras.layers.BatchNormalization`, a non-trainable layer always runs in
+    inference mode.
+
+    Args:
+        num_domains: int, number of domains.
+        momentum: float, momentum of the moving averages. Defaults to `0.99`.
+        epsilon: float, added to the variance. Defaults to `1e-3`.
+        center: bool, learn a per-domain offset `beta`. Defaults to `True`.
+        scale: bool, learn a per-domain scale `gamma`. Defaults to `True`.
+        beta_initializer: initializer of `beta`. Defaults to `"zeros"`.
+        gamma_initializer: initializer of `gamma`. Defaults to `"ones"`.
+        moving_mean_initializer: Defaults to `"zeros"`.
+        moving_variance_initializer: Defaults to `"ones"`.
+        beta_regularizer: optional regularizer of `beta`.
+        gamma_regularizer: optional regularizer of `gamma`.
+        **kwargs: base layer keyword arguments.
+
+    Call arguments:
+        inputs: tensor of rank >= 2, channels last.
+        domain: Python int, 0-d int tensor, or int tensor of shape `(batch,)`.
+        training: Python bool, training or inference mode.
+
+    Input shape:
+        `(batch, ..., channels)`.
+
+    Output shape:
+        Same as the input.
+
+    Example:
+
+    >>> bn = DomainBatchNormalization(num_domains=3)
+    >>> y = bn(np.ones((4, 8, 8, 16)), domain=np.array([0, 0, 2, 1]), training=True)
+
+    Reference:
+        Rebuffi, Bilen, Vedaldi, "Efficient parametrization of multi-domain deep neural
+        networks", CVPR 2018.
+    """
+
+    def __init__(
+        self,
+        num_domains,
+        momentum=0.99,
+        epsilon=1e-3,
+        center=True,
+        scale=True,
+        beta_initializer="zeros",
+        gamma_initializer="ones",
+        moving_mean_initializer="zeros",
+        moving_variance_initializer="ones",
+        beta_regularizer=None,
+        gamma_regularizer=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        routing.check_num_domains(num_domains)
+        if not 0.0 <= momentum <= 1.0:
+            raise ValueError(f"`momentum` must be in [0, 1]. Received: momentum={momentum}")
+        if epsilon <= 0:
+            raise ValueError(f"`epsilon` must be positive. Received: epsilon={epsilon}")
+        self.num_domains = int(num_domains)
+        self.momentum = float(momentum)
+        self.epsilon = float(epsilon)
+        self.center = center
+        self.scale = scale
+        self.beta_initializer = keras.initializers.get(beta_initializer)
+        self.gamma_initializer = keras.initializers.get(gamma_initializer)
+        self.moving_mean_initializer = keras.initializers.get(moving_mean_initializer)
+        self.moving_variance_initializer = keras.initializers.get(moving_variance_initializer)
+        self.beta_regularizer = keras.regularizers.get(beta_regularizer)
+        self.gamma_regularizer = keras.regularizers.get(gamma_regularizer)
+        self.supports_masking = True
+
+    def build(self, input_shape):
+        if len(input_shape) < 2:
+            raise ValueError(
+                "DomainBatchNormalization expects inputs of rank >= 2. "
+                f"Received: input_shape={tuple(input_shape)}"
+            )
+        channels = input_shape[-1]
+        if channels is None:
+            raise ValueError(
+                "The channel (last) dimension of the inputs must be known. "
+                f"Received: input_shape={tuple(input_shape)}"
+            )
+        shape = (self.num_domains, channels)
+        self.gamma = None
+        self.beta = None
+        if self.scale:
+            self.gamma = self.add_weight(
+                name="gamma",
+                shape=shape,
+                initializer=self.gamma_initializer,
+                regularizer=self.gamma_regularizer,
+            )
+        if self.center:
+            self.beta = self.add_weight(
+                name="beta",
+                shape=shape,
+                initializer=self.beta_initializer,
+                regularizer=self.beta_regularizer,
+            )
+        self.moving_mean = self.add_weight(
+            name="moving_mean",
+            shape=shape,
+            initializer=self.moving_mean_initializer,
+            trainable=False,
+        )
+        self.moving_variance = self.add_weight(
+            name="moving_variance",
+            shape=shape,
+            initializer=self.moving_variance_initializer,
+            trainable=False,
+        )
+
+    def call(self, inputs, domain, training=None):
+        domain = routing.canonicalize_domain(domain, self.num_domains)
+        training = bool(training) and self.trainable
+        if training:
+            if routing.is_uniform(domain):
+                mean, variance = self._uniform_moments(inputs, domain)
+            else:
+                mean, variance = self._mixed_moments(inputs, domain)
+        else:
+            mean = routing.gather_domain(self.moving_mean, domain)
+            variance = routing.gather_domain(self.moving_variance, domain)
+        scale, offset = self.affine(domain, mean, variance)
+        if not routing.is_uniform(domain):
+            scale, offset = _expand_like(scale, inputs), _expand_like(offset, inputs)
+        scale, offset = ops.cast(scale, inputs.dtype), ops.cast(offset, inputs.dtype)
+        return ops.add(ops.multiply(inputs, scale), offset)
+
+    def affine(self, domain, mean=None, variance=None):
+        """The per-channel `(scale, offset)` with `y = x * scale + offset` for `domain`.
+
+        With `mean`/`variance` left out, the domain's moving statistics are used: this is the
+        inference-time map that folding merges into a preceding kernel.
+        """
+        if mean is None:
+            mean = routing.gather_domain(self.moving_mean, domain)
+        if variance is None:
+            variance = routing.gather_domain(self.moving_variance, domain)
+        scale = ops.rsqrt(ops.add(variance, self.epsilon))
+        if self.gamma is not None:
+            scale = ops.multiply(scale, routing.gather_domain(self.gamma, domain))
+        offset = ops.negative(ops.multiply(mean, scale))
+        if self.beta is not None:
+            offset = ops.add(offset, routing.gather_domain(self.beta, domain))
+        return scale, offset
+
+    def _uniform_moments(self, inputs, domain):
+        x = ops.cast(inputs, "float32")
+        axes = tuple(range(len(inputs.shape) - 1))
+        mean, variance = ops.moments(x, axes=axes)
+        one_hot = ops.expand_dims(ops.one_hot(domain, self.num_domains, dtype="float32"), -1)
+        self._update_moving(mean, variance, one_hot)
+        return mean, variance
+
+    def _mixed_moments(self, inputs, domain):
+        # Two passes over per-example sums: per-domain mean, then per-domain centred second
+        # moment, both as one (num_domains x batch) @ (batch x channels) product.
+        x = ops.cast(inputs, "float32")
+        spatial = tuple(range(1, len(inputs.shape) - 1))
+        positions = 1.0
+        for axis in spatial:
+            positions = positions * ops.cast(ops.shape(x)[axis], "float32")
+        counts = routing.domain_counts(domain, self.num_domains) * positions
+        safe_counts = ops.expand_dims(ops.maximum(counts, 1.0), -1)
+        example_sums = ops.sum(x, axis=spatial) if spatial else x
+        domain_mean = routing.domain_sums(example_sums, domain, self.num_domains) / safe_counts
+        centred = ops.subtract(x, _expand_like(ops.take(domain_mean, domain, axis=0), x))
+        squares = ops.square(centred)
+        example_squares = ops.sum(squares, axis=spatial) if spatial else squares
+        domain_variance = (
+            routing.domain_sums(example_squares, domain, self.num_domains) / safe_counts
+        )
+        present = ops.expand_dims(ops.cast(ops.greater(counts, 0.0), "float32"), -1)
+        self._update_moving(domain_mean, domain_variance, present)
+        return ops.take(domain_mean, domain, axis=0), ops.take(domain_variance, domain, axis=0)
+
+    def _update_moving(self, mean, variance, mask):
+        """Moves the statistics of the domains in `mask` (num_domains, 1) towards the batch's."""
+        rate = (1.0 - self.momentum) * mask
+        self.moving_mean.assign(
+            self.moving_mean + rate * (ops.cast(mean, self.moving_mean.dtype) - self.moving_mean)
+        )
+        self.moving_variance.assign(
+            self.moving_variance
+            + rate * (ops.cast(variance, self.moving_variance.dtype) - self.moving_variance)
+        )
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "num_domains": self.num_domains,
+            "momentum": self.momentum,
+            "epsilon": self.epsilon,
+            "center": self.center,
+            "scale": self.scale,
+            "beta_initializer": keras.initializers.serialize(self.beta_initializer),
+            "gamma_initializer": keras.initializers.serialize(self.gamma_initializer),
+            "moving_mean_initializer": keras.initializers.serialize(
+                self.moving_mean_initializer
+            ),
+            "moving_variance_initializer": keras.initializers.serialize(
+                self.moving_variance_initializer
+            ),
+            "beta_regularizer": keras.regularizers.serialize(self.beta_regularizer),
+            "gamma_regularizer": keras.regularizers.serialize(self.gamma_regularizer),
+        }
+
+
+def _expand_like(per_example, x):
+    """(batch, C) -> (batch, 1, ..., 1, C) to broadcast against `x`."""
+    return ops.reshape(per_example, (-1,) + (1,) * (len(x.shape) - 2) + (x.shape[-1],))
+

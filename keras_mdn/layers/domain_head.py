@@ -1,0 +1,177 @@
+import keras
+import numpy as np
+from keras import ops
+
+from keras_mdn.api import register
+from keras_mdn.ops import routing
+
+
+@register
+class DomainHead(keras.layers.Layer):
+    """Per-domain linear classifiers whose domains may have different numbers of classes.
+
+    The kernels of all domains are stored side by side in one `(features, sum(num_classes))`
+    matrix, so the parameter count is exactly that of T separate heads. The output always has
+    `max(num_classes)` logits; the logits a domain does not have are set to a large negative
+    value (`padding_logit`), so a softmax gives them probability zero and `argmax` never picks
+    them. Train with `keras.losses.SparseCategoricalCrossentropy(from_logits=True)` and
+    `keras.metrics.SparseCategoricalAccuracy()`, with integer labels in
+    `[0, num_classes[domain])`, for one-domain or mixed-domain batches alike.
+
+    Args:
+        num_classes: int (every domain has this many classes, `num_domains` required) or a
+            list of ints, one per domain.
+        num_domains: int, number of domains; inferred from a list `num_classes`.
+        use_bias: bool. Defaults to `True`.
+        kernel_initializer: Defaults to `"glorot_uniform"`.
+        bias_initializer: Defaults to `"zeros"`.
+        kernel_regularizer: optional regularizer.
+        bias_regularizer: optional regularizer.
+        **kwargs: base layer keyword arguments.
+
+    Call arguments:
+        inputs: tensor of shape `(batch, features)`.
+        domain: Python int, 0-d int tensor, or int tensor of shape `(batch,)`.
+
+    Input shape:
+        `(batch, features)`.
+
+    Output shape:
+        `(batch, max(num_classes))` logits.
+
+    Example:
+
+    >>> head = DomainHead(num_classes=[10, 2, 100])
+    >>> logits = head(np.ones((4, 64)), domain=np.array([0, 1, 2, 2]))  # (4, 100)
+    """
+
+    def __init__(
+        self,
+        num_classes,
+        num_domains=None,
+        use_bias=True,
+        kernel_initializer="glorot_uniform",
+        bias_initializer="zeros",
+        kernel_regularizer=None,
+        bias_regularizer=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if isinstance(num_classes, (int, np.integer)) and not isinstance(num_classes, bool):
+            if num_domains is None:
+                raise ValueError(
+                    "`num_domains` is required when `num_classes` is a single int. "
+                    f"Received: num_classes={num_classes}, num_domains=None"
+                )
+            num_domains = routing.check_num_domains(num_domains)
+            num_classes = [int(num_classes)] * num_domains
+        num_classes = [int(n) if isinstance(n, (int, np.integer)) else n for n in num_classes]
+        if not num_classes or any(
+            isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in num_classes
+        ):
+            raise ValueError(
+                "`num_classes` must be a positive int or a non-empty list of positive ints. "
+                f"Received: num_classes={num_classes!r}"
+            )
+        if num_domains is not None and routing.check_num_domains(num_domains) != len(num_classes):
+            raise ValueError(
+                f"`num_domains` must equal len(num_classes)={len(num_classes)}. "
+                f"Received: num_domains={num_domains}"
+            )
+        self.num_classes = num_classes
+        self.num_domains = len(num_classes)
+        self.use_bias = use_bias
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.bias_initializer = keras.initializers.get(bias_initializer)
+        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
+        self.bias_regularizer = keras.regularizers.get(bias_regularizer)
+        self.max_classes = max(num_classes)
+        self.offsets = [int(o) for o in np.cumsum([0] + num_classes[:-1])]
+        # Column of the stacked kernel for (domain, class); padded classes point at column 0.
+        self._columns = np.zeros((self.num_domains, self.max_classes), dtype="int32")
+        self._valid = np.zeros((self.num_domains, self.max_classes), dtype=bool)
+        for d, (offset, n) in enumerate(zip(self.offsets, num_classes)):
+            self._columns[d, :n] = np.arange(offset, offset + n)
+            self._valid[d, :n] = True
+
+    def build(self, input_shape):
+        if len(input_shape) != 2 or input_shape[-1] is None:
+            raise ValueError(
+                "DomainHead expects inputs of shape (batch, features) with known features. "
+                f"Received: input_shape={tuple(input_shape)}"
+            )
+        total = sum(self.num_classes)
+        self.kernel = self.add_weight(
+            name="kernel",
+            shape=(input_shape[-1], total),
+            initializer=self.kernel_initializer,
+            regularizer=self.kernel_regularizer,
+        )
+        self.bias = None
+        if self.use_bias:
+            self.bias = self.add_weight(
+                name="bias",
+                shape=(total,),
+                initializer=self.bias_initializer,
+                regularizer=self.bias_regularizer,
+            )
+
+    def call(self, inputs, domain):
+        domain = routing.canonicalize_domain(domain, self.num_domains)
+        if isinstance(domain, int):
+            return self._static_logits(inputs, domain)
+        valid = routing.gather_domain(ops.convert_to_tensor(self._valid), domain)
+        columns = routing.gather_domain(ops.convert_to_tensor(self._columns), domain)
+        if routing.is_uniform(domain):
+            logits = ops.matmul(inputs, ops.take(self.kernel, columns, axis=1))
+            if self.bias is not None:
+                logits = logits + ops.take(self.bias, columns, axis=0)
+        else:
+            # Every domain's logits in one GEMM, then each example picks its domain's columns.
+            logits = self._all_logits(inputs)
+            logits = ops.take_along_axis(logits, columns, axis=1)
+        return ops.where(valid, logits, self._padding_logit(logits.dtype))
+
+    def _static_logits(self, inputs, domain):
+        start, n = self.offsets[domain], self.num_classes[domain]
+        logits = ops.matmul(inputs, self.kernel[:, start : start + n])
+        if self.bias is not None:
+            logits = logits + self.bias[start : start + n]
+        if n == self.max_classes:
+            return logits
+        padding = ops.full(
+            (ops.shape(logits)[0], self.max_classes - n),
+            self._padding_logit(logits.dtype),
+            dtype=logits.dtype,
+        )
+        return ops.concatenate([logits, padding], axis=-1)
+
+    def _all_logits(self, inputs):
+        logits = ops.matmul(inputs, self.kernel)
+        return logits if self.bias is None else logits + self.bias
+
+    def domain_weights(self, domain):
+        """`(kernel, bias)` of one domain: shapes `(features, n)` and `(n,)` (bias may be None)."""
+        domain = routing.canonicalize_domain(domain, self.num_domains)
+        start, n = self.offsets[domain], self.num_classes[domain]
+        bias = None if self.bias is None else self.bias[start : start + n]
+        return self.kernel[:, start : start + n], bias
+
+    @staticmethod
+    def _padding_logit(dtype):
+        # Far below any real logit, yet finite so losses and gradients stay finite.
+        return -3.0e4 if keras.backend.standardize_dtype(dtype) in ("float16",) else -1.0e9
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.max_classes)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "num_classes": list(self.num_classes),
+            "use_bias": self.use_bias,
+            "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+            "bias_initializer": keras.initializers.serialize(self.bias_initializer),
+            "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer),
+            "bias_regularizer": keras.regularizers.serialize(self.bias_regularizer),
+        }

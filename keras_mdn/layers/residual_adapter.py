@@ -1,0 +1,329 @@
+import math
+
+import keras
+from keras import ops
+
+from keras_mdn.api import register
+from keras_mdn.layers.domain_batch_normalization import DomainBatchNormalization
+from keras_mdn.ops import folding, routing
+
+MODES = ("parallel", "series")
+_CONV_TYPES = (keras.layers.Conv1D, keras.layers.Conv2D)
+_DENSE_TYPES = (keras.layers.Dense, keras.layers.EinsumDense)
+
+
+@register
+class ResidualAdapter(keras.layers.Layer):
+    """A shared convolution or projection adapted to each domain by a residual 1x1 adapter.
+
+    Wraps a `keras.layers.Conv2D` (or `Conv1D`, `Dense`, `EinsumDense`) whose weights are shared
+    by all domains and adds, per domain `t`, a linear adapter `alpha_t`:
+
+    - `mode="parallel"`: `act(f(x) + alpha_t(x))`. The adapter is a 1x1 convolution on the same
+      input with the same stride, reading the input position of one kernel tap (the centre tap
+      for odd kernels; this matches the paper's symmetric padding, and stays exact under
+      Keras' asymmetric `"same"` padding with stride 2), so it folds into that tap exactly.
+    - `mode="series"`: `y + alpha_t(BN'_t(y))` with `y = act(f(x))`, as in the authors' code
+      (a per-domain batch norm before the 1x1 adapter).
+
+    The per-domain batch norm that follows a conv in the reference network is a separate
+    `DomainBatchNormalization` layer. Adapter kernels start at zero, so a new domain starts as
+    the base network. With `rank=r` the adapters are low-rank: a projection `beta`
+    `(C_in, r)` shared by all domains and per-domain `gamma_t` `(r, C_out)`, the compressed
+    form of cross-domain SVD compression.
+
+    Args:
+        layer: the shared `keras.layers.Conv2D`, `Conv1D`, `Dense` or `EinsumDense` to wrap
+            (built or not; pretrained weights are kept). Channels-last only.
+        num_domains: int, number of domains.
+        mode: `"parallel"` or `"series"`. Defaults to `"parallel"`.
+        rank: optional int, rank of low-rank adapters, at most the adapter's channel counts.
+            Defaults to `None` (full 1x1 adapters).
+        adapter_initializer: initializer of the per-domain adapter kernels. Defaults to
+            `"zeros"`.
+        projection_initializer: initializer of the shared projection when `rank` is set.
+            Defaults to `"orthogonal"`.
+        adapter_regularizer: regularizer of the per-domain adapter kernels (the paper gives
+            adapters their own weight decay). Defaults to `None`.
+        freeze_base: bool, make the wrapped layer non-trainable. Defaults to `False`.
+        **kwargs: base layer keyword arguments.
+
+    Call arguments:
+        inputs: the wrapped layer's input.
+        domain: Python int, 0-d int tensor, or int tensor of shape `(batch,)`.
+        training: Python bool (used by the series adapter's batch norm).
+
+    Input shape:
+        That of the wrapped layer, e.g. `(batch, height, width, channels)` for `Conv2D`.
+
+    Output shape:
+        That of the wrapped layer.
+
+    Example:
+
+    >>> conv = keras.layers.Conv2D(64, 3, padding="same", use_bias=False)
+    >>> adapted = ResidualAdapter(conv, num_domains=10, mode="parallel")
+    >>> y = adapted(np.ones((2, 32, 32, 16)), domain=3)
+
+    Reference:
+        Rebuffi, Bilen, Vedaldi, "Efficient parametrization of multi-domain deep neural
+        networks", CVPR 2018. https://arxiv.org/abs/1803.10082
+    """
+
+    def __init__(
+        self,
+        layer,
+        num_domains,
+        mode="parallel",
+        rank=None,
+        adapter_initializer="zeros",
+        projection_initializer="orthogonal",
+        adapter_regularizer=None,
+        freeze_base=False,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if isinstance(layer, dict):
+            layer = keras.saving.deserialize_keras_object(layer)
+        if not isinstance(layer, _CONV_TYPES + _DENSE_TYPES):
+            raise TypeError(
+                "`layer` must be a keras.layers.Conv1D, Conv2D, Dense or EinsumDense. "
+                f"Received: layer={layer!r}"
+            )
+        if getattr(layer, "data_format", "channels_last") != "channels_last":
+            raise ValueError(
+                "ResidualAdapter supports channels_last layers only. "
+                f"Received: layer with data_format={layer.data_format!r}"
+            )
+        if mode not in MODES:
+            raise ValueError(f"`mode` must be one of {MODES}. Received: mode={mode!r}")
+        if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
+            raise ValueError(f"`rank` must be a positive int or None. Received: rank={rank!r}")
+        self.layer = layer
+        self.num_domains = routing.check_num_domains(num_domains)
+        self.mode = mode
+        self.rank = rank
+        self.adapter_initializer = keras.initializers.get(adapter_initializer)
+        self.projection_initializer = keras.initializers.get(projection_initializer)
+        self.adapter_regularizer = keras.regularizers.get(adapter_regularizer)
+        if freeze_base:
+            self.layer.trainable = False
+        self.is_conv = isinstance(layer, _CONV_TYPES)
+        self.adapter_norm = (
+            DomainBatchNormalization(self.num_domains, name="adapter_norm")
+            if mode == "series"
+            else None
+        )
+
+    def build(self, input_shape):
+        input_shape = tuple(input_shape)
+        expected_rank = self.layer.rank + 2 if self.is_conv else None
+        if expected_rank is not None and len(input_shape) != expected_rank:
+            raise ValueError(
+                f"ResidualAdapter wrapping {type(self.layer).__name__} expects inputs of rank "
+                f"{expected_rank}. Received: input_shape={input_shape}"
+            )
+        if len(input_shape) < 2 or input_shape[-1] is None:
+            raise ValueError(
+                "ResidualAdapter expects inputs of rank >= 2 with known channels. "
+                f"Received: input_shape={input_shape}"
+            )
+        if not self.layer.built:
+            self.layer.build(input_shape)
+        output_shape = tuple(self.layer.compute_output_shape(input_shape))
+        out_channels = output_shape[-1]
+        if self.mode == "parallel":
+            in_channels = input_shape[-1]
+            if not self.is_conv and tuple(output_shape[:-1]) != input_shape[:-1]:
+                raise ValueError(
+                    "A parallel adapter on an EinsumDense needs the output to differ from the "
+                    "input in the last axis only. "
+                    f"Received: input_shape={input_shape}, output_shape={output_shape}"
+                )
+            self.tap, self._slices = (
+                _adapter_tap(self.layer, input_shape) if self.is_conv else ((), None)
+            )
+        else:
+            in_channels = out_channels
+            self.tap, self._slices = (), None
+            self.adapter_norm.build(output_shape)
+        if self.rank is not None and self.rank > min(in_channels, out_channels):
+            raise ValueError(
+                f"`rank` must be at most min(in_channels, out_channels)="
+                f"{min(in_channels, out_channels)} for this layer. Received: rank={self.rank}"
+            )
+        self.adapter_projection = None
+        if self.rank is not None:
+            self.adapter_projection = self.add_weight(
+                name="adapter_projection",
+                shape=(in_channels, self.rank),
+                initializer=self.projection_initializer,
+            )
+        self.adapter_kernel = self.add_weight(
+            name="adapter_kernel",
+            shape=(self.num_domains, self.rank or in_channels, out_channels),
+            initializer=self.adapter_initializer,
+            regularizer=self.adapter_regularizer,
+        )
+
+    def call(self, inputs, domain, training=None):
+        domain = routing.canonicalize_domain(domain, self.num_domains)
+        if self.mode == "parallel":
+            outputs = self._base_linear(inputs) + self._adapt(self._tap_input(inputs), domain)
+            return self._activation(outputs)
+        outputs = self._activation(self._base_linear(inputs))
+        normalized = self.adapter_norm(outputs, domain=domain, training=training)
+        return outputs + self._adapt(normalized, domain)
+
+    def _adapt(self, inputs, domain):
+        if self.adapter_projection is not None:
+            # Shared down-projection once for the whole batch, then the per-domain gamma.
+            inputs = self._pointwise(self.adapter_projection, inputs=inputs)
+
+        def uniform(d):
+            return self._pointwise(routing.gather_domain(self.adapter_kernel, d), inputs=inputs)
+
+        def mixed(d):
+            kernels = routing.gather_domain(self.adapter_kernel, d)
+            return ops.einsum("b...i,bio->b...o", inputs, kernels)
+
+        return routing.route(domain, uniform, mixed)
+
+    def _pointwise(self, kernel, inputs):
+        """`inputs @ kernel` on the channel axis: a 1x1 convolution for conv layers."""
+        if self.is_conv:
+            kernel = ops.reshape(kernel, (1,) * self.layer.rank + tuple(kernel.shape))
+            return ops.conv(inputs, kernel, padding="valid")
+        return ops.matmul(inputs, kernel)
+
+    def _tap_input(self, inputs):
+        if self._slices is None:
+            return inputs
+        return inputs[(slice(None),) + self._slices + (slice(None),)]
+
+    def _base_linear(self, inputs):
+        """The wrapped layer's output before its activation."""
+        layer = self.layer
+        if self.is_conv:
+            padding = layer.padding
+            if padding == "causal":
+                span = layer.dilation_rate[0] * (layer.kernel_size[0] - 1)
+                inputs, padding = ops.pad(inputs, ((0, 0), (span, 0), (0, 0))), "valid"
+            outputs = ops.conv(
+                inputs, layer.kernel, layer.strides, padding, dilation_rate=layer.dilation_rate
+            )
+        elif isinstance(layer, keras.layers.EinsumDense):
+            outputs = ops.einsum(layer.equation, inputs, layer.kernel)
+        else:
+            outputs = ops.matmul(inputs, layer.kernel)
+        if layer.bias is not None:
+            outputs = outputs + layer.bias
+        return outputs
+
+    def _activation(self, outputs):
+        activation = self.layer.activation
+        return outputs if activation is None else activation(outputs)
+
+    def adapter_matrix(self, domain):
+        """The effective `(in_channels, out_channels)` adapter of one domain."""
+        domain = routing.canonicalize_domain(domain, self.num_domains)
+        return folding.adapter_matrix(self.adapter_kernel, domain, self.adapter_projection)
+
+    def folded_kernel(self, domain):
+        """`(kernel, bias)` of the wrapped layer with `domain`'s adapter merged in (inference).
+
+        Applying the wrapped layer with these weights (same strides, padding, activation)
+        gives this layer's inference output for `domain`. `bias` is `None` when the wrapped
+        layer has none and the fold adds none.
+        """
+        adapter = self.adapter_matrix(domain)
+        kernel, bias = self.layer.kernel, self.layer.bias
+        if isinstance(self.layer, keras.layers.EinsumDense):
+            raise NotImplementedError("Folding an adapter into an EinsumDense is not supported.")
+        if self.mode == "parallel":
+            return folding.fold_parallel(kernel, adapter, self.tap), bias
+        if self.layer.activation not in (None, keras.activations.linear):
+            raise ValueError(
+                "A series adapter folds only into a layer without activation. Received: "
+                f"activation={keras.activations.serialize(self.layer.activation)!r}"
+            )
+        scale, offset = self.adapter_norm.affine(domain)
+        return folding.fold_series(kernel, bias, adapter, scale, offset)
+
+    def compute_output_shape(self, input_shape):
+        return self.layer.compute_output_shape(input_shape)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "layer": keras.saving.serialize_keras_object(self.layer),
+            "num_domains": self.num_domains,
+            "mode": self.mode,
+            "rank": self.rank,
+            "adapter_initializer": keras.initializers.serialize(self.adapter_initializer),
+            "projection_initializer": keras.initializers.serialize(
+                self.projection_initializer
+            ),
+            "adapter_regularizer": keras.regularizers.serialize(self.adapter_regularizer),
+        }
+
+
+def _adapter_tap(conv, input_shape):
+    """The kernel tap a parallel adapter reads, and the input slices that realise it.
+
+    Output position `i` of a conv reads input `i * stride + dilation * j - pad_before` at tap
+    `j`. The adapter reads the tap closest to the kernel centre whose input position is
+    inside the image for every output, so its 1x1 kernel folds into that tap exactly.
+    """
+    taps, slices = [], []
+    spatial = input_shape[1:-1]
+    for axis, size in enumerate(spatial):
+        k = conv.kernel_size[axis]
+        s = conv.strides[axis]
+        d = conv.dilation_rate[axis]
+        span = d * (k - 1) + 1
+        padding = conv.padding
+        if size is None:
+            if s != 1:
+                raise ValueError(
+                    "A parallel adapter on a strided conv needs static spatial dimensions. "
+                    f"Received: input_shape={tuple(input_shape)}"
+                )
+            pad_before = {"valid": 0, "same": (span - 1) // 2, "causal": span - 1}[padding]
+            tap = pad_before // d if padding != "valid" else k // 2
+            start = d * tap - pad_before
+            if start < 0:
+                raise ValueError(
+                    "A parallel adapter needs static spatial dimensions for "
+                    f"kernel_size={conv.kernel_size}, dilation_rate={conv.dilation_rate}. "
+                    f"Received: input_shape={tuple(input_shape)}"
+                )
+            end = start - (span - 1) + _pad_total(padding, span)
+            slices.append(slice(start, end if end < 0 else None))
+            taps.append(tap)
+            continue
+        if padding == "valid":
+            out, pad_before = (size - span) // s + 1, 0
+        elif padding == "same":
+            out = math.ceil(size / s)
+            pad_before = max((out - 1) * s + span - size, 0) // 2
+        else:  # causal
+            out, pad_before = size, span - 1
+        candidates = sorted(range(k), key=lambda j: (abs(2 * j - (k - 1)), -j))
+        for tap in candidates:
+            first = d * tap - pad_before
+            if first >= 0 and first + (out - 1) * s <= size - 1:
+                break
+        else:
+            raise ValueError(
+                f"No kernel tap reads inside the input for kernel_size={conv.kernel_size}, "
+                f"strides={conv.strides}, padding={padding!r}, input_shape={tuple(input_shape)}"
+            )
+        taps.append(tap)
+        slices.append(slice(first, first + (out - 1) * s + 1, s))
+    return tuple(taps), tuple(slices)
+
+
+def _pad_total(padding, span):
+    """Total padding of a stride-1 conv: the output is `size - span + 1 + pad_total` long."""
+    return {"valid": 0, "same": span - 1, "causal": span - 1}[padding]

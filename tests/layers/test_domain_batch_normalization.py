@@ -1,0 +1,114 @@
+import keras
+import numpy as np
+import pytest
+
+from keras_mdn import DomainBatchNormalization
+from tests.helpers import assert_close, rng, save_and_load, to_numpy
+
+T = 3
+
+
+def _layer(x):
+    bn = DomainBatchNormalization(T, momentum=0.9, epsilon=1e-3)
+    bn.build(x.shape)
+    r = rng(5)
+    bn.gamma.assign(r.uniform(0.5, 1.5, size=bn.gamma.shape).astype("float32"))
+    bn.beta.assign(r.normal(size=bn.beta.shape).astype("float32"))
+    bn.moving_mean.assign(r.normal(size=bn.beta.shape).astype("float32"))
+    bn.moving_variance.assign(r.uniform(0.5, 2, size=bn.beta.shape).astype("float32"))
+    return bn
+
+
+def _np_normalize(x, mean, var, gamma, beta, eps=1e-3):
+    return (x - mean) / np.sqrt(var + eps) * gamma + beta
+
+
+@pytest.mark.parametrize("shape", [(6, 4), (6, 5, 5, 4)])
+def test_inference_uses_each_domains_moving_statistics(shape):
+    x = rng(0).normal(size=shape).astype("float32")
+    bn = _layer(x)
+    mean, var = to_numpy(bn.moving_mean), to_numpy(bn.moving_variance)
+    gamma, beta = to_numpy(bn.gamma), to_numpy(bn.beta)
+    domain = np.array([0, 1, 2, 2, 1, 0])
+    expected = np.stack(
+        [_np_normalize(x[i], mean[d], var[d], gamma[d], beta[d]) for i, d in enumerate(domain)]
+    )
+    assert_close(bn(x, domain=domain), expected)
+    for d in range(T):
+        assert_close(bn(x, domain=d), _np_normalize(x, mean[d], var[d], gamma[d], beta[d]))
+
+
+def test_uniform_training_batch_updates_only_its_domain():
+    x = rng(0).normal(2.0, 3.0, size=(8, 4, 4, 2)).astype("float32")
+    bn = _layer(x)
+    mean0, var0 = to_numpy(bn.moving_mean).copy(), to_numpy(bn.moving_variance).copy()
+    gamma, beta = to_numpy(bn.gamma), to_numpy(bn.beta)
+    y = bn(x, domain=1, training=True)
+    m, v = x.mean(axis=(0, 1, 2)), x.var(axis=(0, 1, 2))
+    assert_close(y, _np_normalize(x, m, v, gamma[1], beta[1]), atol=1e-4)
+    expected_mean, expected_var = mean0.copy(), var0.copy()
+    expected_mean[1] = 0.9 * mean0[1] + 0.1 * m
+    expected_var[1] = 0.9 * var0[1] + 0.1 * v
+    assert_close(bn.moving_mean, expected_mean)
+    assert_close(bn.moving_variance, expected_var)
+
+
+@pytest.mark.parametrize("shape", [(7, 3), (7, 4, 4, 3)])
+def test_mixed_training_batch_uses_per_domain_statistics(shape):
+    x = rng(0).normal(size=shape).astype("float32")
+    x[:3] += 5.0  # domain 2 examples are shifted: per-domain statistics must differ
+    domain = np.array([2, 2, 2, 0, 0, 0, 0])
+    bn = _layer(x)
+    mean0, var0 = to_numpy(bn.moving_mean).copy(), to_numpy(bn.moving_variance).copy()
+    gamma, beta = to_numpy(bn.gamma), to_numpy(bn.beta)
+    y = bn(x, domain=domain, training=True)
+    axes = tuple(range(len(shape) - 1))
+    expected = np.empty_like(x)
+    expected_mean, expected_var = mean0.copy(), var0.copy()
+    for d in (0, 2):
+        rows = domain == d
+        m, v = x[rows].mean(axis=axes), x[rows].var(axis=axes)
+        expected[rows] = _np_normalize(x[rows], m, v, gamma[d], beta[d])
+        expected_mean[d] = 0.9 * mean0[d] + 0.1 * m
+        expected_var[d] = 0.9 * var0[d] + 0.1 * v
+    assert_close(y, expected, atol=1e-4)
+    assert_close(bn.moving_mean, expected_mean, atol=1e-5)
+    assert_close(bn.moving_variance, expected_var, atol=1e-5)
+    # Domain 1 is absent: its statistics are untouched.
+    np.testing.assert_array_equal(to_numpy(bn.moving_mean)[1], mean0[1])
+
+
+def test_frozen_layer_runs_in_inference_mode():
+    x = rng(0).normal(size=(4, 3)).astype("float32")
+    bn = _layer(x)
+    bn.trainable = False
+    before = to_numpy(bn.moving_mean).copy()
+    bn(x, domain=0, training=True)
+    np.testing.assert_array_equal(to_numpy(bn.moving_mean), before)
+
+
+def test_round_trip(tmp_path):
+    x = rng(0).normal(size=(4, 3)).astype("float32")
+    inputs = keras.Input((3,))
+    domain = keras.Input((), dtype="int32")
+    bn = DomainBatchNormalization(T, momentum=0.5)
+    model = keras.Model([inputs, domain], bn(inputs, domain))
+    for w in bn.weights:
+        w.assign(rng(1).uniform(0.5, 1.5, size=w.shape).astype("float32"))
+    loaded = save_and_load(model, tmp_path)
+    for d in range(T):
+        ids = np.full((4,), d)
+        assert_close(loaded([x, ids]), model([x, ids]), atol=0, rtol=0)
+    assert DomainBatchNormalization.from_config(bn.get_config()).momentum == 0.5
+
+
+def test_bad_input():
+    with pytest.raises(ValueError, match="num_domains=0"):
+        DomainBatchNormalization(0)
+    with pytest.raises(ValueError, match="momentum=2"):
+        DomainBatchNormalization(2, momentum=2)
+    bn = DomainBatchNormalization(2)
+    with pytest.raises(ValueError, match="rank >= 2"):
+        bn(np.zeros((3,), "float32"), domain=0)
+    with pytest.raises(ValueError, match="domain=2"):
+        DomainBatchNormalization(2)(np.zeros((3, 2), "float32"), domain=np.array([0, 1, 2]))

@@ -1,0 +1,213 @@
+import keras
+import numpy as np
+import pytest
+
+from keras_mdn import DomainBatchNormalization, ResidualAdapter
+from tests.helpers import assert_close, np_conv, rng, save_and_load, to_numpy
+
+T = 3
+
+
+def _randomize(layer, seed=1):
+    """Random adapters (and series batch-norm statistics) so references are not trivial."""
+    r = rng(seed)
+    for weight in layer.weights:
+        if "adapter" in weight.path:
+            value = r.normal(size=weight.shape) * 0.3
+            if "variance" in weight.path:
+                value = np.abs(value) + 0.5
+            weight.assign(value.astype("float32"))
+
+
+def _reference(layer, x, domain):
+    """Numpy output of `layer` for one domain at inference."""
+    conv = layer.layer
+    kernel, bias = to_numpy(conv.kernel), to_numpy(conv.bias)
+    adapter = to_numpy(layer.adapter_kernel)[domain]
+    if layer.rank is not None:
+        adapter = to_numpy(layer.adapter_projection) @ adapter
+    base = np_conv(x, kernel, conv.strides, conv.padding, conv.dilation_rate) + bias
+    if layer.mode == "parallel":
+        # The adapter reads the input under one kernel tap: the same conv with a kernel that
+        # is zero except the adapter at that tap. At stride 1 and an odd kernel this is x @ A.
+        tap_kernel = np.zeros_like(kernel)
+        tap_kernel[layer.tap] = adapter
+        return base + np_conv(x, tap_kernel, conv.strides, conv.padding, conv.dilation_rate)
+    norm = layer.adapter_norm
+    mean, var = to_numpy(norm.moving_mean)[domain], to_numpy(norm.moving_variance)[domain]
+    gamma, beta = to_numpy(norm.gamma)[domain], to_numpy(norm.beta)[domain]
+    normalized = (base - mean) / np.sqrt(var + norm.epsilon) * gamma + beta
+    return base + normalized @ adapter
+
+
+CASES = [
+    dict(mode="parallel", strides=1, padding="same", size=8),
+    dict(mode="parallel", strides=2, padding="same", size=8),
+    dict(mode="parallel", strides=2, padding="same", size=9),
+    dict(mode="parallel", strides=2, padding="valid", size=9),
+    dict(mode="parallel", strides=1, padding="same", size=8, rank=2),
+    dict(mode="series", strides=1, padding="same", size=8),
+    dict(mode="series", strides=2, padding="same", size=8, rank=2),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(f"{v}" for v in c.values()))
+def test_matches_numpy_reference_for_every_domain(case):
+    x = rng(0).normal(size=(4, case["size"], case["size"], 3)).astype("float32")
+    conv = keras.layers.Conv2D(5, 3, strides=case["strides"], padding=case["padding"])
+    layer = ResidualAdapter(conv, num_domains=T, mode=case["mode"], rank=case.get("rank"))
+    layer(x, domain=0)
+    conv.bias.assign(rng(2).normal(size=5).astype("float32"))
+    _randomize(layer)
+    expected = {d: _reference(layer, x, d) for d in range(T)}
+    for d in range(T):
+        assert_close(layer(x, domain=d), expected[d], atol=1e-4)
+        assert_close(layer(x, domain=keras.ops.convert_to_tensor(d)), expected[d], atol=1e-4)
+        assert_close(layer(x, domain=np.full((4,), d)), expected[d], atol=1e-4)
+    mixed = np.array([2, 0, 1, 2])
+    stacked = np.stack([expected[d][i] for i, d in enumerate(mixed)])
+    assert_close(layer(x, domain=mixed), stacked, atol=1e-4)
+
+
+def test_parallel_stride_one_is_the_papers_formula():
+    """y = f * x + alpha_t x: the adapter reads the conv's input at the same position."""
+    x = rng(0).normal(size=(2, 6, 6, 4)).astype("float32")
+    layer = ResidualAdapter(keras.layers.Conv2D(3, 3, padding="same"), T)
+    layer(x, domain=0)
+    _randomize(layer)
+    adapter = to_numpy(layer.adapter_kernel)[1]
+    expected = to_numpy(layer.layer(x)) + x @ adapter
+    assert_close(layer(x, domain=1), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["parallel", "series"])
+def test_zero_initialised_adapters_reproduce_the_wrapped_conv(mode):
+    x = rng(0).normal(size=(3, 8, 8, 4)).astype("float32")
+    conv = keras.layers.Conv2D(6, 3, strides=2, padding="same", activation="relu")
+    expected = to_numpy(conv(x))
+    layer = ResidualAdapter(conv, T, mode=mode)
+    for domain in [0, 2, np.array([0, 1, 2])]:
+        np.testing.assert_array_equal(to_numpy(layer(x, domain=domain)), expected)
+
+
+@pytest.mark.parametrize("mode", ["parallel", "series"])
+def test_dense_einsum_dense_and_conv1d(mode):
+    r = rng(0)
+    x2 = r.normal(size=(4, 5)).astype("float32")
+    dense = ResidualAdapter(keras.layers.Dense(3), T, mode=mode)
+    dense(x2, domain=0)
+    _randomize(dense)
+    a = to_numpy(dense.adapter_kernel)[1]
+    base = x2 @ to_numpy(dense.layer.kernel) + to_numpy(dense.layer.bias)
+    if mode == "parallel":
+        assert_close(dense(x2, domain=1), base + x2 @ a)
+    else:
+        assert dense(x2, domain=1).shape == (4, 3)
+
+    x3 = r.normal(size=(2, 7, 5)).astype("float32")
+    einsum = ResidualAdapter(
+        keras.layers.EinsumDense("abc,cd->abd", (7, 4), bias_axes="d"), T, mode=mode
+    )
+    y = einsum(x3, domain=np.array([0, 2]))
+    assert y.shape == (2, 7, 4)
+
+    conv1d = ResidualAdapter(keras.layers.Conv1D(4, 3, padding="causal"), T, mode=mode)
+    conv1d(x3, domain=0)
+    _randomize(conv1d)
+    if mode == "parallel":
+        kernel = np.zeros((3, 5, 4), "float32")
+        kernel[conv1d.tap] = to_numpy(conv1d.adapter_kernel)[2]
+        expected = np_conv(x3, to_numpy(conv1d.layer.kernel), 1, "causal") + np_conv(
+            x3, kernel, 1, "causal"
+        )
+        assert_close(conv1d(x3, domain=2), expected + to_numpy(conv1d.layer.bias), atol=1e-5)
+
+
+def test_functional_model_with_domain_input_and_frozen_base_trains_only_adapters():
+    x = rng(0).normal(size=(6, 8, 8, 3)).astype("float32")
+    domain = np.array([0, 2, 0, 2, 2, 0], "int32")
+    labels = rng(1).normal(size=(6, 8, 8, 4)).astype("float32")
+    image_in = keras.Input((8, 8, 3), name="image")
+    domain_in = keras.Input((), dtype="int32", name="domain")
+    conv = keras.layers.Conv2D(4, 3, padding="same")
+    adapter = ResidualAdapter(conv, T, mode="parallel", freeze_base=True)
+    bn = DomainBatchNormalization(T)
+    out = bn(adapter(image_in, domain_in), domain_in)
+    model = keras.Model([image_in, domain_in], out)
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    before = {w.path: to_numpy(w).copy() for w in model.weights}
+    model.fit([x, domain], labels, epochs=1, batch_size=6, verbose=0)
+    after = {w.path: to_numpy(w) for w in model.weights}
+    changed = {p for p in before if not np.array_equal(before[p], after[p])}
+    kernel_path = adapter.adapter_kernel.path
+    assert conv.kernel.path not in changed and conv.bias.path not in changed
+    assert kernel_path in changed
+    # Only the domains present in the batch move (domain 1 is absent).
+    for path in [kernel_path, bn.gamma.path, bn.beta.path, bn.moving_mean.path]:
+        delta = np.abs(after[path] - before[path]).reshape(T, -1).max(axis=1)
+        assert delta[1] == 0 and delta[0] > 0 and delta[2] > 0, path
+
+
+def test_save_load_and_config_round_trip(tmp_path):
+    x = rng(0).normal(size=(4, 8, 8, 3)).astype("float32")
+    image_in = keras.Input((8, 8, 3), name="image")
+    domain_in = keras.Input((), dtype="int32", name="domain")
+    series = ResidualAdapter(keras.layers.Conv2D(4, 3, padding="same"), T, mode="series")
+    parallel = ResidualAdapter(
+        keras.layers.Conv2D(5, 3, strides=2, padding="same"), T, rank=2, freeze_base=True
+    )
+    out = parallel(series(image_in, domain_in), domain_in)
+    model = keras.Model([image_in, domain_in], out)
+    _randomize(series)
+    _randomize(parallel)
+    loaded = save_and_load(model, tmp_path)
+    for d in range(T):
+        domains = np.full((4,), d, "int32")
+        assert_close(
+            loaded.predict([x, domains], verbose=0),
+            model.predict([x, domains], verbose=0),
+            atol=0,
+            rtol=0,
+        )
+    assert loaded.layers[-1].layer.trainable is False
+    config = parallel.get_config()
+    clone = ResidualAdapter.from_config(config)
+    assert clone.rank == 2 and clone.mode == "parallel" and clone.num_domains == T
+    assert isinstance(clone.layer, keras.layers.Conv2D) and clone.layer.strides == (2, 2)
+
+
+def test_weight_counts_and_names():
+    layer = ResidualAdapter(keras.layers.Conv2D(8, 3, use_bias=False), 4)
+    layer.build((None, 6, 6, 5))
+    assert tuple(layer.adapter_kernel.shape) == (4, 5, 8)
+    low = ResidualAdapter(keras.layers.Conv2D(8, 3, use_bias=False), 4, rank=2)
+    low.build((None, 6, 6, 5))
+    assert tuple(low.adapter_projection.shape) == (5, 2)
+    assert tuple(low.adapter_kernel.shape) == (4, 2, 8)
+    assert low.count_params() == 3 * 3 * 5 * 8 + 5 * 2 + 4 * 2 * 8
+
+
+def test_bad_input_gets_clear_errors():
+    conv = keras.layers.Conv2D(4, 3)
+    with pytest.raises(ValueError, match="mode='serial'"):
+        ResidualAdapter(conv, T, mode="serial")
+    with pytest.raises(ValueError, match="rank=0"):
+        ResidualAdapter(conv, T, rank=0)
+    with pytest.raises(ValueError, match="rank=9"):
+        ResidualAdapter(keras.layers.Conv2D(4, 3), T, rank=9).build((None, 8, 8, 3))
+    with pytest.raises(TypeError, match="layer="):
+        ResidualAdapter(keras.layers.DepthwiseConv2D(3), T)
+    with pytest.raises(TypeError, match="layer="):
+        ResidualAdapter(keras.layers.ReLU(), T)
+    with pytest.raises(ValueError, match="num_domains=0"):
+        ResidualAdapter(conv, 0)
+    layer = ResidualAdapter(keras.layers.Conv2D(4, 3, padding="same"), T)
+    x = np.zeros((2, 8, 8, 3), "float32")
+    with pytest.raises(ValueError, match="rank 4"):
+        layer(np.zeros((2, 8, 3), "float32"), domain=0)
+    with pytest.raises(ValueError, match="domain=3"):
+        layer(x, domain=3)
+    with pytest.raises(ValueError, match="domain=-1"):
+        layer(x, domain=np.array([0, -1]))
+    with pytest.raises(TypeError, match="domain"):
+        layer(x, domain=1.0)
