@@ -1,0 +1,112 @@
+import math
+
+import numpy as np
+import pytest
+
+from keras_mdn.scoring import DECATHLON_BASELINE_ACCURACIES, DecathlonScore, decathlon_score
+
+
+def _reference(accuracies, baseline):
+    """Direct transcription of MISSION §1 in numpy."""
+    errors, base_errors = 1.0 - np.asarray(accuracies), 1.0 - np.asarray(baseline)
+    max_errors = 2.0 * base_errors
+    return 1000.0 / max_errors**2 * np.maximum(0.0, max_errors - errors) ** 2
+
+
+def test_baseline_scores_250_per_domain_and_2500_in_total():
+    result = decathlon_score(dict(DECATHLON_BASELINE_ACCURACIES))
+    assert isinstance(result, DecathlonScore)
+    assert len(result.per_domain) == 10
+    for score in result.per_domain.values():
+        assert score == 250.0
+    assert result.total == 2500.0
+
+
+def test_decathlon_baseline_values_match_the_paper():
+    percent = [59.87, 60.34, 82.12, 92.82, 55.53, 97.53, 81.41, 87.69, 96.55, 51.20]
+    assert list(DECATHLON_BASELINE_ACCURACIES) == [
+        "imagenet12", "aircraft", "cifar100", "daimlerpedcls", "dtd",
+        "gtsrb", "vgg-flowers", "omniglot", "svhn", "ucf101",
+    ]
+    np.testing.assert_allclose(list(DECATHLON_BASELINE_ACCURACIES.values()),
+                               np.asarray(percent) / 100)
+
+
+def test_perfect_is_1000_and_twice_the_baseline_error_or_worse_is_0():
+    baseline = {"a": 0.8, "b": 0.6, "c": 0.9}
+    total, per_domain = decathlon_score({"a": 1.0, "b": 1.0, "c": 1.0}, baseline)
+    assert per_domain == {"a": 1000.0, "b": 1000.0, "c": 1000.0}
+    assert total == 3000.0
+    # errors 0.4 (= 2 x 0.2), 0.9 (> 2 x 0.4), 1.0
+    total, per_domain = decathlon_score({"a": 0.6, "b": 0.1, "c": 0.0}, baseline)
+    assert per_domain["a"] == pytest.approx(0.0, abs=1e-9)
+    assert per_domain["b"] == 0.0 and per_domain["c"] == 0.0
+    assert total == pytest.approx(0.0, abs=1e-9)
+
+
+def test_hand_computed_middle_case():
+    # Baseline accuracy 0.8 -> error 0.2, Emax 0.4, a = 1000 / 0.16 = 6250.
+    # Accuracy 0.9 -> error 0.1: 6250 * 0.3^2 = 562.5. Accuracy 0.7 -> error 0.3:
+    # 6250 * 0.1^2 = 62.5.
+    total, per_domain = decathlon_score([0.9, 0.7], [0.8, 0.8])
+    assert per_domain[0] == pytest.approx(562.5)
+    assert per_domain[1] == pytest.approx(62.5)
+    assert total == pytest.approx(625.0)
+
+
+def test_matches_numpy_reference_on_random_values():
+    rng = np.random.default_rng(0)
+    accuracies, baseline = rng.uniform(0, 1, 12), rng.uniform(0.05, 0.99, 12)
+    total, per_domain = decathlon_score(accuracies, baseline)
+    expected = _reference(accuracies, baseline)
+    np.testing.assert_allclose([per_domain[i] for i in range(12)], expected, rtol=1e-12)
+    assert math.isclose(total, expected.sum(), rel_tol=1e-12)
+
+
+def test_error_metric_gives_the_same_scores():
+    accuracies = {"x": 0.9, "y": 0.55}
+    baseline = {"x": 0.85, "y": 0.6}
+    by_accuracy = decathlon_score(accuracies, baseline)
+    by_error = decathlon_score(
+        {k: 1 - v for k, v in accuracies.items()},
+        {k: 1 - v for k, v in baseline.items()},
+        metric="error",
+    )
+    assert by_error.per_domain == pytest.approx(by_accuracy.per_domain)
+    default_errors = {k: 1 - v for k, v in DECATHLON_BASELINE_ACCURACIES.items()}
+    assert decathlon_score(default_errors, metric="error").total == pytest.approx(2500.0)
+
+
+def test_mapping_order_does_not_matter():
+    baseline = {"a": 0.5, "b": 0.7}
+    assert decathlon_score({"b": 0.8, "a": 0.6}, baseline).per_domain == pytest.approx(
+        decathlon_score({"a": 0.6, "b": 0.8}, baseline).per_domain
+    )
+
+
+@pytest.mark.parametrize(
+    "accuracies, baseline, error, match",
+    [
+        ({"a": 0.5}, {"a": 0.5, "b": 0.5}, ValueError, r"Missing from accuracies: \['b'\]"),
+        ({"a": 0.5, "c": 0.2}, {"a": 0.5}, ValueError, r"not in baseline: \['c'\]"),
+        ([0.5, 0.6], [0.5], ValueError, "len\\(accuracies\\)=2, len\\(baseline\\)=1"),
+        ({"a": 0.5}, [0.5], TypeError, "both be mappings"),
+        ({"a": 59.87}, {"a": 0.5}, ValueError, "percentage"),
+        ({"a": -0.1}, {"a": 0.5}, ValueError, r"accuracies\['a'\]=-0.1"),
+        ({"a": float("nan")}, {"a": 0.5}, ValueError, "in \\[0, 1\\]"),
+        ({"a": 0.5}, {"a": 1.5}, ValueError, r"baseline\['a'\]=1.5"),
+        ({"a": 0.5}, {"a": 1.0}, ValueError, "zero error"),
+        ({"a": "high"}, {"a": 0.5}, TypeError, "must hold numbers"),
+        ([], [], ValueError, "empty"),
+        ([0.5], None, TypeError, "mapping keyed by"),
+        ({"aircraft": 0.5}, None, ValueError, "Missing from accuracies"),
+    ],
+)
+def test_clear_errors(accuracies, baseline, error, match):
+    with pytest.raises(error, match=match):
+        decathlon_score(accuracies, baseline)
+
+
+def test_rejects_unknown_metric():
+    with pytest.raises(ValueError, match="metric='top5'"):
+        decathlon_score([0.5], [0.5], metric="top5")
