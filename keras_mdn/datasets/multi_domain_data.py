@@ -1,0 +1,511 @@
+"""`MultiDomainData`: several labelled image domains behind one tf.data interface.
+
+Every loader in `keras_mdn.datasets` returns a `MultiDomainData`. It holds, per domain, the
+examples of the splits "train", "validation" and "test" (in memory as NumPy arrays for small
+sources, or as TFDS datasets), and builds tf.data pipelines that yield
+`({"image": images, "domain": domain_ids}, labels)`, the inputs of a functional multi-domain
+model with inputs named "image" and "domain".
+
+Determinism: with a given `seed`, `dataset()` yields the same examples in the same order with
+the same augmentation every time it is built (epoch e of a repeated dataset is a function of
+`(seed, e)`); shuffling and augmentation use stateless random ops, seeded per epoch, domain
+and example, so parallel preprocessing does not change the result. Buffered shuffles of TFDS
+sources also depend on TensorFlow's global seed (`keras.utils.set_random_seed`).
+"""
+
+import math
+from collections.abc import Mapping
+
+import numpy as np
+
+SPLITS = ("train", "validation", "test")
+BATCHINGS = ("per_domain", "mixed")
+
+
+class MultiDomainData:
+    """Labelled images of several domains, with per-domain label spaces.
+
+    Built by the loaders (`load_digits_domains`, `load_omniglot_domains`,
+    `load_decathlon_domains`); the constructor is public so that other sources can be wrapped
+    (see `from_arrays`).
+
+    Args:
+        names: one name per domain; a domain's id is its position in this list.
+        num_classes: number of classes of each domain (one int per domain); may differ
+            between domains.
+        image_shape: `(height, width, channels)` of the images every pipeline yields.
+        sources: one source per domain (internal objects made by the loaders).
+        description: a one-line description shown by `repr`.
+
+    Attributes:
+        names: tuple of domain names.
+        num_classes: tuple of class counts, one per domain.
+        num_domains: number of domains.
+        image_shape: `(height, width, channels)`.
+
+    Example:
+
+    >>> data = keras_mdn.datasets.load_digits_domains()
+    >>> train = data.dataset("train", batch_size=64, seed=0)  # one domain per batch
+    >>> model.fit(train, epochs=3, steps_per_epoch=data.steps_per_epoch("train", 64))
+    """
+
+    def __init__(self, names, num_classes, image_shape, sources, description=""):
+        names = tuple(str(name) for name in names)
+        num_classes = tuple(int(n) for n in num_classes)
+        if not names:
+            raise ValueError("`names` must name at least one domain. Received: names=()")
+        if len(set(names)) != len(names):
+            raise ValueError(f"Domain names must be unique. Received: names={names}")
+        if len(num_classes) != len(names) or len(sources) != len(names):
+            raise ValueError(
+                "`names`, `num_classes` and `sources` must have one entry per domain. "
+                f"Received: {len(names)} names, {len(num_classes)} num_classes, "
+                f"{len(sources)} sources"
+            )
+        if any(n < 1 for n in num_classes):
+            raise ValueError(f"Every domain needs >= 1 class. Received: num_classes={num_classes}")
+        image_shape = tuple(int(s) for s in image_shape)
+        if len(image_shape) != 3:
+            raise ValueError(
+                f"`image_shape` must be (height, width, channels). Received: "
+                f"image_shape={image_shape}"
+            )
+        self.names = names
+        self.num_classes = num_classes
+        self.image_shape = image_shape
+        self.description = description
+        self._sources = tuple(sources)
+
+    @classmethod
+    def from_arrays(cls, names, num_classes, splits, description=""):
+        """Wraps in-memory arrays.
+
+        Args:
+            names: one name per domain.
+            num_classes: one class count per domain.
+            splits: mapping from split name ("train", "validation", "test") to a list with one
+                `(images, labels)` pair per domain: images float32 NHWC, labels integers in
+                `[0, num_classes[d])`.
+            description: a one-line description.
+        """
+        unknown = set(splits) - set(SPLITS)
+        if unknown:
+            raise ValueError(f"Split names must be in {SPLITS}. Received: {sorted(unknown)}")
+        sources = []
+        image_shape = None
+        for d, name in enumerate(names):
+            per_split = {}
+            for split, pairs in splits.items():
+                images, labels = pairs[d]
+                images = np.asarray(images, dtype=np.float32)
+                labels = np.asarray(labels).astype(np.int32)
+                if images.ndim != 4 or len(images) != len(labels):
+                    raise ValueError(
+                        f"Domain {name!r}, split {split!r}: images must be (N, H, W, C) with one "
+                        f"label each. Received: images.shape={images.shape}, "
+                        f"labels.shape={labels.shape}"
+                    )
+                if len(labels) and (labels.min() < 0 or labels.max() >= num_classes[d]):
+                    raise ValueError(
+                        f"Domain {name!r}, split {split!r}: labels must be in "
+                        f"[0, {num_classes[d]}). Received: labels in "
+                        f"[{labels.min()}, {labels.max()}]"
+                    )
+                if image_shape is None:
+                    image_shape = images.shape[1:]
+                elif images.shape[1:] != image_shape:
+                    raise ValueError(
+                        "All domains must share one image shape. Received: "
+                        f"{image_shape} and {images.shape[1:]} (domain {name!r})"
+                    )
+                per_split[split] = (images, labels)
+            sources.append(ArraySource(per_split))
+        return cls(names, num_classes, image_shape, sources, description=description)
+
+    # === Sizes ===
+
+    @property
+    def num_domains(self):
+        return len(self.names)
+
+    @property
+    def in_memory(self):
+        """True when every domain's examples are NumPy arrays (see `arrays`)."""
+        return all(isinstance(s, ArraySource) for s in self._sources)
+
+    def domain_index(self, domain):
+        """The id of a domain given by name or id."""
+        if isinstance(domain, (bool, np.bool_)):
+            raise TypeError(f"A domain is a name or an int id. Received: domain={domain!r}")
+        if isinstance(domain, (int, np.integer)):
+            if not 0 <= int(domain) < self.num_domains:
+                raise ValueError(
+                    f"Domain ids are in [0, {self.num_domains}). Received: domain={domain}"
+                )
+            return int(domain)
+        if isinstance(domain, str):
+            if domain not in self.names:
+                raise ValueError(
+                    f"Unknown domain name; the domains are {list(self.names)}. "
+                    f"Received: domain={domain!r}"
+                )
+            return self.names.index(domain)
+        raise TypeError(f"A domain is a name or an int id. Received: domain={domain!r}")
+
+    def _domain_ids(self, domains):
+        if domains is None:
+            return list(range(self.num_domains))
+        if isinstance(domains, (str, int, np.integer)):
+            domains = [domains]
+        ids = [self.domain_index(d) for d in domains]
+        if not ids or len(set(ids)) != len(ids):
+            raise ValueError(
+                f"`domains` must list distinct domains, at least one. Received: domains={domains}"
+            )
+        return ids
+
+    def num_examples(self, split, domain=None):
+        """Number of examples of `split`, of one domain, or of all domains when `domain=None`."""
+        _check_split(split)
+        if domain is None:
+            return sum(s.size(split) for s in self._sources)
+        return self._sources[self.domain_index(domain)].size(split)
+
+    def sizes(self, split):
+        """Dict mapping each domain name to its number of examples in `split`."""
+        _check_split(split)
+        return {name: s.size(split) for name, s in zip(self.names, self._sources, strict=True)}
+
+    def steps_per_epoch(
+        self, split, batch_size, batching="per_domain", domains=None, drop_remainder=False
+    ):
+        """Number of batches in one epoch of `dataset(split, ...)` with the same arguments.
+
+        With `batching="per_domain"` each domain's examples are batched separately, so the
+        count is `sum_d ceil(n_d / batch_size)` (`floor` with `drop_remainder`); with
+        `"mixed"` it is `ceil(sum_d n_d / batch_size)`.
+        """
+        _check_split(split)
+        _check_batching(batching)
+        batch_size = _check_batch_size(batch_size)
+        sizes = [self._sources[d].size(split) for d in self._domain_ids(domains)]
+        rounding = math.floor if drop_remainder else math.ceil
+        if batching == "mixed":
+            return rounding(sum(sizes) / batch_size)
+        return sum(rounding(n / batch_size) for n in sizes)
+
+    # === NumPy access ===
+
+    def arrays(self, split, domain):
+        """`(images, labels)` of one domain as NumPy arrays (in-memory sources only).
+
+        Images are float32 `(N, H, W, C)` without augmentation, labels int32 `(N,)`. The
+        arrays are the container's own: do not modify them in place.
+        """
+        _check_split(split)
+        source = self._sources[self.domain_index(domain)]
+        if not isinstance(source, ArraySource):
+            raise ValueError(
+                "NumPy arrays are only kept for in-memory sources (digits, Omniglot); this "
+                f"domain is read through TFDS: use `dataset()`. Received: domain={domain!r}"
+            )
+        return source.arrays[split]
+
+    def as_numpy(self, split, domains=None):
+        """`(images, domain_ids, labels)` of several domains concatenated in domain order."""
+        ids = self._domain_ids(domains)
+        parts = [self.arrays(split, d) for d in ids]
+        images = np.concatenate([p[0] for p in parts])
+        labels = np.concatenate([p[1] for p in parts])
+        domain_ids = np.concatenate(
+            [np.full(len(p[1]), d, dtype=np.int32) for d, p in zip(ids, parts, strict=True)]
+        )
+        return images, domain_ids, labels
+
+    def select(self, domains):
+        """A `MultiDomainData` with only `domains` (names or ids), re-numbered 0, 1, ... ."""
+        ids = self._domain_ids(domains)
+        return MultiDomainData(
+            [self.names[d] for d in ids],
+            [self.num_classes[d] for d in ids],
+            self.image_shape,
+            [self._sources[d] for d in ids],
+            description=self.description,
+        )
+
+    # === tf.data ===
+
+    def dataset(
+        self,
+        split,
+        domains=None,
+        batch_size=32,
+        shuffle=None,
+        seed=0,
+        training_augmentation=None,
+        batching="per_domain",
+        repeat=False,
+        drop_remainder=False,
+    ):
+        """A tf.data pipeline of `({"image": x, "domain": d}, y)` batches.
+
+        `x` is float32 `(batch, *image_shape)`, `d` int32 `(batch,)` (the domain id of each
+        example, its position in `names`, also when `domains` selects a subset) and `y` int32
+        `(batch,)` (class index within that domain's label space).
+
+        Args:
+            split: "train", "validation" or "test".
+            domains: names or ids of the domains to include. Defaults to all.
+            batch_size: examples per batch. Defaults to 32.
+            shuffle: shuffle examples (and, for "per_domain", the order of the domains'
+                batches) anew each epoch. Defaults to `split == "train"`.
+            seed: integer seed of shuffling and augmentation. Defaults to 0.
+            training_augmentation: apply the source's random training augmentation (random
+                crop and flip for the decathlon, a random shift of up to 2 pixels for the
+                in-memory sources when enabled). Defaults to the loader's choice on "train"
+                (on for the decathlon, off for digits and Omniglot) and off on other splits;
+                when off, the decathlon uses its evaluation preprocessing (centre crop).
+            batching: "per_domain" (default): each batch holds examples of a single domain;
+                the domains' batches are interleaved in proportion to their sizes, spread
+                evenly over the epoch (in random order when shuffling). This is how the paper
+                trains and it lets the layers take their one-domain fast path.
+                "mixed": examples of all domains are shuffled together, so a batch mixes
+                domains.
+            repeat: repeat the epochs indefinitely (each epoch reshuffled). Pass
+                `steps_per_epoch=data.steps_per_epoch(...)` to `fit`. Defaults to False.
+            drop_remainder: drop incomplete batches (per domain for "per_domain").
+
+        Returns:
+            A `tf.data.Dataset`, prefetched.
+        """
+        import tensorflow as tf
+
+        _check_split(split)
+        _check_batching(batching)
+        batch_size = _check_batch_size(batch_size)
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+            raise TypeError(f"`seed` must be an int. Received: seed={seed!r}")
+        ids = [d for d in self._domain_ids(domains) if self._sources[d].size(split) > 0]
+        if not ids:
+            raise ValueError(f"No examples in split {split!r} for domains={domains}")
+        shuffle = split == "train" if shuffle is None else bool(shuffle)
+        if training_augmentation is None:
+            augment = [split == "train" and self._sources[d].augment_by_default for d in ids]
+        else:
+            augment = [bool(training_augmentation)] * len(ids)
+        base_seed = tf.constant([int(seed) % (2**31), 0x6D646E], dtype=tf.int64)
+        rounding = math.floor if drop_remainder else math.ceil
+        if batching == "per_domain":
+            counts = [rounding(self._sources[d].size(split) / batch_size) for d in ids]
+        else:
+            counts = [self._sources[d].size(split) for d in ids]
+        order = tf.constant(_spread(counts), dtype=tf.int64)
+
+        def domain_stream(position, d):
+            source = self._sources[d]
+            examples = source.epoch_examples(split, shuffle, _python_seed(seed, d))
+            preprocess = source.preprocess_fn(augment[position], self.image_shape)
+
+            def stream(epoch_seed):
+                domain_seed = tf.random.experimental.stateless_fold_in(epoch_seed, d)
+
+                def prepare(index, example):
+                    image, label = example
+                    example_seed = tf.random.experimental.stateless_fold_in(domain_seed, index)
+                    image = preprocess(image, example_seed)
+                    return image, tf.constant(d, tf.int32), tf.cast(label, tf.int32)
+
+                return examples(domain_seed).enumerate().map(
+                    prepare, num_parallel_calls=tf.data.AUTOTUNE
+                )
+
+            return stream
+
+        # Built eagerly, once per pipeline; the per-epoch function below only calls them.
+        stream_fns = [domain_stream(p, d) for p, d in enumerate(ids)]
+
+        def epoch(epoch_index):
+            epoch_seed = tf.random.experimental.stateless_fold_in(base_seed, epoch_index)
+            streams = [stream(epoch_seed) for stream in stream_fns]
+            choice = order
+            if shuffle:
+                choice = tf.random.experimental.stateless_shuffle(
+                    order, tf.random.experimental.stateless_fold_in(epoch_seed, -1)
+                )
+            choice = tf.data.Dataset.from_tensor_slices(choice)
+            if batching == "per_domain":
+                streams = [s.batch(batch_size, drop_remainder=drop_remainder) for s in streams]
+                return tf.data.Dataset.choose_from_datasets(streams, choice)
+            mixed = tf.data.Dataset.choose_from_datasets(streams, choice)
+            return mixed.batch(batch_size, drop_remainder=drop_remainder)
+
+        epochs = tf.data.Dataset.counter() if repeat else tf.data.Dataset.range(1)
+        dataset = epochs.flat_map(epoch)
+        dataset = dataset.map(
+            lambda x, d, y: ({"image": x, "domain": d}, y),
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
+        if not repeat:
+            total = self.steps_per_epoch(split, batch_size, batching, ids, drop_remainder)
+            dataset = dataset.apply(tf.data.experimental.assert_cardinality(total))
+        return dataset.prefetch(tf.data.AUTOTUNE)
+
+    def __repr__(self):
+        lines = [f"MultiDomainData({self.description or 'multi-domain images'})"]
+        lines.append(f"  image_shape={self.image_shape}")
+        header = f"  {'id':>3}  {'domain':<24}{'classes':>8}" + "".join(
+            f"{s:>12}" for s in SPLITS
+        )
+        lines.append(header)
+        for d, name in enumerate(self.names):
+            sizes = "".join(f"{self._sources[d].size(s):>12}" for s in SPLITS)
+            lines.append(f"  {d:>3}  {name:<24}{self.num_classes[d]:>8}{sizes}")
+        return "\n".join(lines)
+
+
+# === Sources: one domain's examples ===
+
+
+class ArraySource:
+    """One domain held in memory: `{split: (images float32 NHWC, labels int32)}`.
+
+    Args:
+        arrays: mapping from split to `(images, labels)`; missing splits are empty.
+        augment_by_default: whether "train" pipelines augment unless told otherwise.
+        max_shift: the training augmentation shifts images by up to this many pixels
+            (zero-padded). There are no flips: mirrored and rotated images define other
+            domains of the digits data.
+    """
+
+    def __init__(self, arrays, augment_by_default=False, max_shift=2):
+        self.arrays = dict(arrays)
+        self.augment_by_default = augment_by_default
+        self.max_shift = max_shift
+        self._tensors = {}
+
+    def size(self, split):
+        return len(self.arrays[split][1]) if split in self.arrays else 0
+
+    def epoch_examples(self, split, shuffle, seed):
+        """A function of the epoch's stateless seed returning that epoch's `(image, label)`."""
+        import tensorflow as tf
+
+        if split not in self._tensors:
+            images, labels = self.arrays[split]
+            self._tensors[split] = (tf.constant(images), tf.constant(labels))
+        images, labels = self._tensors[split]
+        size = self.size(split)
+
+        def examples(epoch_seed):
+            indices = tf.range(size, dtype=tf.int64)
+            if shuffle:  # a fresh uniform permutation each epoch, a function of the seed
+                shuffle_seed = tf.random.experimental.stateless_fold_in(epoch_seed, -1)
+                indices = tf.random.experimental.stateless_shuffle(indices, shuffle_seed)
+            return tf.data.Dataset.from_tensor_slices(indices).map(
+                lambda i: (tf.gather(images, i), tf.gather(labels, i))
+            )
+
+        return examples
+
+    def preprocess_fn(self, augment, image_shape):
+        import tensorflow as tf
+
+        if not augment or self.max_shift == 0:
+            return lambda image, seed: image
+        height, width, _ = image_shape
+        pad = self.max_shift
+
+        def shift(image, seed):
+            padded = tf.pad(image, [[pad, pad], [pad, pad], [0, 0]])
+            return tf.image.stateless_random_crop(padded, image_shape, seed)
+
+        return shift
+
+
+def _python_seed(seed, domain):
+    """An integer seed for a domain's buffered shuffle, derived from the pipeline's seed."""
+    return int(np.random.SeedSequence([int(seed) % (2**32), domain]).generate_state(1)[0] >> 1)
+
+
+def _spread(counts):
+    """Domain positions, count[p] times each, spread evenly: [0, 1, 0, 1, 0] for [3, 2]."""
+    keys = [((j + 0.5) / n, p) for p, n in enumerate(counts) for j in range(n)]
+    return [p for _, p in sorted(keys)]
+
+
+def _check_split(split):
+    if split not in SPLITS:
+        raise ValueError(f"`split` must be one of {SPLITS}. Received: split={split!r}")
+
+
+def _check_batching(batching):
+    if batching not in BATCHINGS:
+        raise ValueError(f"`batching` must be one of {BATCHINGS}. Received: batching={batching!r}")
+
+
+def _check_batch_size(batch_size):
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)):
+        raise TypeError(f"`batch_size` must be an int. Received: batch_size={batch_size!r}")
+    if batch_size < 1:
+        raise ValueError(f"`batch_size` must be >= 1. Received: batch_size={batch_size}")
+    return int(batch_size)
+
+
+def check_domain_selection(requested, available, what):
+    """Validates a list of requested names against the available ones (loaders use this)."""
+    if requested is None:
+        return list(available)
+    if isinstance(requested, str):
+        requested = [requested]
+    if isinstance(requested, Mapping):
+        raise TypeError(f"`{what}` must be a list of names. Received: {what}={requested!r}")
+    requested = list(requested)
+    unknown = [r for r in requested if r not in available]
+    if unknown or not requested or len(set(requested)) != len(requested):
+        raise ValueError(
+            f"`{what}` must list distinct names out of {list(available)}. "
+            f"Received: {what}={requested}"
+        )
+    return requested
+
+
+class DatasetSource:
+    """One domain read through tf.data (TFDS), preprocessed on the fly.
+
+    Args:
+        make_dataset: `make_dataset(split)` returns a `tf.data.Dataset` of `(image, label)`
+            in a fixed order; called once per split, eagerly.
+        sizes: mapping from split to its number of examples.
+        preprocess: `preprocess(image, augment, seed)` returns the final float32 image of
+            shape `image_shape`; `seed` is a stateless seed (shape (2,)).
+        augment_by_default: whether "train" pipelines augment unless told otherwise.
+        shuffle_buffer: buffer of the per-epoch shuffle.
+    """
+
+    def __init__(
+        self, make_dataset, sizes, preprocess, augment_by_default=True, shuffle_buffer=10_000
+    ):
+        self._make_dataset = make_dataset
+        self._sizes = dict(sizes)
+        self._preprocess = preprocess
+        self.augment_by_default = augment_by_default
+        self.shuffle_buffer = int(shuffle_buffer)
+        self._datasets = {}
+
+    def size(self, split):
+        return self._sizes.get(split, 0)
+
+    def epoch_examples(self, split, shuffle, seed):
+        """A function of the epoch's stateless seed returning that epoch's `(image, label)`."""
+        if split not in self._datasets:  # kept, so that a `.cache()` in it persists
+            self._datasets[split] = self._make_dataset(split)
+        dataset = self._datasets[split]
+        if shuffle:
+            # Made here, eagerly, with an integer seed: every epoch (a new iteration of this
+            # dataset) draws a new order, and the sequence of orders is fixed by the seed.
+            dataset = dataset.shuffle(self.shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+        return lambda epoch_seed: dataset
+
+    def preprocess_fn(self, augment, image_shape):
+        return lambda image, seed: self._preprocess(image, augment, seed)
