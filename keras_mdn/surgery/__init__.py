@@ -1,0 +1,3 @@
+"""Model surgery: adapters for existing models, new domains, compression, folding."""
+
+from keras_mdn.surgery.fold import fold_domain  # noqa: F401
