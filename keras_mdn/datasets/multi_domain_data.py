@@ -284,6 +284,9 @@ class MultiDomainData:
         _check_split(split)
         _check_batching(batching)
         batch_size = _check_batch_size(batch_size)
+        # The pipeline's functions branch on Python values only: tracing them without
+        # AutoGraph conversion builds the pipeline several times faster.
+        plain = tf.autograph.experimental.do_not_convert
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
             raise TypeError(f"`seed` must be an int. Received: seed={seed!r}")
         ids = [d for d in self._domain_ids(domains) if self._sources[d].size(split) > 0]
@@ -317,7 +320,7 @@ class MultiDomainData:
                     return image, tf.constant(d, tf.int32), tf.cast(label, tf.int32)
 
                 return examples(domain_seed).enumerate().map(
-                    prepare, num_parallel_calls=tf.data.AUTOTUNE
+                    plain(prepare), num_parallel_calls=tf.data.AUTOTUNE
                 )
 
             return stream
@@ -341,9 +344,9 @@ class MultiDomainData:
             return mixed.batch(batch_size, drop_remainder=drop_remainder)
 
         epochs = tf.data.Dataset.counter() if repeat else tf.data.Dataset.range(1)
-        dataset = epochs.flat_map(epoch)
+        dataset = epochs.flat_map(plain(epoch))
         dataset = dataset.map(
-            lambda x, d, y: ({"image": x, "domain": d}, y),
+            plain(lambda x, d, y: ({"image": x, "domain": d}, y)),
             num_parallel_calls=tf.data.AUTOTUNE,
         )
         if not repeat:
@@ -403,7 +406,9 @@ class ArraySource:
                 shuffle_seed = tf.random.experimental.stateless_fold_in(epoch_seed, -1)
                 indices = tf.random.experimental.stateless_shuffle(indices, shuffle_seed)
             return tf.data.Dataset.from_tensor_slices(indices).map(
-                lambda i: (tf.gather(images, i), tf.gather(labels, i))
+                tf.autograph.experimental.do_not_convert(
+                    lambda i: (tf.gather(images, i), tf.gather(labels, i))
+                )
             )
 
         return examples
