@@ -1,0 +1,189 @@
+"""Private base of the factorised layers: task routing, per-task bias, init and rho.
+
+The factorisation kind does all tensor math (`keras_mdn.factorizations`); this base owns what
+every factorised layer shares and never branches on the kind.
+"""
+
+import math
+
+import keras
+import numpy as np
+from keras import ops
+
+from keras_mdn import factorizations
+from keras_mdn.factorizations.base import _is_int
+from keras_mdn.ops import decomposition
+from keras_mdn.ops.routing import canonicalize_domain, gather_domain, is_uniform
+
+_VARIANCES = ("glorot", "he")
+
+
+class BaseFactorized(keras.layers.Layer):
+    """Shared logic of `FactorizedDense` and the factorised convolutions (private)."""
+
+    def __init__(
+        self,
+        num_tasks,
+        factorization="laf",
+        rank=None,
+        activation=None,
+        use_bias=True,
+        kernel_variance="glorot",
+        bias_initializer="zeros",
+        factor_regularizer=None,
+        bias_regularizer=None,
+        factor_constraint=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if not _is_int(num_tasks) or num_tasks < 1:
+            raise ValueError(
+                f"`num_tasks` must be a positive int. Received: num_tasks={num_tasks!r}"
+            )
+        self.num_tasks = int(num_tasks)
+        self.factorization = factorizations.get(factorization, rank)
+        self.activation = keras.activations.get(activation)
+        self.use_bias = bool(use_bias)
+        self.kernel_variance = _validate_variance(kernel_variance)
+        self.bias_initializer = keras.initializers.get(bias_initializer)
+        self.factor_regularizer = keras.regularizers.get(factor_regularizer)
+        self.bias_regularizer = keras.regularizers.get(bias_regularizer)
+        self.factor_constraint = keras.constraints.get(factor_constraint)
+
+    def _build_factors(self, in_dims, out_dims, fan_in, fan_out, units):
+        if self.kernel_variance == "glorot":
+            variance = 2.0 / (fan_in + fan_out)
+        elif self.kernel_variance == "he":
+            variance = 2.0 / fan_in
+        else:
+            variance = float(self.kernel_variance)
+        self.factorization.build(self, in_dims, out_dims, self.num_tasks, variance,
+                                 self.factor_regularizer, self.factor_constraint)
+        self.bias = None
+        if self.use_bias:
+            self.bias = self.add_weight(
+                name="bias",
+                shape=(self.num_tasks, units),
+                initializer=self.bias_initializer,
+                regularizer=self.bias_regularizer,
+            )
+
+    def _task(self, task):
+        if task is None and self.num_tasks == 1:
+            return 0
+        return canonicalize_domain(task, self.num_tasks, name="task")
+
+    def _finish(self, outputs, task):
+        if self.bias is not None:
+            bias = gather_domain(self.bias, task)
+            if not is_uniform(task):
+                bias = ops.reshape(bias, (-1,) + (1,) * (len(outputs.shape) - 2)
+                                   + (bias.shape[-1],))
+            outputs = outputs + ops.cast(bias, outputs.dtype)
+        return self.activation(outputs) if self.activation is not None else outputs
+
+    # --- public helpers ---
+
+    def sharing_strength(self):
+        """rho, the mean pairwise cosine similarity of the task codes (0: independent, 1: shared).
+
+        LAF: the columns of S; Tucker: the rows of the task factor; TT: the task slices of the
+        last core. A single-task layer returns nan.
+        """
+        from keras_mdn.sharing import sharing_strength
+
+        return sharing_strength(self.factorization.task_factors())
+
+    def stacked_kernel(self):
+        """The reconstructed stacked kernel, shape `(*kernel_shape, num_tasks)`."""
+        return self.factorization.stacked()
+
+    def task_kernel(self, task):
+        """Task `task`'s reconstructed kernel (the weight of the equivalent plain layer)."""
+        return self.factorization.task_weight(self._task(task))
+
+    def contraction_paths(self):
+        """The forward paths chosen at build time and their flops (for benchmarks)."""
+        return self.factorization.paths()
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "num_tasks": self.num_tasks,
+            "factorization": keras.saving.serialize_keras_object(self.factorization),
+            "activation": keras.activations.serialize(self.activation),
+            "use_bias": self.use_bias,
+            "kernel_variance": self.kernel_variance,
+            "bias_initializer": keras.initializers.serialize(self.bias_initializer),
+            "factor_regularizer": keras.regularizers.serialize(self.factor_regularizer),
+            "bias_regularizer": keras.regularizers.serialize(self.bias_regularizer),
+            "factor_constraint": keras.constraints.serialize(self.factor_constraint),
+        }
+
+    @classmethod
+    def _from_stacked(cls, stacked, biases, input_shape, factorization, rank, eps, **kwargs):
+        """A built layer whose factors decompose `stacked` `(*in, *out, T)` (NumPy)."""
+        if isinstance(rank, float) and 0.0 < rank < 1.0 and eps is None:
+            rank, eps = None, rank  # the DMTRL convention: values below 1 are an error bound
+        eps = decomposition.validate_eps(eps)
+        kind = factorizations.get(factorization, rank)
+        layer = cls(factorization=kind, **kwargs)
+        in_dims, out_dims = layer._factor_dims(input_shape)
+        num_tasks = stacked.shape[-1]
+        if kind.rank is None and eps is None:
+            ranks = tuple(kind.rank_limits(in_dims, out_dims, num_tasks))
+        else:
+            ranks = kind.resolve_ranks(in_dims, out_dims, num_tasks, allow_none=True)
+        ranks, arrays = kind.decompose(np.asarray(stacked, dtype=np.float64), in_dims, out_dims,
+                                       num_tasks, ranks, eps)
+        layer.factorization.rank = tuple(int(r) for r in ranks)
+        layer.build(input_shape)
+        layer.factorization.set_arrays(arrays)
+        if layer.bias is not None:
+            layer.bias.assign(np.asarray(biases, dtype=layer.bias.dtype))
+        return layer
+
+
+def stack_layer_weights(layers, kind, min_layers):
+    """Kernels stacked on a last task axis, biases `(T, units)`, and the first layer's config.
+
+    Checks that every layer is a built `kind` with the same kernel shape.
+    """
+    layers = list(layers)
+    if len(layers) < min_layers:
+        raise ValueError(
+            f"`layers` needs at least {min_layers} layers (one per task). "
+            f"Received: {len(layers)} layer(s)"
+        )
+    for index, layer in enumerate(layers):
+        if not isinstance(layer, kind) or not layer.built:
+            raise ValueError(
+                f"`layers[{index}]` must be a built keras.layers.{kind.__name__}. "
+                f"Received: layers[{index}]={layer!r}"
+            )
+    shapes = [tuple(layer.kernel.shape) for layer in layers]
+    if len(set(shapes)) > 1:
+        raise ValueError(f"All layers must have the same kernel shape. Received: shapes={shapes}")
+    kernels = np.stack([ops.convert_to_numpy(layer.kernel) for layer in layers], axis=-1)
+    units = shapes[0][-1]
+    biases = np.stack([
+        ops.convert_to_numpy(layer.bias) if layer.use_bias else np.zeros(units)
+        for layer in layers
+    ])
+    return kernels, biases, layers[0]
+
+
+def _validate_variance(value):
+    if isinstance(value, str) and value in _VARIANCES:
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+        return float(value)
+    raise ValueError(
+        f"`kernel_variance` must be one of {_VARIANCES} or a positive float. "
+        f"Received: kernel_variance={value!r}"
+    )
+
+
+def fans(in_dims, out_dims, receptive_field=1):
+    """Keras' fan-in / fan-out of a kernel `(*receptive, in, out)`."""
+    return receptive_field * in_dims[-1], receptive_field * math.prod(out_dims)

@@ -1,0 +1,224 @@
+"""FactorizedConv1D / FactorizedConv2D: per-task convolutions with a factorised stacked kernel."""
+
+import math
+
+import keras
+from keras import ops
+
+from keras_mdn.api import register
+from keras_mdn.layers.base_factorized import BaseFactorized, fans, stack_layer_weights
+from keras_mdn.ops.routing import route
+
+
+class BaseFactorizedConv(BaseFactorized):
+    """Rank-generic factorised convolution, `kernel_size + (C_in, filters, T)` stacked kernel.
+
+    Uniform batch: the task's kernel is reconstructed and fed to one `keras.ops.conv`. Mixed
+    batch: one convolution with `filters * E` output channels against the shared part of the
+    factorisation, then a per-example mix with the task codes (`E` the task code size: LAF K,
+    Tucker r_T, TT the last rank, or T itself when smaller), so no per-example kernel is built.
+    """
+
+    rank_spatial = None
+
+    def __init__(
+        self,
+        filters,
+        kernel_size,
+        num_tasks,
+        factorization="laf",
+        rank=None,
+        strides=1,
+        padding="valid",
+        dilation_rate=1,
+        activation=None,
+        use_bias=True,
+        kernel_variance="glorot",
+        bias_initializer="zeros",
+        factor_regularizer=None,
+        bias_regularizer=None,
+        factor_constraint=None,
+        **kwargs,
+    ):
+        super().__init__(
+            num_tasks,
+            factorization=factorization,
+            rank=rank,
+            activation=activation,
+            use_bias=use_bias,
+            kernel_variance=kernel_variance,
+            bias_initializer=bias_initializer,
+            factor_regularizer=factor_regularizer,
+            bias_regularizer=bias_regularizer,
+            factor_constraint=factor_constraint,
+            **kwargs,
+        )
+        if not isinstance(filters, int) or isinstance(filters, bool) or filters < 1:
+            raise ValueError(f"`filters` must be a positive int. Received: filters={filters!r}")
+        self.filters = filters
+        self.kernel_size = _tuple(kernel_size, self.rank_spatial, "kernel_size")
+        self.strides = _tuple(strides, self.rank_spatial, "strides")
+        self.dilation_rate = _tuple(dilation_rate, self.rank_spatial, "dilation_rate")
+        padding = padding.lower() if isinstance(padding, str) else padding
+        if padding not in ("valid", "same"):
+            raise ValueError(f"`padding` must be 'valid' or 'same'. Received: padding={padding!r}")
+        self.padding = padding
+
+    def _factor_dims(self, input_shape):
+        return self.kernel_size + (int(input_shape[-1]),), (self.filters,)
+
+    def build(self, input_shape):
+        if input_shape[-1] is None:
+            raise ValueError(f"The channel dimension of the inputs must be known. "
+                             f"Received: input_shape={input_shape}")
+        in_dims, out_dims = self._factor_dims(input_shape)
+        fan_in, fan_out = fans(in_dims, out_dims, math.prod(self.kernel_size))
+        self._build_factors(in_dims, out_dims, fan_in, fan_out, self.filters)
+
+    def _conv(self, inputs, kernel):
+        return ops.conv(inputs, kernel, strides=self.strides, padding=self.padding,
+                        data_format="channels_last", dilation_rate=self.dilation_rate)
+
+    def call(self, inputs, task=None):
+        task = self._task(task)
+        inputs = ops.cast(inputs, self.compute_dtype)
+        channels = inputs.shape[-1]
+
+        def uniform(t):
+            return self._conv(inputs, self.factorization.task_weight(t))
+
+        def mixed(tasks):
+            kernel, codes = self.factorization.coded_weight()
+            code_size = codes.shape[-1]
+            kernel = ops.reshape(kernel, self.kernel_size + (channels, self.filters * code_size))
+            outputs = self._conv(inputs, kernel)
+            shape = ops.shape(outputs)
+            outputs = ops.reshape(outputs, tuple(shape[:-1]) + (self.filters, code_size))
+            mix = ops.take(ops.cast(codes, outputs.dtype), tasks, axis=0)
+            mix = ops.reshape(mix, (-1,) + (1,) * (self.rank_spatial + 1) + (code_size,))
+            return ops.sum(outputs * mix, axis=-1)
+
+        return self._finish(route(task, uniform, mixed), task)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "filters": self.filters,
+            "kernel_size": self.kernel_size,
+            "strides": self.strides,
+            "padding": self.padding,
+            "dilation_rate": self.dilation_rate,
+        }
+
+    @classmethod
+    def from_layers(cls, layers, factorization="laf", rank=None, eps=None, **kwargs):
+        """A factorised convolution initialised from T trained Keras convolutions (one per task).
+
+        The kernels are stacked into `kernel_size + (C_in, filters, T)` and decomposed (SVD for
+        LAF, HOSVD for Tucker, TT-SVD for TT); at full rank every task's convolution is
+        reproduced exactly. Strides, padding, dilation, activation and bias come from the
+        first layer.
+
+        Args:
+            layers: built `keras.layers.Conv1D` / `Conv2D` layers with the same kernel shape,
+                at least 2, `channels_last`, `groups=1`.
+            factorization: kind name or instance. Defaults to `"laf"`.
+            rank: None (full rank, or chosen by `eps`), an int or one rank per slot; a float in
+                (0, 1) is read as `eps`. Defaults to None.
+            eps: relative Frobenius error threshold in (0, 1). Defaults to None.
+            **kwargs: other layer arguments.
+        """
+        kind = keras.layers.Conv2D if cls.rank_spatial == 2 else keras.layers.Conv1D
+        kernels, biases, first = stack_layer_weights(layers, kind, 2)
+        for index, layer in enumerate(layers):
+            config = layer.get_config()
+            if config.get("groups", 1) != 1 or config.get("data_format") == "channels_first":
+                raise ValueError(
+                    f"`layers[{index}]` must use groups=1 and channels_last. "
+                    f"Received: groups={config.get('groups')}, "
+                    f"data_format={config.get('data_format')}"
+                )
+        config = first.get_config()
+        for key in ("strides", "padding", "dilation_rate", "use_bias"):
+            kwargs.setdefault(key, config[key])
+        kwargs.setdefault("activation", keras.activations.serialize(first.activation))
+        input_shape = (None,) * (cls.rank_spatial + 1) + (kernels.shape[-3],)
+        return cls._from_stacked(
+            kernels, biases, input_shape, factorization, rank, eps,
+            filters=kernels.shape[-2], kernel_size=kernels.shape[:-3],
+            num_tasks=kernels.shape[-1], **kwargs,
+        )
+
+
+@register
+class FactorizedConv2D(BaseFactorizedConv):
+    """2-D convolution per task, the `kh x kw x C_in x C_out x T` stacked kernel factorised.
+
+    Args:
+        filters: output channels.
+        kernel_size: int or tuple of 2 ints.
+        num_tasks: number of tasks T.
+        factorization: `"laf"`, `"tucker"`, `"tt"`, `"tt_matrix"` or an instance. Defaults to
+            `"laf"`.
+        rank: rank(s) for a kind given by name. Defaults to None (required unless built by
+            `from_layers`).
+        strides: int or tuple. Defaults to 1.
+        padding: `"valid"` or `"same"`. Defaults to `"valid"`.
+        dilation_rate: int or tuple. Defaults to 1.
+        activation: activation function. Defaults to None.
+        use_bias: per-task bias `(T, filters)`. Defaults to True.
+        kernel_variance: `"glorot"`, `"he"` or a float, the reconstructed kernel's variance at
+            initialisation. Defaults to `"glorot"`.
+        bias_initializer: Defaults to `"zeros"`.
+        factor_regularizer: regularizer of every factor. Defaults to None.
+        bias_regularizer: Defaults to None.
+        factor_constraint: constraint of every factor. Defaults to None.
+
+    Call arguments:
+        inputs: `(batch, height, width, C_in)` (channels last).
+        task: Python int, 0-d int tensor or int tensor `(batch,)`.
+
+    Input shape:
+        `(batch, height, width, C_in)`.
+
+    Output shape:
+        `(batch, new_height, new_width, filters)`.
+
+    Example:
+
+    ```python
+    conv = keras_mdn.FactorizedConv2D(32, 3, num_tasks=5, factorization="tucker", rank=4,
+                                      padding="same")
+    y = conv(images, task=domain_vector)
+    ```
+
+    Reference:
+        Yang & Hospedales, "Deep Multi-task Representation Learning: A Tensor Factorisation
+        Approach", ICLR 2017.
+    """
+
+    rank_spatial = 2
+
+
+@register
+class FactorizedConv1D(BaseFactorizedConv):
+    """1-D convolution per task, the `k x C_in x C_out x T` stacked kernel factorised.
+
+    Same arguments as `FactorizedConv2D`, with `kernel_size`, `strides` and `dilation_rate`
+    an int or a tuple of 1 int; inputs `(batch, steps, C_in)`.
+    """
+
+    rank_spatial = 1
+
+
+FactorizedConv = FactorizedConv2D
+
+
+def _tuple(value, count, name):
+    values = (value,) * count if isinstance(value, int) else tuple(value)
+    if len(values) != count or not all(isinstance(v, int) and v > 0 for v in values):
+        raise ValueError(
+            f"`{name}` must be a positive int or a tuple of {count} positive ints. "
+            f"Received: {name}={value!r}"
+        )
+    return values
