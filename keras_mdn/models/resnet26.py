@@ -1,0 +1,215 @@
+"""ResNet-26 of the residual adapters paper, as a multi-domain Keras functional model."""
+
+import keras
+
+from keras_mdn.layers.domain_batch_normalization import DomainBatchNormalization
+from keras_mdn.layers.domain_head import DomainHead
+from keras_mdn.layers.residual_adapter import MODES, ResidualAdapter
+from keras_mdn.ops import routing
+
+STAGES = 3
+BLOCKS_PER_STAGE = 4
+# PyTorch's BatchNorm2d defaults (momentum 0.1 there is 0.9 here), as in the authors' code.
+BN_MOMENTUM = 0.9
+BN_EPSILON = 1e-5
+
+
+def resnet26(
+    num_classes,
+    adapter=None,
+    num_domains=None,
+    input_shape=(64, 64, 3),
+    width_factor=1.0,
+    rank=None,
+    adapter_regularizer=None,
+    freeze_shared=False,
+    name="resnet26",
+):
+    """The ResNet-26 of Rebuffi et al. (2017, 2018) with per-domain batch norms and heads.
+
+    The architecture of the authors' code (srebuffi/residual_adapters, models.py):
+
+    - stem: 3x3 conv `3 -> 32 w` (stride 1) and a per-domain BN (no ReLU, as in their code);
+    - three stages of 4 BasicBlocks of widths `64 w`, `128 w`, `256 w`, the first block of each
+      stage with stride 2; a block is `conv3x3 -> BN_t -> ReLU -> conv3x3 -> BN_t`, plus the
+      shortcut, then ReLU. The shortcut of a first block is parameter-free: a 2x2 average pool,
+      then as many zero channels concatenated as the input has;
+    - a per-domain BN + ReLU, global average pooling, and a per-domain linear head
+      (`DomainHead`).
+
+    Every 3x3 conv is shared by all domains and has no bias (a BN follows). With `adapter`
+    set, each of the 25 convs is a `ResidualAdapter` (the stem too, as in the authors' code).
+    `adapter=None` is the "BN only" baseline: shared convs, per-domain BNs and heads.
+    Convs are initialised as in the authors' code (He normal, fan-out).
+
+    Parameter counts at `width_factor=1`:
+
+    | part                                        | parameters |
+    |---------------------------------------------|-----------:|
+    | shared 3x3 conv weights                     |  5,806,944 |
+    | parallel 1x1 adapters, per domain           |    645,216 |
+    | series 1x1 adapters, per domain             |    689,152 |
+    | series adapters' own BN (gamma, beta), per domain |  7,232 |
+    | per-domain BN gamma and beta, per domain    |      7,744 |
+    | per-domain BN moving statistics, per domain |      7,744 |
+    | head, per domain                            | 257 x classes |
+
+    The parallel adapters of one domain are 11.1 % of the shared conv weights. (The series
+    adapters' BN also keeps 7,232 moving statistics per domain.)
+
+    Layer names are stable and are the keys users see: `"stem_conv"`, `"stem_bn"`,
+    `"stage{s}_block{b}_conv{1,2}"` (a `Conv2D`, or a `ResidualAdapter` wrapping a `Conv2D`
+    of the same name), `"stage{s}_block{b}_bn{1,2}"`, `"stage{s}_block{b}_relu1"`,
+    `"stage{s}_block{b}_add"`, `"stage{s}_block{b}_out"`, `"final_bn"`, `"final_relu"`,
+    `"pool"`, `"head"`, with `s` in 1..3 and `b` in 1..4.
+
+    Args:
+        num_classes: list of ints, the number of classes of each domain, or one int shared by
+            all domains (then `num_domains` is required).
+        adapter: `None`, `"parallel"` or `"series"`. Defaults to `None`.
+        num_domains: int; inferred from a list `num_classes`. Defaults to `None`.
+        input_shape: `(height, width, channels)` of the images, static. Defaults to
+            `(64, 64, 3)`.
+        width_factor: float, multiplies the widths; the stem has `int(32 * width_factor)`
+            channels and the stages 2, 4 and 8 times that. Defaults to `1.0`.
+        rank: optional int, low-rank adapters (`ResidualAdapter(rank=...)`), capped by each
+            layer's channel counts. Defaults to `None` (full 1x1 adapters).
+        adapter_regularizer: regularizer of the adapter kernels (the paper's separate adapter
+            weight decay). Defaults to `None`.
+        freeze_shared: bool, make the shared 3x3 convs non-trainable (learning new domains on
+            a pretrained network). Defaults to `False`.
+        name: model name. Defaults to `"resnet26"`.
+
+    Returns:
+        A `keras.Model` with inputs `"image"` `(batch, *input_shape)` and `"domain"`
+        `(batch,)` int32, and output the logits `(batch, max(num_classes))` of each example's
+        domain (see `DomainHead`).
+
+    Example:
+
+    >>> model = resnet26([10, 100, 2], adapter="parallel")
+    >>> logits = model({"image": images, "domain": domains})
+
+    Reference:
+        Rebuffi, Bilen, Vedaldi, "Efficient parametrization of multi-domain deep neural
+        networks", CVPR 2018. https://arxiv.org/abs/1803.10082
+    """
+    num_classes, num_domains = _check_classes(num_classes, num_domains)
+    if adapter is not None and adapter not in MODES:
+        raise ValueError(f"`adapter` must be None or one of {MODES}. Received: adapter={adapter!r}")
+    if isinstance(width_factor, bool) or not isinstance(width_factor, (int, float)):
+        raise TypeError(f"`width_factor` must be a number. Received: width_factor={width_factor!r}")
+    stem_width = int(32 * width_factor)
+    if stem_width < 1:
+        raise ValueError(
+            "`width_factor` must give at least one stem channel (int(32 * width_factor) >= 1). "
+            f"Received: width_factor={width_factor}"
+        )
+    input_shape = tuple(input_shape)
+    if len(input_shape) != 3 or any(d is None or d < 1 for d in input_shape):
+        raise ValueError(
+            "`input_shape` must be a static (height, width, channels). "
+            f"Received: input_shape={input_shape}"
+        )
+    if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
+        raise ValueError(f"`rank` must be a positive int or None. Received: rank={rank!r}")
+
+    def conv_unit(x, filters, strides, prefix, index):
+        """`BN_t(conv3x3(x) [+ adapter])`: the authors' `conv_task`."""
+        conv_name = f"{prefix}_conv{index}"
+        conv = keras.layers.Conv2D(
+            filters,
+            3,
+            strides=strides,
+            padding="same",
+            use_bias=False,
+            kernel_initializer=keras.initializers.VarianceScaling(
+                2.0, mode="fan_out", distribution="untruncated_normal"
+            ),
+            name=conv_name,
+        )
+        if adapter is None:
+            conv.trainable = not freeze_shared
+            x = conv(x)
+        else:
+            in_channels = x.shape[-1]
+            channels = in_channels if adapter == "parallel" else filters
+            layer_rank = None if rank is None else min(rank, channels, filters)
+            x = ResidualAdapter(
+                conv,
+                num_domains,
+                mode=adapter,
+                rank=layer_rank,
+                adapter_regularizer=adapter_regularizer,
+                freeze_base=freeze_shared,
+                name=conv_name,
+            )(x, domain)
+        return _domain_bn(num_domains, f"{prefix}_bn{index}")(x, domain)
+
+    image = keras.Input(shape=input_shape, name="image")
+    domain = keras.Input(shape=(), dtype="int32", name="domain")
+    x = conv_unit(image, stem_width, 1, "stem", "")
+    width = stem_width
+    for stage in range(1, STAGES + 1):
+        width *= 2
+        for block in range(1, BLOCKS_PER_STAGE + 1):
+            prefix = f"stage{stage}_block{block}"
+            strides = 2 if block == 1 else 1
+            y = conv_unit(x, width, strides, prefix, 1)
+            y = keras.layers.ReLU(name=f"{prefix}_relu1")(y)
+            y = conv_unit(y, width, 1, prefix, 2)
+            shortcut = x if block > 1 else _zero_padded_shortcut(x, prefix)
+            y = keras.layers.Add(name=f"{prefix}_add")([y, shortcut])
+            x = keras.layers.ReLU(name=f"{prefix}_out")(y)
+    x = _domain_bn(num_domains, "final_bn")(x, domain)
+    x = keras.layers.ReLU(name="final_relu")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    logits = DomainHead(num_classes, name="head")(x, domain)
+    return keras.Model([image, domain], logits, name=name)
+
+
+def _domain_bn(num_domains, name):
+    return DomainBatchNormalization(
+        num_domains, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name
+    )
+
+
+def _zero_padded_shortcut(x, prefix):
+    """2x2 average pool, then zero channels concatenated: the shortcut has no parameters.
+
+    Built from core layers only (the zeros are `Rescaling(0)` of the pooled input), so a
+    saved model loads without importing this module. "same" pooling matches the stride-2
+    "same" conv also for odd sizes.
+    """
+    pooled = keras.layers.AveragePooling2D(2, padding="same", name=f"{prefix}_shortcut_pool")(x)
+    zeros = keras.layers.Rescaling(0.0, name=f"{prefix}_shortcut_zeros")(pooled)
+    return keras.layers.Concatenate(name=f"{prefix}_shortcut")([pooled, zeros])
+
+
+def _check_classes(num_classes, num_domains):
+    if isinstance(num_classes, bool):
+        raise TypeError(
+            f"`num_classes` must be an int or a list. Received: num_classes={num_classes}"
+        )
+    if isinstance(num_classes, int):
+        if num_domains is None:
+            raise ValueError(
+                "`num_domains` is required when `num_classes` is a single int; or pass one "
+                f"class count per domain. Received: num_classes={num_classes}, num_domains=None"
+            )
+        num_domains = routing.check_num_domains(num_domains)
+        num_classes = [num_classes] * num_domains
+    num_classes = list(num_classes)
+    if not num_classes or any(
+        isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in num_classes
+    ):
+        raise ValueError(
+            "`num_classes` must be a positive int or a non-empty list of positive ints. "
+            f"Received: num_classes={num_classes!r}"
+        )
+    if num_domains is not None and routing.check_num_domains(num_domains) != len(num_classes):
+        raise ValueError(
+            f"`num_domains` must equal len(num_classes)={len(num_classes)}. "
+            f"Received: num_domains={num_domains}"
+        )
+    return num_classes, len(num_classes)
