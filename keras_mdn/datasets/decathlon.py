@@ -106,12 +106,12 @@ def load_decathlon_domains(
             builder.download_and_prepare()
         split_names = _split_names(builder, task, validation_from_train, data_dir)
 
-        def make_dataset(split, builder=builder, split_names=split_names, task=task):
+        def make_dataset(split, builder=builder, split_names=split_names, task=task, cached=True):
             dataset = builder.as_dataset(split=split_names[split][0], shuffle_files=False)
             dataset = dataset.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
-            if cache is True:
+            if cached and cache is True:
                 dataset = dataset.cache()
-            elif cache:
+            elif cached and cache:
                 dataset = dataset.cache(f"{cache}_{task}_{split}")
             return dataset
 
@@ -180,7 +180,9 @@ def _statistics(normalization, task, make_dataset, samples):
             raise ValueError(f"`normalization` has no (mean, std) for task {task!r}")
         mean, std = (np.asarray(v, dtype=np.float32).reshape(3) for v in normalization[task])
         return mean, std
-    images = [image for image, _ in make_dataset("train").take(int(samples)).as_numpy_iterator()]
+    # Not through the cache: a partly read file cache would be left incomplete.
+    sample = make_dataset("train", cached=False).take(int(samples))
+    images = [image for image, _ in sample.as_numpy_iterator()]
     if not images:
         raise ValueError(f"Task {task!r} has no training images to estimate its statistics")
     pixels = np.stack(images).reshape(-1, 3).astype(np.float64) / 255.0

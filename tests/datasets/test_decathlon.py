@@ -166,3 +166,18 @@ def test_unprepared_dataset_error(tmp_path):
 def test_argument_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):
         load_decathlon_domains(**kwargs)
+
+
+@pytest.mark.parametrize("in_memory", [True, False])
+def test_cache_serves_every_epoch(tmp_path, in_memory):
+    import tensorflow_datasets as tfds
+
+    images = _images(5, 72, 72, seed=9)
+    cache = True if in_memory else str(tmp_path / "cache")
+    with tfds.testing.mock_data(as_dataset_fn=_mock(images, list(range(5)))):
+        data = load_decathlon_domains(tasks=["dtd"], cache=cache, normalization_samples=2)
+        dataset = data.dataset("train", batch_size=5, repeat=True, seed=0)
+        epochs = [sorted(y.numpy().tolist()) for _, y in dataset.take(3)]
+    assert epochs == [[0, 1, 2, 3, 4]] * 3
+    if not in_memory:
+        assert any(p.name.startswith("cache_dtd_train") for p in tmp_path.iterdir())
