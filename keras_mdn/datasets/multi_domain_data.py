@@ -306,7 +306,23 @@ class MultiDomainData:
         order = tf.constant(_spread(counts), dtype=tf.int64)
 
         def domain_stream(position, d):
+            """(function of the epoch seed returning the domain's stream, batched or not)."""
             source = self._sources[d]
+            if batching == "per_domain" and not augment[position] and hasattr(
+                source, "epoch_batches"
+            ):
+                # In-memory and not augmented: gather whole batches, no per-example work.
+                batches = source.epoch_batches(split, shuffle, batch_size, drop_remainder)
+
+                def batched_stream(epoch_seed):
+                    domain_seed = tf.random.experimental.stateless_fold_in(epoch_seed, d)
+                    return batches(domain_seed).map(
+                        plain(lambda x, y: (x, tf.fill(tf.shape(y), d), y)),
+                        num_parallel_calls=tf.data.AUTOTUNE,
+                    )
+
+                return batched_stream, True
+
             examples = source.epoch_examples(split, shuffle, _python_seed(seed, d))
             preprocess = source.preprocess_fn(augment[position], self.image_shape)
 
@@ -323,14 +339,14 @@ class MultiDomainData:
                     plain(prepare), num_parallel_calls=tf.data.AUTOTUNE
                 )
 
-            return stream
+            return stream, False
 
         # Built eagerly, once per pipeline; the per-epoch function below only calls them.
         stream_fns = [domain_stream(p, d) for p, d in enumerate(ids)]
 
         def epoch(epoch_index):
             epoch_seed = tf.random.experimental.stateless_fold_in(base_seed, epoch_index)
-            streams = [stream(epoch_seed) for stream in stream_fns]
+            streams = [stream(epoch_seed) for stream, _ in stream_fns]
             choice = order
             if shuffle:
                 choice = tf.random.experimental.stateless_shuffle(
@@ -338,7 +354,10 @@ class MultiDomainData:
                 )
             choice = tf.data.Dataset.from_tensor_slices(choice)
             if batching == "per_domain":
-                streams = [s.batch(batch_size, drop_remainder=drop_remainder) for s in streams]
+                streams = [
+                    s if batched else s.batch(batch_size, drop_remainder=drop_remainder)
+                    for s, (_, batched) in zip(streams, stream_fns, strict=True)
+                ]
                 return tf.data.Dataset.choose_from_datasets(streams, choice)
             mixed = tf.data.Dataset.choose_from_datasets(streams, choice)
             return mixed.batch(batch_size, drop_remainder=drop_remainder)
@@ -390,28 +409,45 @@ class ArraySource:
     def size(self, split):
         return len(self.arrays[split][1]) if split in self.arrays else 0
 
-    def epoch_examples(self, split, shuffle, seed):
-        """A function of the epoch's stateless seed returning that epoch's `(image, label)`."""
+    def _epoch_indices(self, split, shuffle):
         import tensorflow as tf
 
         if split not in self._tensors:
             images, labels = self.arrays[split]
             self._tensors[split] = (tf.constant(images), tf.constant(labels))
-        images, labels = self._tensors[split]
         size = self.size(split)
 
-        def examples(epoch_seed):
-            indices = tf.range(size, dtype=tf.int64)
+        def indices(epoch_seed):
+            order = tf.range(size, dtype=tf.int64)
             if shuffle:  # a fresh uniform permutation each epoch, a function of the seed
                 shuffle_seed = tf.random.experimental.stateless_fold_in(epoch_seed, -1)
-                indices = tf.random.experimental.stateless_shuffle(indices, shuffle_seed)
-            return tf.data.Dataset.from_tensor_slices(indices).map(
-                tf.autograph.experimental.do_not_convert(
-                    lambda i: (tf.gather(images, i), tf.gather(labels, i))
-                )
-            )
+                order = tf.random.experimental.stateless_shuffle(order, shuffle_seed)
+            return tf.data.Dataset.from_tensor_slices(order)
 
-        return examples
+        return indices, self._tensors[split]
+
+    def epoch_examples(self, split, shuffle, seed):
+        """A function of the epoch's stateless seed returning that epoch's `(image, label)`."""
+        import tensorflow as tf
+
+        del seed  # the order is a function of the epoch seed alone
+        indices, (images, labels) = self._epoch_indices(split, shuffle)
+        gather = tf.autograph.experimental.do_not_convert(
+            lambda i: (tf.gather(images, i), tf.gather(labels, i))
+        )
+        return lambda epoch_seed: indices(epoch_seed).map(gather)
+
+    def epoch_batches(self, split, shuffle, batch_size, drop_remainder):
+        """As `epoch_examples`, in batches gathered at once (no augmentation)."""
+        import tensorflow as tf
+
+        indices, (images, labels) = self._epoch_indices(split, shuffle)
+        gather = tf.autograph.experimental.do_not_convert(
+            lambda i: (tf.gather(images, i), tf.gather(labels, i))
+        )
+        return lambda epoch_seed: indices(epoch_seed).batch(
+            batch_size, drop_remainder=drop_remainder
+        ).map(gather)
 
     def preprocess_fn(self, augment, image_shape):
         import tensorflow as tf
