@@ -9,9 +9,9 @@ both paths of that search, so the cheaper one is picked from the static shapes, 
 hint and the ranks. `contract` executes a path: each step is one transpose-reshape-`matmul`
 (batched when the two sides share a kept label), never a Python loop over the batch.
 
-Cost model: seconds ~ flops / F + moved elements / M + steps * overhead. The constants are
-expressed in flop units (`MEMORY_COST`, `STEP_COST`); they were set from timings on a 2-core
-AVX-512 CPU, where one GEMM flop is far cheaper than moving an element through a transpose.
+Cost model: seconds ~ flops / F + moved elements / M + steps * overhead, in flop units (see
+`plan_pair`): on a CPU one GEMM flop is about 100x cheaper than writing or transposing one
+element, so memory-bound skinny steps and transposes weigh as much as the flops.
 """
 
 import itertools
@@ -20,35 +20,80 @@ import math
 from keras import ops
 
 BATCH = "B"
-# One element read or written by a step costs about as much as this many GEMM flops.
-MEMORY_COST = 8.0
-# Fixed cost of one op (launch, reshape bookkeeping) in flop units.
-STEP_COST = 2.0e5
+# Cost model, in GEMM-flop units (one flop ~ 1e-11 s at the ~100 GFLOP/s this CPU reaches on a
+# large GEMM; an element written by a GEMM or moved by a transpose ~ 1e-9 s, 1 Gelem/s).
+# A skinny GEMM (contracted size 4..64, as in core-by-core TT steps) is memory-bound, which a
+# flop count alone misses: timings of (4096x16)@(16x512) and similar fit flops + 100 * output
+# elements + 50 * input elements within ~20 %.
+OUTPUT_COST = 100.0
+INPUT_COST = 50.0
+TRANSPOSE_COST = 100.0
+# Fixed cost of one step (op dispatch inside a compiled graph, ~10 us).
+STEP_COST = 1.0e6
 EXHAUSTIVE_LIMIT = 10
 
 
-def pair_flops(labels_a, labels_b, keep, sizes):
-    """Flops of contracting two operands, keeping the labels in `keep`."""
-    del keep
-    return 2 * math.prod(sizes[label] for label in set(labels_a) | set(labels_b))
+class PairPlan:
+    """How one pairwise step runs: a gather, or `left @ right` after two transposes."""
+
+    def __init__(self, kind, out_labels, flops, cost, swap=False, left=None, right=None,
+                 groups=None):
+        self.kind = kind
+        self.out_labels = tuple(out_labels)
+        self.flops = flops
+        self.cost = cost
+        self.swap = swap
+        self.left = left
+        self.right = right
+        self.groups = groups
 
 
-def pair_cost(labels_a, labels_b, keep, sizes, selector=None):
-    """Cost-model estimate (flop units) and flops of one pairwise step.
+def _size(labels, sizes):
+    return math.prod(sizes[label] for label in labels)
 
-    `selector` is the label of a one-hot operand `(B, t)`: contracting it with an operand that
-    has `t` but not `B` is a gather, whose cost is its output size.
+
+def plan_pair(labels_a, labels_b, keep, sizes, selector=None):
+    """Plans one pairwise step on operands laid out as `labels_a`, `labels_b`.
+
+    The step is a single (batched) matmul; of the two operand orders and two orders of the
+    contracted labels it takes the one that transposes the fewest elements. Contracting the
+    one-hot selector `(B, t)` with an operand that has `t` but not `B` is a gather.
     """
-    union = set(labels_a) | set(labels_b)
-    out = [label for label in union if label in keep]
-    out_size = math.prod(sizes[label] for label in out)
-    size_a = math.prod(sizes[label] for label in labels_a)
-    size_b = math.prod(sizes[label] for label in labels_b)
+    labels_a, labels_b = tuple(labels_a), tuple(labels_b)
     if selector is not None and _is_gather(labels_a, labels_b, selector):
-        flops = 0
-        return MEMORY_COST * 2 * out_size + STEP_COST, flops
-    flops = 2 * math.prod(sizes[label] for label in union)
-    return flops + MEMORY_COST * (size_a + size_b + out_size) + STEP_COST, flops
+        other = labels_b if labels_a == (BATCH, selector) else labels_a
+        axis = other.index(selector)
+        out = other[:axis] + (BATCH,) + other[axis + 1 :]
+        cost = OUTPUT_COST * _size(out, sizes) + STEP_COST
+        return PairPlan("gather", out, 0, cost, swap=labels_a == (BATCH, selector))
+    set_a, set_b = set(labels_a), set(labels_b)
+    flops = 2 * _size(set_a | set_b, sizes)
+    best = None
+    for swap in (False, True):
+        left, right = (labels_b, labels_a) if swap else (labels_a, labels_b)
+        batch = [lab for lab in left if lab in set_a & set_b and lab in keep]
+        free_left = [lab for lab in left if lab not in (set_b if not swap else set_a)]
+        free_right = [lab for lab in right if lab not in (set_a if not swap else set_b)]
+        for source in (left, right):
+            contracted = [lab for lab in source if lab in set_a & set_b and lab not in keep]
+            left_order = tuple(batch + free_left + contracted)
+            right_order = tuple(batch + contracted + free_right)
+            moved = (_size(left, sizes) if left != left_order else 0) + (
+                _size(right, sizes) if right != right_order else 0
+            )
+            if best is None or moved < best[0]:
+                out = tuple(batch + free_left + free_right)
+                groups = (batch, free_left, contracted, free_right)
+                best = (moved, swap, left_order, right_order, out, groups)
+    moved, swap, left_order, right_order, out, groups = best
+    cost = (
+        flops
+        + OUTPUT_COST * _size(out, sizes)
+        + INPUT_COST * (_size(labels_a, sizes) + _size(labels_b, sizes))
+        + TRANSPOSE_COST * moved
+        + STEP_COST
+    )
+    return PairPlan("matmul", out, flops, cost, swap, left_order, right_order, groups)
 
 
 def _is_gather(labels_a, labels_b, selector):
@@ -85,65 +130,84 @@ class Path:
         return f"Path({self.describe()}, flops={self.flops:.3g}, cost={self.cost:.3g})"
 
 
+class _Network:
+    """Label bookkeeping shared by the search and the executor."""
+
+    def __init__(self, operand_labels, output_labels, sizes):
+        self.labels = [tuple(lab) for lab in operand_labels]
+        self.output = tuple(output_labels)
+        self.sizes = sizes
+        self.count = len(self.labels)
+        self._kept = {}
+
+    def kept(self, mask):
+        """Labels of the contraction of the operands in `mask` still needed outside it."""
+        if mask not in self._kept:
+            inside, outside = set(), set(self.output)
+            for i in range(self.count):
+                (inside if mask >> i & 1 else outside).update(self.labels[i])
+            self._kept[mask] = inside & outside
+        return self._kept[mask]
+
+    def leaf_layout(self, index):
+        keep = self.kept(1 << index)
+        return tuple(lab for lab in self.labels[index] if lab in keep)
+
+    def final_cost(self, layout):
+        if tuple(layout) == self.output:
+            return 0.0
+        return TRANSPOSE_COST * _size(layout, self.sizes)
+
+
 def search_path(operand_labels, output_labels, sizes, selector=None, cost="model", forced=None):
     """Finds the cheapest pairwise contraction order of a tensor network.
 
     Args:
-        operand_labels: one tuple of labels per operand.
+        operand_labels: one tuple of labels per operand (its memory layout).
         output_labels: labels of the result, in order.
         sizes: dict label -> size (the batch label gets the batch size hint).
         selector: the task label when one operand is the one-hot selector `(B, t)`.
-        cost: `"model"` (flops + memory traffic + per-step overhead) or `"flops"`.
+        cost: `"model"` (flops + memory traffic + transposes + per-step overhead, see
+            `plan_pair`) or `"flops"`.
         forced: optional tree to evaluate instead of searching.
 
     Returns:
         A `Path`.
     """
-    n = len(operand_labels)
-    labels = [frozenset(lab) for lab in operand_labels]
-    output = frozenset(output_labels)
-    full = (1 << n) - 1
+    net = _Network(operand_labels, output_labels, sizes)
+    n = net.count
+    use_flops = cost == "flops"
 
-    def kept(mask):
-        inside = set().union(*(labels[i] for i in range(n) if mask >> i & 1))
-        outside = set(output).union(*(labels[i] for i in range(n) if not mask >> i & 1))
-        return frozenset(inside & outside)
+    def step(entry_a, entry_b):
+        mask = entry_a[0] | entry_b[0]
+        plan = plan_pair(entry_a[4], entry_b[4], net.kept(mask), sizes, selector)
+        price = plan.flops if use_flops else plan.cost
+        return (mask, entry_a[1] + entry_b[1] + price, entry_a[2] + entry_b[2] + plan.flops,
+                (entry_a[3], entry_b[3]), plan.out_labels)
 
-    kept_cache = {}
+    leaves = [(1 << i, 0.0, 0.0, i, net.leaf_layout(i)) for i in range(n)]
 
-    def result_labels(mask):
-        if mask not in kept_cache:
-            kept_cache[mask] = kept(mask)
-        return kept_cache[mask]
-
-    def step(mask_a, mask_b):
-        la, lb = result_labels(mask_a), result_labels(mask_b)
-        keep = result_labels(mask_a | mask_b)
-        total, flops = pair_cost(la, lb, keep, sizes, selector)
-        return (flops if cost == "flops" else total), flops
+    def finish(entry):
+        total = entry[1] + (0.0 if use_flops else net.final_cost(entry[4]))
+        return Path(entry[3], operand_labels, output_labels, sizes, total, entry[2], selector)
 
     if forced is not None:
         def evaluate(node):
             if isinstance(node, int):
-                return 1 << node, 0.0, 0.0
-            ma, ca, fa = evaluate(node[0])
-            mb, cb, fb = evaluate(node[1])
-            c, f = step(ma, mb)
-            return ma | mb, ca + cb + c, fa + fb + f
+                return leaves[node]
+            return step(evaluate(node[0]), evaluate(node[1]))
 
-        _, total, flops = evaluate(forced)
-        return Path(forced, operand_labels, output_labels, sizes, total, flops, selector)
-
+        return finish(evaluate(forced))
     if n == 1:
-        return Path(0, operand_labels, output_labels, sizes, 0.0, 0.0, selector)
-
-    best = {1 << i: (0.0, 0.0, i) for i in range(n)}
+        return finish(leaves[0])
+    full = (1 << n) - 1
     if n <= EXHAUSTIVE_LIMIT:
+        best = {1 << i: leaves[i] for i in range(n)}
         for size in range(2, n + 1):
             for combo in itertools.combinations(range(n), size):
                 mask = sum(1 << i for i in combo)
                 found = None
-                # Enumerate splits with the lowest operand in the first half (each split once).
+                # Splits with the lowest operand in the first half: each split once.
                 low = mask & -mask
                 rest = mask ^ low
                 sub = rest
@@ -151,33 +215,29 @@ def search_path(operand_labels, output_labels, sizes, selector=None, cost="model
                     mask_a = low | sub
                     mask_b = mask ^ mask_a
                     if mask_b:
-                        ca, fa, ta = best[mask_a]
-                        cb, fb, tb = best[mask_b]
-                        c, f = step(mask_a, mask_b)
-                        total = ca + cb + c
-                        if found is None or total < found[0]:
-                            found = (total, fa + fb + f, (ta, tb))
+                        entry = step(best[mask_a], best[mask_b])
+                        if mask == full and not use_flops:
+                            key = entry[1] + net.final_cost(entry[4])
+                        else:
+                            key = entry[1]
+                        if found is None or key < found[0]:
+                            found = (key, entry)
                     if sub == 0:
                         break
                     sub = (sub - 1) & rest
-                best[mask] = found
-        total, flops, tree = best[full]
-        return Path(tree, operand_labels, output_labels, sizes, total, flops, selector)
-
-    # Greedy: repeatedly contract the pair with the lowest step cost.
-    nodes = [(1 << i, 0.0, 0.0, i) for i in range(n)]
+                best[mask] = found[1]
+        return finish(best[full])
+    # Greedy above the exhaustive limit: repeatedly take the cheapest pairwise step.
+    nodes = list(leaves)
     while len(nodes) > 1:
         choice = None
         for a, b in itertools.combinations(range(len(nodes)), 2):
-            c, f = step(nodes[a][0], nodes[b][0])
-            if choice is None or c < choice[0]:
-                choice = (c, f, a, b)
-        c, f, a, b = choice
-        na, nb = nodes[a], nodes[b]
-        merged = (na[0] | nb[0], na[1] + nb[1] + c, na[2] + nb[2] + f, (na[3], nb[3]))
-        nodes = [node for i, node in enumerate(nodes) if i not in (a, b)] + [merged]
-    _, total, flops, tree = nodes[0]
-    return Path(tree, operand_labels, output_labels, sizes, total, flops, selector)
+            entry = step(nodes[a], nodes[b])
+            if choice is None or entry[1] - nodes[a][1] - nodes[b][1] < choice[0]:
+                choice = (entry[1] - nodes[a][1] - nodes[b][1], a, b, entry)
+        _, a, b, entry = choice
+        nodes = [node for i, node in enumerate(nodes) if i not in (a, b)] + [entry]
+    return finish(nodes[0])
 
 
 def reconstruct_first_tree(weight_operands, other_operands):
@@ -192,87 +252,65 @@ def reconstruct_first_tree(weight_operands, other_operands):
 
 def contract(path, tensors):
     """Executes `path` on `tensors` (one per operand); returns the result in output order."""
-    n = len(tensors)
-    labels = path.operand_labels
-    output = set(path.output_labels)
+    net = _Network(path.operand_labels, path.output_labels, path.sizes)
     sizes = path.sizes
-
-    def mask_of(node):
-        if isinstance(node, int):
-            return 1 << node
-        return mask_of(node[0]) | mask_of(node[1])
-
-    def outside_labels(mask):
-        found = set(output)
-        for i in range(n):
-            if not mask >> i & 1:
-                found.update(labels[i])
-        return found
 
     def run(node):
         if isinstance(node, int):
-            tensor, labs = tensors[node], labels[node]
-            drop = [lab for lab in labs if lab not in outside_labels(1 << node)]
-            if drop and all(sizes[lab] == 1 for lab in drop):
-                labs = tuple(lab for lab in labs if lab not in drop)
-                tensor = ops.reshape(tensor, tuple(-1 if lab == BATCH else sizes[lab]
-                                                   for lab in labs))
-            elif drop:
-                axes = tuple(labs.index(lab) for lab in drop)
-                tensor = ops.sum(tensor, axis=axes)
-                labs = tuple(lab for lab in labs if lab not in drop)
-            return tensor, labs
-        a, la = run(node[0])
-        b, lb = run(node[1])
-        keep = outside_labels(mask_of(node))
-        return contract_pair(a, la, b, lb, keep, sizes, path.selector)
+            tensor, labels = tensors[node], net.labels[node]
+            layout = net.leaf_layout(node)
+            if layout != labels:
+                dropped = [lab for lab in labels if lab not in layout]
+                if all(sizes[lab] == 1 for lab in dropped):
+                    tensor = ops.reshape(tensor, _shape(layout, sizes))
+                else:
+                    axes = tuple(labels.index(lab) for lab in dropped)
+                    tensor = ops.sum(tensor, axis=axes)
+            return 1 << node, tensor, layout
+        mask_a, a, la = run(node[0])
+        mask_b, b, lb = run(node[1])
+        mask = mask_a | mask_b
+        out, labels = contract_pair(a, la, b, lb, net.kept(mask), sizes, path.selector)
+        return mask, out, labels
 
-    result, result_labels = run(path.tree)
-    return _transpose_to(result, result_labels, path.output_labels)
+    _, result, labels = run(path.tree)
+    return _transpose_to(result, labels, path.output_labels)
 
 
 def contract_pair(a, labels_a, b, labels_b, keep, sizes, selector=None):
-    """One contraction step as a single (batched) matmul, or a gather for a one-hot selector.
-
-    Returns `(tensor, labels)`; the result's labels are ordered batch, a-free, b-free.
-    """
-    if selector is not None and _is_gather(labels_a, labels_b, selector):
-        if tuple(labels_a) == (BATCH, selector):
-            a, labels_a, b, labels_b = b, labels_b, a, labels_a
+    """Runs one step as planned by `plan_pair`; returns `(tensor, labels)`."""
+    plan = plan_pair(labels_a, labels_b, keep, sizes, selector)
+    if plan.kind == "gather":
+        if plan.swap:
+            a, labels_a, b = b, labels_b, a
         indices = b if len(b.shape) == 1 else ops.argmax(b, axis=-1)
-        axis = labels_a.index(selector)
-        gathered = ops.take(a, indices, axis=axis)
-        rest = list(labels_a[:axis]) + [BATCH] + list(labels_a[axis + 1 :])
-        return gathered, tuple(rest)
-
+        gathered = ops.take(a, indices, axis=tuple(labels_a).index(selector))
+        return gathered, plan.out_labels
     if selector is not None:
         # The selector operand may arrive as task indices `(B,)`: expand to one-hot here.
         if tuple(labels_a) == (BATCH, selector) and len(a.shape) == 1:
             a = ops.one_hot(a, sizes[selector], dtype=b.dtype)
         if tuple(labels_b) == (BATCH, selector) and len(b.shape) == 1:
             b = ops.one_hot(b, sizes[selector], dtype=a.dtype)
-    set_b = set(labels_b)
-    set_a = set(labels_a)
-    batch = [lab for lab in labels_a if lab in set_b and lab in keep]
-    contracted = [lab for lab in labels_a if lab in set_b and lab not in keep]
-    free_a = [lab for lab in labels_a if lab not in set_b]
-    free_b = [lab for lab in labels_b if lab not in set_a]
-    a = _transpose_to(a, labels_a, batch + free_a + contracted)
-    b = _transpose_to(b, labels_b, batch + contracted + free_b)
-    dims_batch = _group_size(batch, sizes)
-    dims_free_a = _group_size(free_a, sizes)
-    dims_free_b = _group_size(free_b, sizes)
-    dims_contracted = _group_size(contracted, sizes)
+    left, labels_left, right, labels_right = (b, labels_b, a, labels_a) if plan.swap else (
+        a, labels_a, b, labels_b)
+    left = _transpose_to(left, labels_left, plan.left)
+    right = _transpose_to(right, labels_right, plan.right)
+    batch, free_left, contracted, free_right = plan.groups
+    dims_c = _group_size(contracted, sizes)
     if batch:
-        a = ops.reshape(a, (dims_batch, dims_free_a, dims_contracted))
-        b = ops.reshape(b, (dims_batch, dims_contracted, dims_free_b))
+        dims_b = _group_size(batch, sizes)
+        left = ops.reshape(left, (dims_b, _group_size(free_left, sizes), dims_c))
+        right = ops.reshape(right, (dims_b, dims_c, _group_size(free_right, sizes)))
     else:
-        a = ops.reshape(a, (dims_free_a, dims_contracted))
-        b = ops.reshape(b, (dims_contracted, dims_free_b))
-    out = ops.matmul(a, b)
-    out_labels = batch + free_a + free_b
-    out = ops.reshape(out, tuple(-1 if lab == BATCH else sizes[lab] for lab in out_labels))
-    return out, tuple(out_labels)
+        left = ops.reshape(left, (_group_size(free_left, sizes), dims_c))
+        right = ops.reshape(right, (dims_c, _group_size(free_right, sizes)))
+    out = ops.matmul(left, right)
+    return ops.reshape(out, _shape(plan.out_labels, sizes)), plan.out_labels
+
+
+def _shape(labels, sizes):
+    return tuple(-1 if lab == BATCH else sizes[lab] for lab in labels)
 
 
 def _group_size(group, sizes):

@@ -16,7 +16,10 @@ def gradients(fn, x, variables):
             tape.watch(x)
             value = fn(x)
         grads = tape.gradient(value, [x] + list(variables))
-        return np.asarray(grads[0]), [np.asarray(g) for g in grads[1:]]
+        # IndexedSlices (gathers) become dense; an unused input gets zeros.
+        grads = [np.zeros(np.shape(v)) if g is None else np.asarray(tf.convert_to_tensor(g))
+                 for g, v in zip(grads, [x] + list(variables))]
+        return grads[0], grads[1:]
     import jax
 
     def pure(x, values):
