@@ -1,0 +1,172 @@
+"""FactorizedConv1D / FactorizedConv2D against per-task Keras convolutions."""
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+import keras_mdn
+from keras_mdn import FactorizedConv, FactorizedConv1D, FactorizedConv2D
+from tests.helpers import assert_close, rng, save_and_load, to_numpy
+from tests.layers.factorized_helpers import gradients
+
+KINDS = ["laf", "tucker", "tt", "tt_matrix"]
+TASKS = 3
+
+
+def make(kind, rank=2, cls=FactorizedConv2D, channels=3, **kwargs):
+    kwargs.setdefault("padding", "same")
+    layer = cls(4, 3, num_tasks=TASKS, factorization=kind, rank=rank, **kwargs)
+    layer.build((None,) + (6,) * cls.rank_spatial + (channels,))
+    layer.bias.assign(rng(5).normal(size=(TASKS, 4)).astype("float32"))
+    return layer
+
+
+def reference(layer, x, tasks):
+    """Per-example Keras convolution with the task's reconstructed kernel."""
+    stacked = to_numpy(layer.stacked_kernel())
+    bias = to_numpy(layer.bias)
+    tasks = np.broadcast_to(tasks, (x.shape[0],))
+    outputs = [
+        to_numpy(ops.conv(x[b : b + 1], stacked[..., t], strides=layer.strides,
+                          padding=layer.padding, dilation_rate=layer.dilation_rate))[0] + bias[t]
+        for b, t in enumerate(tasks)
+    ]
+    return np.stack(outputs)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_forward_every_task_uniform_and_mixed(kind):
+    layer = make(kind, strides=2)
+    x = rng(0).normal(size=(5, 7, 7, 3)).astype("float32")
+    for task in range(TASKS):
+        assert_close(layer(x, task=task), reference(layer, x, task), atol=1e-5)
+    mixed = np.array([0, 2, 1, 1, 2], dtype="int32")
+    assert_close(layer(x, task=mixed), reference(layer, x, mixed), atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["laf", "tt"])
+def test_conv1d_with_dilation(kind):
+    layer = make(kind, cls=FactorizedConv1D, padding="valid", dilation_rate=2)
+    x = rng(1).normal(size=(4, 9, 3)).astype("float32")
+    mixed = np.array([1, 0, 2, 1], dtype="int32")
+    assert_close(layer(x, task=mixed), reference(layer, x, mixed), atol=1e-5)
+    assert_close(layer(x, task=ops.convert_to_tensor(2)), reference(layer, x, 2), atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["tucker", "tt"])
+def test_gradients_match_dense_reference(kind):
+    layer = make(kind)
+    x = rng(2).normal(size=(3, 5, 5, 3)).astype("float32")
+    tasks = np.array([2, 0, 2], dtype="int32")
+    upstream = rng(3).normal(size=(3, 5, 5, 4)).astype("float32")
+    grad_x, grad_factors = gradients(
+        lambda inputs: ops.sum(layer(inputs, task=tasks) * upstream), x,
+        layer.factorization.variables)
+    stacked = to_numpy(layer.stacked_kernel())
+    # dL/dx of the per-example reference convolutions.
+    grad_x_ref, _ = gradients(
+        lambda inputs: ops.sum(_per_example(inputs, stacked, tasks) * upstream), x, [])
+    np.testing.assert_allclose(grad_x, grad_x_ref, atol=1e-4)
+    # Factor gradients: dL/dW per task in NumPy, pulled back through the reconstruction.
+    grad_w = np.zeros_like(stacked)
+    for t in range(TASKS):
+        picked = tasks == t
+        if picked.any():
+            grad_w[..., t] = _kernel_grad(x[picked], upstream[picked])
+    _, expected = gradients(lambda inputs: ops.sum(layer.stacked_kernel() * grad_w), x,
+                            layer.factorization.variables)
+    for got, want in zip(grad_factors, expected):
+        np.testing.assert_allclose(got, want, atol=1e-4)
+
+
+def _per_example(x, stacked, tasks):
+    return ops.concatenate([
+        ops.conv(x[b : b + 1], stacked[..., int(t)], padding="same") for b, t in enumerate(tasks)
+    ], axis=0)
+
+
+def _kernel_grad(x, upstream):
+    """dL/dK of L = sum(conv_same(x, K) * upstream), 3x3 kernel, in NumPy."""
+    padded = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    grad = np.zeros((3, 3, x.shape[-1], upstream.shape[-1]))
+    for i in range(3):
+        for j in range(3):
+            window = padded[:, i : i + x.shape[1], j : j + x.shape[2], :]
+            grad[i, j] = np.einsum("bhwc,bhwf->cf", window, upstream)
+    return grad
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_from_layers_full_rank_reproduces_each_conv(kind):
+    convs = [keras.layers.Conv2D(4, 3, strides=2, padding="same", activation="relu")
+             for _ in range(TASKS)]
+    for conv in convs:
+        conv.build((None, 7, 7, 3))
+        conv.bias.assign(rng(6).normal(size=4).astype("float32"))
+    layer = FactorizedConv2D.from_layers(convs, factorization=kind)
+    assert layer.strides == (2, 2) and layer.padding == "same"
+    x = rng(7).normal(size=(2, 7, 7, 3)).astype("float32")
+    for task, conv in enumerate(convs):
+        assert_close(layer(x, task=task), conv(x), atol=1e-5)
+
+
+def test_from_layers_rejects_mismatched_shapes_and_single_layer():
+    a = keras.layers.Conv2D(4, 3)
+    a.build((None, 7, 7, 3))
+    b = keras.layers.Conv2D(4, 3)
+    b.build((None, 7, 7, 2))
+    with pytest.raises(ValueError, match="same kernel shape"):
+        FactorizedConv2D.from_layers([a, b])
+    with pytest.raises(ValueError, match="at least 2 layers"):
+        FactorizedConv2D.from_layers([a])
+    with pytest.raises(ValueError, match="must be a built keras.layers.Conv2D"):
+        FactorizedConv2D.from_layers([a, keras.layers.Dense(3)])
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_keras_round_trip_identical_for_every_task(kind, tmp_path):
+    image = keras.Input((6, 6, 3), name="image")
+    domain = keras.Input((), dtype="int32", name="domain")
+    conv = FactorizedConv(4, 3, num_tasks=TASKS, factorization=kind, rank=2, padding="same",
+                          activation="relu", name="conv")
+    model = keras.Model([image, domain], conv(image, task=domain))
+    conv.bias.assign(rng(8).normal(size=(TASKS, 4)).astype("float32"))
+    loaded = save_and_load(model, tmp_path)
+    x = rng(9).normal(size=(3, 6, 6, 3)).astype("float32")
+    for tasks in [np.full((3,), t, dtype="int32") for t in range(TASKS)] + [
+        np.array([2, 0, 1], dtype="int32")
+    ]:
+        assert_close(loaded([x, tasks]), model([x, tasks]), atol=0)
+
+
+def test_get_config_round_trip_and_sharing_strength():
+    layer = make("tucker", strides=(1, 2), kernel_variance=0.01)
+    again = FactorizedConv2D.from_config(layer.get_config())
+    assert again.get_config() == layer.get_config()
+    assert -1.0 <= layer.sharing_strength() <= 1.0
+
+
+def test_init_variance_uses_conv_fans():
+    layer = FactorizedConv2D(32, 3, num_tasks=2, factorization="tt", rank=4,
+                             kernel_variance="he")
+    layer.build((None, 8, 8, 16))
+    np.testing.assert_allclose(np.var(to_numpy(layer.stacked_kernel())), 2.0 / (9 * 16),
+                               rtol=0.03)
+
+
+def test_bad_input():
+    with pytest.raises(ValueError, match=r"Received: kernel_size=\(3, 3, 3\)"):
+        FactorizedConv2D(4, (3, 3, 3), num_tasks=2, rank=1)
+    with pytest.raises(ValueError, match="Received: padding='causal'"):
+        FactorizedConv2D(4, 3, num_tasks=2, rank=1, padding="causal")
+    with pytest.raises(ValueError, match="Received: filters=0"):
+        FactorizedConv2D(0, 3, num_tasks=2, rank=1)
+    layer = make("laf")
+    with pytest.raises(ValueError, match="Received: task=5"):
+        layer(np.ones((1, 6, 6, 3), "float32"), task=5)
+
+
+def test_exported_from_package():
+    assert keras_mdn.FactorizedConv is FactorizedConv2D
+    assert keras_mdn.FactorizedConv1D is FactorizedConv1D
