@@ -8,6 +8,6 @@ are imported where they are used.
 
 from keras_mdn import layers, ops  # noqa: F401
 from keras_mdn.layers import *  # noqa: F401,F403
-from keras_mdn.scoring import decathlon_score  # noqa: F401
+from keras_mdn.scoring import decathlon_score, domain_accuracies  # noqa: F401
 
 __version__ = "0.1.0"

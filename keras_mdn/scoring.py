@@ -9,7 +9,8 @@ The score rewards doing well on every domain at once, relative to a baseline:
 250, and twice the baseline error or worse scores 0, so the baseline itself scores 250 per
 domain (2500 for the ten decathlon tasks).
 
-This module is plain Python and NumPy: it runs on every backend.
+`decathlon_score` is plain Python and NumPy; `domain_accuracies` runs a Keras model on every
+backend (through NumPy arrays for in-memory data, tf.data otherwise).
 """
 
 import math
@@ -175,3 +176,58 @@ def _check_fractions(values, keys, name):
             )
         checked.append(value)
     return np.asarray(checked, dtype=np.float64)
+
+
+def domain_accuracies(model, data, split="test", batch_size=256, domains=None):
+    """Top-1 accuracy of a multi-domain classifier on each domain of a `MultiDomainData`.
+
+    The model takes `{"image": images, "domain": domain_ids}` and returns logits of shape
+    `(batch, C)` with `C >= num_classes[d]`; for domain d only its first `num_classes[d]`
+    logits compete (the layout of `keras_mdn.DomainHead`), so a padded head never predicts a
+    class the domain lacks. The result feeds `decathlon_score`.
+
+    Args:
+        model: a Keras model with inputs "image" and "domain".
+        data: a `keras_mdn.datasets.MultiDomainData`.
+        split: the split to evaluate. Defaults to "test".
+        batch_size: examples per forward pass. Defaults to 256.
+        domains: names or ids of the domains to evaluate. Defaults to all.
+
+    Returns:
+        Dict mapping each domain name to its accuracy, a fraction in [0, 1].
+    """
+    if domains is None:
+        ids = range(data.num_domains)
+    else:
+        ids = [data.domain_index(d) for d in ([domains] if isinstance(domains, str) else domains)]
+    accuracies = {}
+    for d in ids:
+        classes = data.num_classes[d]
+        correct = total = 0
+        for inputs, labels in _domain_batches(data, split, d, batch_size):
+            logits = np.asarray(model.predict_on_batch(inputs))
+            if logits.ndim != 2 or logits.shape[1] < classes:
+                raise ValueError(
+                    f"The model must return logits of shape (batch, >= {classes}) for domain "
+                    f"{data.names[d]!r}. Received: shape={logits.shape}"
+                )
+            predictions = np.argmax(logits[:, :classes], axis=1)
+            correct += int(np.sum(predictions == np.asarray(labels)))
+            total += len(predictions)
+        if total == 0:
+            raise ValueError(f"Domain {data.names[d]!r} has no examples in split {split!r}")
+        accuracies[data.names[d]] = correct / total
+    return accuracies
+
+
+def _domain_batches(data, split, domain, batch_size):
+    if data.in_memory:  # NumPy: any backend, no tf.data
+        images, labels = data.arrays(split, domain)
+        for start in range(0, len(labels), batch_size):
+            stop = start + batch_size
+            domain_ids = np.full(len(labels[start:stop]), domain, dtype=np.int32)
+            yield {"image": images[start:stop], "domain": domain_ids}, labels[start:stop]
+        return
+    dataset = data.dataset(split, domains=[domain], batch_size=batch_size, shuffle=False)
+    for inputs, labels in dataset.as_numpy_iterator():
+        yield inputs, labels

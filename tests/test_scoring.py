@@ -110,3 +110,67 @@ def test_clear_errors(accuracies, baseline, error, match):
 def test_rejects_unknown_metric():
     with pytest.raises(ValueError, match="metric='top5'"):
         decathlon_score([0.5], [0.5], metric="top5")
+
+
+def _linear_model(num_inputs, num_outputs, seed=0):
+    import keras
+
+    image = keras.Input((2, 2, 1), name="image")
+    domain = keras.Input((), dtype="int32", name="domain")
+    x = keras.layers.Flatten()(image)
+    one_hot = keras.layers.CategoryEncoding(num_inputs, output_mode="one_hot")(domain)
+    dense = keras.layers.Dense(num_outputs, name="dense")
+    logits = dense(keras.layers.Concatenate()([x, one_hot]))
+    model = keras.Model({"image": image, "domain": domain}, logits)
+    rng = np.random.default_rng(seed)
+    dense.set_weights([rng.normal(size=(4 + num_inputs, num_outputs)), np.zeros(num_outputs)])
+    return model, rng
+
+
+def test_domain_accuracies_against_numpy():
+    from keras_mdn.datasets import MultiDomainData
+    from keras_mdn.scoring import domain_accuracies
+
+    model, rng = _linear_model(2, 5)
+    kernel, _ = model.get_layer("dense").get_weights()
+    splits = {"test": []}
+    for n, classes in ((37, 5), (20, 2)):
+        images = rng.normal(size=(n, 2, 2, 1)).astype(np.float32)
+        splits["test"].append((images, rng.integers(0, classes, n)))
+    data = MultiDomainData.from_arrays(["five", "two"], [5, 2], splits)
+    result = domain_accuracies(model, data, batch_size=8)
+    for d, name in enumerate(data.names):
+        images, labels = data.arrays("test", name)
+        features = np.concatenate([images.reshape(len(images), 4), np.eye(2)[[d] * len(images)]], 1)
+        logits = features @ kernel
+        # only the domain's own classes compete
+        expected = np.mean(np.argmax(logits[:, : data.num_classes[d]], 1) == labels)
+        assert result[name] == pytest.approx(expected)
+    assert list(result) == ["five", "two"]
+    assert decathlon_score(result, {"five": 0.5, "two": 0.5}).total >= 0.0
+    with pytest.raises(ValueError, match="shape"):
+        domain_accuracies(_linear_model(2, 3)[0], data)
+
+
+@pytest.mark.tensorflow_only
+def test_domain_accuracies_through_tf_data():
+    from keras_mdn.datasets import MultiDomainData
+    from keras_mdn.datasets.multi_domain_data import DatasetSource
+    from keras_mdn.scoring import domain_accuracies
+    from tests.helpers import skip_unless_tensorflow
+
+    skip_unless_tensorflow()
+    import tensorflow as tf
+
+    model, rng = _linear_model(1, 3, seed=1)
+    images = rng.normal(size=(30, 2, 2, 1)).astype(np.float32)
+    labels = rng.integers(0, 3, 30)
+    source = DatasetSource(
+        lambda split: tf.data.Dataset.from_tensor_slices((images, labels)),
+        {"test": 30},
+        lambda image, augment, seed: image,
+    )
+    streamed = MultiDomainData(["d"], [3], (2, 2, 1), [source])
+    in_memory = MultiDomainData.from_arrays(["d"], [3], {"test": [(images, labels)]})
+    expected = domain_accuracies(model, in_memory, batch_size=7)
+    assert domain_accuracies(model, streamed, batch_size=7, domains="d") == expected
