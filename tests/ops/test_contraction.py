@@ -1,0 +1,132 @@
+"""Path search and execution of tensor-network contractions."""
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+
+from keras_mdn.ops import contraction
+from tests.helpers import assert_close, rng
+
+TT_LABELS = [("i0", "o0", "r1"), ("r1", "i1", "o1", "r2"), ("r2", "i2", "o2"),
+             ("B", "i0", "i1", "i2")]
+TT_OUTPUT = ("B", "o0", "o1", "o2")
+
+
+def tt_sizes(rank, batch, modes=(4, 4, 4)):
+    sizes = {f"i{k}": n for k, n in enumerate(modes)}
+    sizes.update({f"o{k}": n for k, n in enumerate(modes)})
+    sizes.update(r1=rank, r2=rank, B=batch)
+    return sizes
+
+
+def random_operands(labels, sizes, seed=0):
+    generator = rng(seed)
+    return [generator.normal(size=[sizes[lab] for lab in labs]).astype("float32")
+            for labs in labels]
+
+
+def einsum_reference(labels, output, operands):
+    letters = {}
+    for lab in itertools.chain(*labels, output):
+        letters.setdefault(lab, chr(ord("a") + len(letters)))
+    spec = ",".join("".join(letters[lab] for lab in labs) for labs in labels)
+    return np.einsum(spec + "->" + "".join(letters[lab] for lab in output), *operands)
+
+
+@pytest.mark.parametrize("cost", ["model", "flops"])
+@pytest.mark.parametrize("rank,batch", [(2, 3), (8, 64)])
+def test_contract_matches_einsum(cost, rank, batch):
+    sizes = tt_sizes(rank, batch)
+    operands = random_operands(TT_LABELS, sizes)
+    path = contraction.search_path(TT_LABELS, TT_OUTPUT, sizes, cost=cost)
+    assert_close(contraction.contract(path, operands),
+                 einsum_reference(TT_LABELS, TT_OUTPUT, operands), atol=1e-3, rtol=1e-4)
+
+
+def test_every_tree_gives_the_same_result():
+    sizes = tt_sizes(3, 5)
+    operands = random_operands(TT_LABELS, sizes, seed=1)
+    expected = einsum_reference(TT_LABELS, TT_OUTPUT, operands)
+    for tree in [(((0, 3), 1), 2), ((0, (1, 2)), 3), ((2, 3), (0, 1)), (((2, 3), 1), 0)]:
+        path = contraction.search_path(TT_LABELS, TT_OUTPUT, sizes, forced=tree)
+        assert_close(contraction.contract(path, operands), expected, atol=1e-4, rtol=1e-4)
+
+
+def brute_force_flops(labels, output, sizes):
+    """Minimum flops over all pairwise contraction trees (tiny networks only)."""
+    def search(items):
+        if len(items) == 1:
+            return 0
+        best = None
+        for a, b in itertools.combinations(range(len(items)), 2):
+            rest = [items[i] for i in range(len(items)) if i not in (a, b)]
+            outside = set(output).union(*rest)
+            merged = frozenset((items[a] | items[b]) & outside)
+            value = 2 * math.prod(sizes[lab] for lab in items[a] | items[b])
+            total = value + search(rest + [merged])
+            best = total if best is None else min(best, total)
+        return best
+
+    return search([frozenset(labs) for labs in labels])
+
+
+@pytest.mark.parametrize("rank,batch", [(2, 1), (16, 256), (4, 1024)])
+def test_dynamic_programme_finds_the_fewest_flops(rank, batch):
+    sizes = tt_sizes(rank, batch)
+    path = contraction.search_path(TT_LABELS, TT_OUTPUT, sizes, cost="flops")
+    assert path.flops == brute_force_flops(TT_LABELS, TT_OUTPUT, sizes)
+
+
+def test_greedy_above_the_exhaustive_limit(monkeypatch):
+    monkeypatch.setattr(contraction, "EXHAUSTIVE_LIMIT", 2)
+    sizes = tt_sizes(3, 4)
+    operands = random_operands(TT_LABELS, sizes, seed=2)
+    path = contraction.search_path(TT_LABELS, TT_OUTPUT, sizes)
+    assert_close(contraction.contract(path, operands),
+                 einsum_reference(TT_LABELS, TT_OUTPUT, operands), atol=1e-4, rtol=1e-4)
+
+
+def test_choice_depends_on_batch_and_rank():
+    # Small batch, low rank: contract x core by core. Large batch, high rank: reconstruct.
+    modes = (16, 8, 8)
+    small = contraction.search_path(TT_LABELS, TT_OUTPUT, tt_sizes(4, 32, modes))
+    large = contraction.search_path(TT_LABELS, TT_OUTPUT, tt_sizes(32, 1024, modes))
+    x = 3
+
+    def x_depth(tree):  # how many steps involve x
+        if isinstance(tree, int):
+            return 0
+        inside = any(_contains(child, x) for child in tree)
+        return inside + sum(x_depth(child) for child in tree)
+
+    assert x_depth(small.tree) >= 2
+    assert x_depth(large.tree) == 1
+
+
+def _contains(tree, leaf):
+    if isinstance(tree, int):
+        return tree == leaf
+    return any(_contains(child, leaf) for child in tree)
+
+
+def test_selector_gather_matches_einsum_with_one_hot():
+    labels = [("i", "k"), ("k", "t"), ("B", "i"), ("B", "t")]
+    sizes = {"i": 5, "k": 3, "t": 4, "B": 6}
+    operands = random_operands(labels[:3], sizes)
+    tasks = np.array([0, 3, 1, 1, 2, 0], dtype="int32")
+    one_hot = np.eye(4, dtype="float32")[tasks]
+    expected = einsum_reference(labels, ("B",), operands + [one_hot])
+    path = contraction.search_path(labels, ("B",), sizes, selector="t")
+    assert_close(contraction.contract(path, operands + [tasks]), expected, atol=1e-5)
+    forced = contraction.search_path(labels, ("B",), sizes, selector="t", forced=(((0, 1), 2), 3))
+    assert_close(contraction.contract(forced, operands + [tasks]), expected, atol=1e-5)
+
+
+def test_closed_form_flops_match_the_searched_path():
+    sizes = tt_sizes(4, 32, (16, 8, 8))
+    core_by_core = contraction.search_path(TT_LABELS, TT_OUTPUT, sizes, forced=(((0, 3), 1), 2))
+    assert core_by_core.flops == contraction.tt_matrix_core_by_core_flops(
+        32, (16, 8, 8), (16, 8, 8), (1, 4, 4, 1))
+    assert contraction.dense_flops(32, 1024, 1024) == 2 * 32 * 1024 * 1024
