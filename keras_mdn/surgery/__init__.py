@@ -1,3 +1,20 @@
-"""Model surgery: adapters for existing models, new domains, compression, folding."""
+"""Model surgery: adapters for existing models, new domains, compression, folding.
 
-from keras_mdn.surgery.fold import fold_domain  # noqa: F401
+`import keras_mdn.surgery` (not imported by `import keras_mdn`).
+"""
+
+from keras_mdn.surgery.adapters import add_adapters, select_layers
+from keras_mdn.surgery.compression import compress_adapters
+from keras_mdn.surgery.domains import add_domain
+from keras_mdn.surgery.fold import fold_domain
+from keras_mdn.surgery.freezing import FrozenEntries, train_only_domains
+
+__all__ = [
+    "FrozenEntries",
+    "add_adapters",
+    "add_domain",
+    "compress_adapters",
+    "fold_domain",
+    "select_layers",
+    "train_only_domains",
+]
