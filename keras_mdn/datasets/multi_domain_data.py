@@ -284,8 +284,7 @@ class MultiDomainData:
         _check_split(split)
         _check_batching(batching)
         batch_size = _check_batch_size(batch_size)
-        # The pipeline's functions branch on Python values only: tracing them without
-        # AutoGraph conversion builds the pipeline several times faster.
+        # The pipeline's functions branch on Python values only: no AutoGraph conversion.
         plain = tf.autograph.experimental.do_not_convert
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
             raise TypeError(f"`seed` must be an int. Received: seed={seed!r}")
@@ -344,14 +343,20 @@ class MultiDomainData:
         # Built eagerly, once per pipeline; the per-epoch function below only calls them.
         stream_fns = [domain_stream(p, d) for p, d in enumerate(ids)]
 
+        in_memory_mixed = None
+        if batching == "mixed" and not any(augment) and self.in_memory:
+            in_memory_mixed = self._in_memory_mixed(split, ids, shuffle, batch_size, drop_remainder)
+
         def epoch(epoch_index):
             epoch_seed = tf.random.experimental.stateless_fold_in(base_seed, epoch_index)
-            streams = [stream(epoch_seed) for stream, _ in stream_fns]
             choice = order
             if shuffle:
                 choice = tf.random.experimental.stateless_shuffle(
                     order, tf.random.experimental.stateless_fold_in(epoch_seed, -1)
                 )
+            if in_memory_mixed is not None:
+                return in_memory_mixed(epoch_seed, choice)
+            streams = [stream(epoch_seed) for stream, _ in stream_fns]
             choice = tf.data.Dataset.from_tensor_slices(choice)
             if batching == "per_domain":
                 streams = [
@@ -372,6 +377,44 @@ class MultiDomainData:
             total = self.steps_per_epoch(split, batch_size, batching, ids, drop_remainder)
             dataset = dataset.apply(tf.data.experimental.assert_cardinality(total))
         return dataset.prefetch(tf.data.AUTOTUNE)
+
+    def _in_memory_mixed(self, split, ids, shuffle, batch_size, drop_remainder):
+        """Mixed batches of in-memory, non-augmented domains, gathered whole.
+
+        Yields the same examples in the same order as the per-example path: domain d's
+        permutation is drawn from the same seed, and position k of the epoch takes the next
+        unused example of domain `choice[k]`.
+        """
+        import tensorflow as tf
+
+        sources = [self._sources[d] for d in ids]
+        permutations = [s.epoch_permutation(split, shuffle) for s in sources]
+        sizes = [s.size(split) for s in sources]
+        images = tf.constant(np.concatenate([s.arrays[split][0] for s in sources]))
+        labels = tf.constant(np.concatenate([s.arrays[split][1] for s in sources]))
+        domain_ids = tf.constant(
+            np.concatenate([np.full(n, d, np.int32) for d, n in zip(ids, sizes, strict=True)])
+        )
+        offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+        gather = tf.autograph.experimental.do_not_convert(
+            lambda i: (tf.gather(images, i), tf.gather(domain_ids, i), tf.gather(labels, i))
+        )
+
+        def epoch(epoch_seed, choice):
+            members = tf.concat(
+                [
+                    permutation(tf.random.experimental.stateless_fold_in(epoch_seed, d)) + offset
+                    for permutation, d, offset in zip(permutations, ids, offsets, strict=True)
+                ],
+                axis=0,
+            )
+            seen = tf.math.cumsum(tf.one_hot(choice, len(ids), dtype=tf.int64), axis=0)
+            rank = tf.gather(seen, choice, batch_dims=1) - 1
+            order = tf.gather(members, tf.gather(tf.constant(offsets), choice) + rank)
+            dataset = tf.data.Dataset.from_tensor_slices(order)
+            return dataset.batch(batch_size, drop_remainder=drop_remainder).map(gather)
+
+        return epoch
 
     def __repr__(self):
         lines = [f"MultiDomainData({self.description or 'multi-domain images'})"]
@@ -409,20 +452,31 @@ class ArraySource:
     def size(self, split):
         return len(self.arrays[split][1]) if split in self.arrays else 0
 
+    def epoch_permutation(self, split, shuffle):
+        """A function of the epoch's stateless seed returning the epoch's example order."""
+        import tensorflow as tf
+
+        size = self.size(split)
+
+        def permutation(epoch_seed):
+            order = tf.range(size, dtype=tf.int64)
+            if shuffle:  # a fresh uniform permutation each epoch, a function of the seed
+                shuffle_seed = tf.random.experimental.stateless_fold_in(epoch_seed, -1)
+                order = tf.random.experimental.stateless_shuffle(order, shuffle_seed)
+            return order
+
+        return permutation
+
     def _epoch_indices(self, split, shuffle):
         import tensorflow as tf
 
         if split not in self._tensors:
             images, labels = self.arrays[split]
             self._tensors[split] = (tf.constant(images), tf.constant(labels))
-        size = self.size(split)
+        permutation = self.epoch_permutation(split, shuffle)
 
         def indices(epoch_seed):
-            order = tf.range(size, dtype=tf.int64)
-            if shuffle:  # a fresh uniform permutation each epoch, a function of the seed
-                shuffle_seed = tf.random.experimental.stateless_fold_in(epoch_seed, -1)
-                order = tf.random.experimental.stateless_shuffle(order, shuffle_seed)
-            return tf.data.Dataset.from_tensor_slices(order)
+            return tf.data.Dataset.from_tensor_slices(permutation(epoch_seed))
 
         return indices, self._tensors[split]
 

@@ -253,3 +253,22 @@ def test_from_arrays_errors():
         MultiDomainData.from_arrays(["a"], [2], {"dev": [good]})
     with pytest.raises(ValueError, match="TFDS"):
         MultiDomainData(["a"], [2], (2, 2, 1), [DatasetSource(None, {}, None)]).arrays("train", 0)
+
+
+@tensorflow_only
+@pytest.mark.parametrize("batching", ["per_domain", "mixed"])
+def test_whole_batch_gathering_matches_the_per_example_path(batching):
+    # Without augmentation, in-memory batches are gathered whole; with the shift augmentation
+    # they go example by example. The order of examples must be the same.
+    data = _data()
+    kwargs = dict(batch_size=3, batching=batching, seed=5, repeat=True)
+    steps = data.steps_per_epoch("train", 3, batching)
+    fast = _collect(data.dataset("train", **kwargs).take(2 * steps))
+    slow = _collect(data.dataset("train", training_augmentation=True, **kwargs).take(2 * steps))
+    for (images, domains, labels), (shifted, slow_domains, slow_labels) in zip(
+        fast, slow, strict=True
+    ):
+        np.testing.assert_array_equal(domains, slow_domains)
+        np.testing.assert_array_equal(labels, slow_labels)
+        # images are constant codes; a shift of <= 2 pixels keeps the code visible
+        np.testing.assert_array_equal(images.max(axis=(1, 2, 3)), shifted.max(axis=(1, 2, 3)))
