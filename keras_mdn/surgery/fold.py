@@ -48,6 +48,7 @@ class FunctionalGraph:
         outputs: the output structure, with `(layer_name, node_index, tensor_index)` leaves.
         uses: number of reads of each output tensor `(layer_name, node_index, tensor_index)`,
             model outputs included.
+        consumers: indices into `nodes` of the nodes reading each output tensor.
     """
 
     def __init__(self, model):
@@ -104,9 +105,11 @@ class FunctionalGraph:
             if len(remaining) == len(pending):
                 raise ValueError(f"Cannot order the graph of model {model.name!r}.")
             pending = remaining
-        for node in self.nodes:
+        self.consumers = {}
+        for index, node in enumerate(self.nodes):
             for key in _tensor_keys((node[2], node[3])):
                 self._count(key)
+                self.consumers.setdefault(key, []).append(index)
         self.num_domains = max(
             (getattr(op, "num_domains", 0) for op in model.operations if isinstance(
                 op, DOMAIN_LAYERS)),
@@ -166,7 +169,7 @@ class FunctionalGraph:
         return _map_history(lambda history: values[history], self.outputs)
 
 
-def call_with_domain(model, inputs, domain, graph=None):
+def call_with_domain(model, inputs, domain, graph=None, head_classes_only=False):
     """Runs a functional multi-domain model with a static or scalar `domain`, at inference.
 
     Args:
@@ -175,6 +178,9 @@ def call_with_domain(model, inputs, domain, graph=None):
         domain: Python int (static: weights are sliced while tracing) or a 0-d int tensor.
         graph: an optional `FunctionalGraph` of `model` (built once by callers tracing many
             endpoints).
+        head_classes_only: with a Python int `domain`, each `DomainHead` returns only the
+            domain's classes `(batch, num_classes[domain])` instead of the padded logits (no
+            padding value then reaches the graph: it would ruin int8 output scales).
 
     Returns:
         The model's outputs.
@@ -190,6 +196,13 @@ def call_with_domain(model, inputs, domain, graph=None):
         values[graph.domain_input] = domain
 
     def handler(op, name, args, kwargs, key):
+        if isinstance(op, DOMAIN_LAYERS) and len(args) > 1:
+            # Keras layers take only tensors positionally; a Python int domain goes by name.
+            args, kwargs = args[:1], {**kwargs, "domain": args[1]}
+        if head_classes_only and isinstance(op, DomainHead) and isinstance(domain, int):
+            kernel, bias = op.domain_weights(kwargs.get("domain", domain))
+            logits = keras.ops.matmul(args[0], kernel)
+            return logits if bias is None else logits + bias
         if isinstance(op, keras.layers.Layer) and _accepts_training(op):
             kwargs = {**kwargs, "training": False}
         return op(*args, **kwargs)
