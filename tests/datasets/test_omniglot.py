@@ -192,3 +192,30 @@ def test_tfds_path_with_mock_data():
     assert not train & {im.tobytes() for im in data.arrays("test", 0)[0]}
     batches = list(data.dataset("train", batch_size=8))
     assert all(len(set(x["domain"].numpy().tolist())) == 1 for x, _ in batches)
+
+
+def test_checksums_match_tfds_url_checksums():
+    import importlib.util
+    from pathlib import Path
+
+    from keras_mdn.datasets import OMNIGLOT_FILES
+
+    spec = importlib.util.find_spec("tensorflow_datasets")
+    if spec is None:
+        pytest.skip("tensorflow_datasets is not installed")
+    table = Path(spec.origin).parent / "url_checksums" / "omniglot.txt"
+    rows = {}
+    for line in table.read_text().splitlines():
+        if line.strip():
+            url, size, digest, name = line.split("\t")
+            rows[name] = (int(size), digest)
+    assert {name: (size, digest) for name, size, digest in OMNIGLOT_FILES.values()} == rows
+
+
+@requires_shared_data
+def test_small1_checksum_matches_shared_sha256sums():
+    from keras_mdn.datasets import OMNIGLOT_FILES
+
+    digest, name = (SMALL1.parent / "SHA256SUMS").read_text().split()
+    assert name == SMALL1.name
+    assert OMNIGLOT_FILES["small1"][2] == digest
