@@ -472,7 +472,8 @@ class ArraySource:
 
         if split not in self._tensors:
             images, labels = self.arrays[split]
-            self._tensors[split] = (tf.constant(images), tf.constant(labels))
+            with tf.init_scope():  # eager constants, shared by every pipeline and epoch
+                self._tensors[split] = (tf.constant(images), tf.constant(labels))
         permutation = self.epoch_permutation(split, shuffle)
 
         def indices(epoch_seed):
