@@ -31,7 +31,7 @@ from keras_mdn.layers.domain_batch_normalization import DomainBatchNormalization
 from keras_mdn.layers.domain_head import DomainHead
 from keras_mdn.layers.residual_adapter import ResidualAdapter
 from keras_mdn.ops import folding
-from keras_mdn.surgery.fold import FunctionalGraph, _accepts_training
+from keras_mdn.surgery.fold import FACTORIZED_LAYERS, FunctionalGraph, _accepts_training
 
 SEPARATOR = "__"
 
@@ -85,6 +85,12 @@ class SwappablePlan:
                 self.units[key] = ("affine", op, name, None)
             elif isinstance(op, DomainHead):
                 self.units[key] = ("head", op, name, None)
+            elif isinstance(op, FACTORIZED_LAYERS):
+                raise ValueError(
+                    f"The swappable export does not support factorised layer {op.name!r} "
+                    f"({type(op).__name__}): export it with the folded or multi-signature "
+                    "layouts (each task's weights as constants)."
+                )
             else:
                 raise ValueError(
                     f"The swappable export does not know layer {op.name!r} "

@@ -11,6 +11,10 @@ layers only:
   layer's kernel and bias (`folding.fold_affine`); any other one becomes a fixed
   `keras.layers.BatchNormalization` holding the domain's statistics;
 - a `DomainHead` becomes a `Dense` with that domain's classes only;
+- a `FactorizedDense` / `FactorizedConv1D` / `FactorizedConv2D` reading the domain as its task
+  becomes a `Dense` / `Conv*D` with the task's reconstructed kernel (`task_kernel`), or stays
+  factorised (called with the fixed task) when its factors are smaller than one reconstructed
+  kernel (`factorized="auto"`, e.g. a TT-matrix layer that compresses a big dense layer);
 - every other layer is copied (config and weights); a non-layer operation (`keras.ops.*` used
   on symbolic tensors) is re-applied.
 
@@ -28,11 +32,15 @@ import numpy as np
 
 from keras_mdn.layers.domain_batch_normalization import DomainBatchNormalization
 from keras_mdn.layers.domain_head import DomainHead
+from keras_mdn.layers.factorized_conv import BaseFactorizedConv
+from keras_mdn.layers.factorized_dense import FactorizedDense
 from keras_mdn.layers.residual_adapter import ResidualAdapter
 from keras_mdn.ops import folding, routing
 
 _LINEAR_TYPES = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Dense)
-DOMAIN_LAYERS = (ResidualAdapter, DomainBatchNormalization, DomainHead)
+FACTORIZED_LAYERS = (FactorizedDense, BaseFactorizedConv)
+DOMAIN_LAYERS = (ResidualAdapter, DomainBatchNormalization, DomainHead) + FACTORIZED_LAYERS
+FACTORIZED_CHOICES = ("auto", "reconstruct", "keep")
 
 
 class FunctionalGraph:
@@ -111,8 +119,11 @@ class FunctionalGraph:
                 self._count(key)
                 self.consumers.setdefault(key, []).append(index)
         self.num_domains = max(
-            (getattr(op, "num_domains", 0) for op in model.operations if isinstance(
-                op, DOMAIN_LAYERS)),
+            (
+                getattr(op, "num_tasks", None) or getattr(op, "num_domains", 0)
+                for op in model.operations
+                if isinstance(op, DOMAIN_LAYERS)
+            ),
             default=0,
         )
 
@@ -198,7 +209,8 @@ def call_with_domain(model, inputs, domain, graph=None, head_classes_only=False)
     def handler(op, name, args, kwargs, key):
         if isinstance(op, DOMAIN_LAYERS) and len(args) > 1:
             # Keras layers take only tensors positionally; a Python int domain goes by name.
-            args, kwargs = args[:1], {**kwargs, "domain": args[1]}
+            name = "task" if isinstance(op, FACTORIZED_LAYERS) else "domain"
+            args, kwargs = args[:1], {**kwargs, name: args[1]}
         if head_classes_only and isinstance(op, DomainHead) and isinstance(domain, int):
             kernel, bias = op.domain_weights(kwargs.get("domain", domain))
             logits = keras.ops.matmul(args[0], kernel)
@@ -219,13 +231,17 @@ def _accepts_training(layer):
         return False
 
 
-def fold_domain(model, domain):
+def fold_domain(model, domain, factorized="auto"):
     """A plain single-domain Keras model with adapters, domain BNs and head folded in.
 
     Args:
         model: a functional multi-domain model (e.g. `keras_mdn.models.resnet26`) with a
             domain input, or a single-input model whose domain layers get Python ints.
         domain: Python int, the domain to fold.
+        factorized: what becomes of factorised layers reading the domain as their task:
+            `"reconstruct"` (a plain layer with the task's kernel), `"keep"` (the factorised
+            layer called with the fixed task) or `"auto"` (whichever holds fewer parameters).
+            Defaults to `"auto"`.
 
     Returns:
         A `keras.Model` with the model's non-domain input(s) (e.g. `"image"`) and the domain's
@@ -241,6 +257,10 @@ def fold_domain(model, domain):
     >>> plain = fold_domain(multi_domain_model, domain=2)
     >>> plain.predict(images)  # == multi_domain_model({"image": images, "domain": 2s})
     """
+    if factorized not in FACTORIZED_CHOICES:
+        raise ValueError(
+            f"`factorized` must be one of {FACTORIZED_CHOICES}. Received: factorized={factorized!r}"
+        )
     graph = FunctionalGraph(model)
     if isinstance(domain, (bool, np.bool_)) or not isinstance(domain, (int, np.integer)):
         raise TypeError(f"`domain` must be a Python int. Received: domain={domain!r}")
@@ -251,7 +271,7 @@ def fold_domain(model, domain):
             values[name] = _DOMAIN
         else:
             values[name] = keras.Input(shape=tuple(shape[1:]), dtype=dtype, name=name)
-    folder = _Folder(graph, domain)
+    folder = _Folder(graph, domain, factorized)
     outputs = graph.run(values, folder)
     outputs = keras.tree.map_structure(folder.materialize, outputs)
     inputs = [values[name] for name, _, _, _ in graph.inputs if name != graph.domain_input]
@@ -286,8 +306,8 @@ class _Linear:
 
 
 class _Folder:
-    def __init__(self, graph, domain):
-        self.graph, self.domain = graph, domain
+    def __init__(self, graph, domain, factorized="auto"):
+        self.graph, self.domain, self.factorized = graph, domain, factorized
 
     def materialize(self, value):
         if not isinstance(value, _Linear):
@@ -301,7 +321,8 @@ class _Folder:
 
     def _domain_argument(self, op, args, kwargs):
         """The domain a domain layer was called with (the model's, or a fixed Python int)."""
-        domain = kwargs.get("domain", args[1] if len(args) > 1 else None)
+        name = "task" if isinstance(op, FACTORIZED_LAYERS) else "domain"
+        domain = kwargs.get(name, args[1] if len(args) > 1 else None)
         if domain is _DOMAIN:
             return self.domain
         if isinstance(domain, (int, np.integer)) and not isinstance(domain, bool):
@@ -317,6 +338,8 @@ class _Folder:
             return self._adapter(op, name, args, kwargs, key)
         if isinstance(op, (DomainBatchNormalization, keras.layers.BatchNormalization)):
             return self._normalization(op, name, args, kwargs, key)
+        if isinstance(op, FACTORIZED_LAYERS) and _reads_domain(args, kwargs):
+            return self._factorized(op, name, args, kwargs, key)
         if isinstance(op, DomainHead):
             domain = self._domain_argument(op, args, kwargs)
             kernel, bias = op.domain_weights(domain)
@@ -330,6 +353,32 @@ class _Folder:
                 type(op), op.get_config(), op.kernel, op.bias, layer_input, name, key
             )
         return self._copy(op, name, args, kwargs)
+
+    def _factorized(self, op, name, args, kwargs, key):
+        task = self._domain_argument(op, args, kwargs)
+        kernel = op.task_kernel(task)
+        bias = None if op.bias is None else op.bias[task]
+        reconstructed = int(np.prod(kernel.shape)) + (0 if bias is None else int(bias.shape[0]))
+        keep = self.factorized == "keep" or (
+            self.factorized == "auto" and op.count_params() < reconstructed
+        )
+        if keep:
+            kwargs = {k: v for k, v in kwargs.items() if k != "task"}
+            return self._copy(op, name, args[:1], {**kwargs, "task": task})
+        activation = keras.activations.serialize(op.activation) if op.activation else None
+        if isinstance(op, FactorizedDense):
+            cls, config = keras.layers.Dense, {"units": op.units}
+        else:
+            cls = {1: keras.layers.Conv1D, 2: keras.layers.Conv2D}[op.rank_spatial]
+            config = {
+                "filters": op.filters,
+                "kernel_size": op.kernel_size,
+                "strides": op.strides,
+                "padding": op.padding,
+                "dilation_rate": op.dilation_rate,
+            }
+        config["activation"] = activation
+        return _Linear(cls, config, kernel, bias, self.materialize(args[0]), name, key)
 
     def _adapter(self, op, name, args, kwargs, key):
         domain = self._domain_argument(op, args, kwargs)
@@ -391,7 +440,8 @@ class _Folder:
             raise ValueError(
                 f"fold_domain does not know how to fold layer {op.name!r} "
                 f"({type(op).__name__}): it reads the domain input. Foldable domain layers: "
-                "ResidualAdapter, DomainBatchNormalization, DomainHead."
+                "ResidualAdapter, DomainBatchNormalization, DomainHead, FactorizedDense, "
+                "FactorizedConv1D, FactorizedConv2D."
             )
         args = keras.tree.map_structure(self.materialize, args)
         kwargs = keras.tree.map_structure(self.materialize, kwargs)

@@ -168,3 +168,58 @@ def test_resnet26_folds_to_the_base_network(adapter):
     assert folded.count_params() == base.count_params()
     assert layer_types(folded) == layer_types(base)
     assert "ResidualAdapter" not in layer_types(folded)
+
+
+def factorized_model(factorization="laf", rank=2):
+    """features -> FactorizedConv2D(task) -> domain BN -> ReLU -> pool -> FactorizedDense."""
+    from keras_mdn import FactorizedConv2D, FactorizedDense
+
+    image = keras.Input((6, 6, 3), name="image")
+    domain = keras.Input((), dtype="int32", name="domain")
+    x = FactorizedConv2D(5, 3, num_tasks=T, rank=2, padding="same", name="fconv")(
+        image, task=domain
+    )
+    x = DomainBatchNormalization(T, name="bn")(x, domain=domain)
+    x = keras.layers.ReLU()(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    x = FactorizedDense(64, num_tasks=T, factorization=factorization, rank=rank,
+                        activation="relu", name="fdense")(x, task=domain)
+    logits = DomainHead(NUM_CLASSES, name="head")(x, domain=domain)
+    model = keras.Model({"image": image, "domain": domain}, logits)
+    return randomize(model)
+
+
+@pytest.mark.parametrize("factorized", ["reconstruct", "keep", "auto"])
+def test_factorized_layers_fold_per_task(factorized):
+    model = factorized_model()
+    x = rng(6).normal(size=(3, 6, 6, 3)).astype("float32")
+    for domain in range(T):
+        folded = fold_domain(model, domain, factorized=factorized)
+        expected = reference(model, x, domain)
+        np.testing.assert_allclose(to_numpy(folded(x)), expected, atol=1e-5, rtol=0)
+        types = layer_types(folded)
+        if factorized == "reconstruct":
+            assert "FactorizedDense" not in types and "FactorizedConv2D" not in types
+            assert types.count("BatchNormalization") == 0  # the BN folded into the conv
+        if factorized == "keep":
+            assert "FactorizedDense" in types and "FactorizedConv2D" in types
+        if factorized == "auto":
+            # The 3x3x3x5 conv kernel (135) is smaller than the layer's factors: reconstructed.
+            # The 5x64 dense: LAF factors 5*64*2 + 2*3 + 3*64 > 320: reconstructed too.
+            assert "FactorizedConv2D" not in types
+
+
+def test_factorized_auto_keeps_a_compressing_layer():
+    from keras_mdn import FactorizedDense
+
+    features = keras.Input((64,), name="features")
+    domain = keras.Input((), dtype="int32", name="domain")
+    x = FactorizedDense(64, num_tasks=T, factorization="tucker", rank=4, name="fdense")(
+        features, task=domain
+    )
+    model = keras.Model({"features": features, "domain": domain}, x)
+    folded = fold_domain(model, 1)
+    assert "FactorizedDense" in layer_types(folded)  # Tucker rank 4: far below 64 * 64
+    x = rng(2).normal(size=(2, 64)).astype("float32")
+    expected = to_numpy(model({"features": x, "domain": np.ones((2,), "int32")}))
+    np.testing.assert_allclose(to_numpy(folded(x)), expected, atol=1e-5)
