@@ -7,10 +7,11 @@ sources, or as TFDS datasets), and builds tf.data pipelines that yield
 model with inputs named "image" and "domain".
 
 Determinism: with a given `seed`, `dataset()` yields the same examples in the same order with
-the same augmentation every time it is built (epoch e of a repeated dataset is a function of
-`(seed, e)`); shuffling and augmentation use stateless random ops, seeded per epoch, domain
-and example, so parallel preprocessing does not change the result. Buffered shuffles of TFDS
-sources also depend on TensorFlow's global seed (`keras.utils.set_random_seed`).
+the same augmentation every time it is built. Epoch e (of `repeat=True`, or the e-th iteration
+of the dataset) is a function of `(seed, e)`: shuffling and augmentation use stateless random
+ops, seeded per epoch, domain and example, so parallel preprocessing does not change the
+result. Buffered shuffles of TFDS sources also depend on TensorFlow's global seed
+(`keras.utils.set_random_seed`).
 """
 
 import math
@@ -272,8 +273,10 @@ class MultiDomainData:
                 trains and it lets the layers take their one-domain fast path.
                 "mixed": examples of all domains are shuffled together, so a batch mixes
                 domains.
-            repeat: repeat the epochs indefinitely (each epoch reshuffled). Pass
-                `steps_per_epoch=data.steps_per_epoch(...)` to `fit`. Defaults to False.
+            repeat: repeat the epochs indefinitely. Pass
+                `steps_per_epoch=data.steps_per_epoch(...)` to `fit`. Defaults to False: one
+                epoch per iteration; iterating the dataset again (`fit(..., epochs=n)`)
+                yields the next epoch, reshuffled.
             drop_remainder: drop incomplete batches (per domain for "per_domain").
 
         Returns:
@@ -367,7 +370,13 @@ class MultiDomainData:
             mixed = tf.data.Dataset.choose_from_datasets(streams, choice)
             return mixed.batch(batch_size, drop_remainder=drop_remainder)
 
+        # Epoch numbers come from a counter owned by this pipeline, so iterating it again (as
+        # `fit` does each epoch without `steps_per_epoch`) gives the next epoch, reshuffled,
+        # while a freshly built pipeline starts again at epoch 0.
+        with tf.init_scope():
+            epoch_counter = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch_counter")
         epochs = tf.data.Dataset.counter() if repeat else tf.data.Dataset.range(1)
+        epochs = epochs.map(plain(lambda _: epoch_counter.assign_add(1) - 1))
         dataset = epochs.flat_map(plain(epoch))
         dataset = dataset.map(
             plain(lambda x, d, y: ({"image": x, "domain": d}, y)),

@@ -272,3 +272,17 @@ def test_whole_batch_gathering_matches_the_per_example_path(batching):
         np.testing.assert_array_equal(labels, slow_labels)
         # images are constant codes; a shift of <= 2 pixels keeps the code visible
         np.testing.assert_array_equal(images.max(axis=(1, 2, 3)), shifted.max(axis=(1, 2, 3)))
+
+
+@tensorflow_only
+@pytest.mark.parametrize("batching", ["per_domain", "mixed"])
+def test_iterating_again_gives_the_next_epoch(batching):
+    data = _data()
+    dataset = data.dataset("train", batch_size=4, seed=2, batching=batching)
+    first, second = _codes(_collect(dataset)), _codes(_collect(dataset))
+    assert sorted(first) == sorted(second)
+    assert first != second  # reshuffled, as fit(..., epochs=n) expects
+    repeated = data.dataset("train", batch_size=4, seed=2, batching=batching, repeat=True)
+    steps = data.steps_per_epoch("train", 4, batching)
+    assert _codes(_collect(repeated.take(2 * steps))) == first + second
+    assert _codes(_collect(data.dataset("train", batch_size=4, seed=2, batching=batching))) == first
