@@ -37,6 +37,7 @@ class FrozenEntries(keras.constraints.Constraint):
         self.constraint = keras.constraints.get(constraint)
 
     def __call__(self, w):
+        w = ops.convert_to_tensor(w)  # optimizers may pass the variable itself (JAX)
         if self.constraint is not None:
             w = self.constraint(w)
         return ops.where(self.trainable_mask, w, ops.cast(self.frozen_values, w.dtype))
