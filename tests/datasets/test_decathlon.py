@@ -46,9 +46,9 @@ def test_all_tasks_metadata_from_the_builders():
 def test_pipelines_with_random_mock_data():
     import tensorflow_datasets as tfds
 
-    tasks = ["aircraft", "daimlerpedcls", "svhn"]
+    tasks = ["daimlerpedcls", "svhn"]
     with tfds.testing.mock_data(num_examples=3):  # random image sizes, random labels
-        data = load_decathlon_domains(tasks=tasks, normalization_samples=3)
+        data = load_decathlon_domains(tasks=tasks, normalization_samples=2)
         for batching in ("per_domain", "mixed"):
             seen = set()
             for inputs, labels in data.dataset("train", batch_size=2, batching=batching):
@@ -61,7 +61,7 @@ def test_pipelines_with_random_mock_data():
                 for d, y in zip(domains, labels.numpy(), strict=True):
                     assert 0 <= y < NUM_CLASSES[tasks[d]]
                 seen.update(domains.tolist())
-            assert seen == {0, 1, 2}
+            assert seen == {0, 1}
 
 
 def test_evaluation_preprocessing_against_numpy_reference():
