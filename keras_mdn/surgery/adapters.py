@@ -92,6 +92,11 @@ def add_adapters(
     layers = graph_layers(model)
     head = _find_classifier(model, layers, classifier, required=num_classes is not None)
     selected = select_layers(layers, where, depth_fraction, exclude=head)
+    if head is not None and num_classes is not None and head in selected:
+        raise ValueError(
+            f"The classifier {head.name!r} is replaced by a DomainHead (`num_classes` is set), "
+            f"so it cannot also take an adapter. Received: where={where!r}"
+        )
     selected_ids = {id(layer) for layer in selected}
     replaced, shared = {}, {}
 

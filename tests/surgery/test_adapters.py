@@ -151,6 +151,7 @@ def test_mobilenet_v2_surgery_trains_and_round_trips(tmp_path):
         (dict(rank=0), "rank=0"),
         (dict(mode="sideways"), "mode='sideways'"),
         (dict(classifier="conv1", num_classes=[3, 3, 3]), "classifier='conv1'"),
+        (dict(where=["predictions"], num_classes=[3, 3, 3]), "cannot also take an adapter"),
     ],
 )
 def test_bad_arguments_raise_clear_errors(kwargs, match):
