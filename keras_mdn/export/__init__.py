@@ -50,7 +50,8 @@ def export_all(model, directory, domains=None, domain_names=None, quantizations=
     Args:
         model: functional multi-domain model (inputs `"image"` and `"domain"`).
         directory: output directory (created).
-        domains: domains to export. Defaults to all.
+        domains: domains to export (ints). Defaults to all. A list of strings is read as
+            `domain_names` (all domains exported).
         domain_names: optional list of names, one per domain of the model (stored in the
             packs and the manifest).
         quantizations: TFLite quantisations to write, each of `None`, `"float16"`,
@@ -72,6 +73,10 @@ def export_all(model, directory, domains=None, domain_names=None, quantizations=
     from keras_mdn.layers.domain_head import DomainHead
     from keras_mdn.surgery.fold import FunctionalGraph
 
+    if domains is not None and not isinstance(domains, int) and domains and all(
+        isinstance(d, str) for d in domains
+    ):
+        domain_names, domains = list(domains), None
     unknown = set(layouts) - set(LAYOUTS)
     if unknown:
         raise ValueError(f"`layouts` must be among {LAYOUTS}. Received: layouts={layouts!r}")

@@ -1,0 +1,394 @@
+"""Export benchmark: file sizes and LiteRT latency of every export layout (issue 5 item 7).
+
+For ResNet-26 (64x64, parallel full-rank adapters, `--width-factor`) and the main example's
+small network (ResNet-26 at width 0.25 on 16x16x1 digits), with 5 and 10 domains, in one run:
+
+- sizes: base network (same architecture without adapters, folded), folded domain model,
+  multi-signature file with T signatures, swappable base, one pack (float32 full-rank adapters,
+  and float16 packs of a rank-r ResidualAdapter model: the SVD-compressed form);
+- LiteRT latency at batch 1 with 1 and 2 threads of base, folded and swappable (packs fed once,
+  as an app does; per call only the image), interleaved per repetition, medians;
+- quantisation (small network, 5 domains): size, max abs logit error relative to the logit
+  spread, and top-1 agreement with the Keras model for every layout and option.
+
+The issue's targets are reported pass/fail. Weights are random (sizes and latency do not
+depend on them; the parity numbers are on random images).
+
+    KERAS_BACKEND=tensorflow timeout 3000 python benchmarks/export_benchmark.py
+
+writes `benchmarks/results/export.{md,json,png}`.
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+
+from keras_mdn.export import (  # noqa: E402
+    Pack,
+    SwappablePlan,
+    export_folded_tflite,
+    export_multi_signature_tflite,
+    export_swappable_tflite,
+    op_counts,
+    packs,
+)
+from keras_mdn.models import resnet26  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--width-factor", type=float, default=1.0)
+    parser.add_argument("--domains", type=int, nargs="+", default=[5, 10])
+    parser.add_argument("--rank", type=int, default=16, help="rank of the compressed adapters")
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke run")
+    parser.add_argument("--output", default="export")
+    return parser.parse_args()
+
+
+def randomize(model, seed=0):
+    """Random per-domain parameters at realistic scales (sizes/latency do not depend on them)."""
+    r = np.random.default_rng(seed)
+    for weight in model.weights:
+        path = weight.path
+        if "adapter_kernel" in path:
+            value = r.normal(size=weight.shape) * 0.02
+        elif "moving_variance" in path or "gamma" in path:
+            value = r.uniform(0.8, 1.2, size=weight.shape)
+        elif "moving_mean" in path or "beta" in path:
+            value = r.normal(size=weight.shape) * 0.05
+        else:
+            continue
+        weight.assign(value.astype("float32"))
+    return model
+
+
+def size(path):
+    return os.path.getsize(path)
+
+
+class Timer:
+    """Batch-1 invoke latency of a single-signature model.
+
+    Pack inputs are set once (as an app does when it switches domain); each call sets only
+    the image and invokes.
+    """
+
+    def __init__(self, path, threads, signature, fixed_inputs=None):
+        from ai_edge_litert.interpreter import Interpreter
+
+        self.interpreter = Interpreter(model_path=str(path), num_threads=threads)
+        details = self.interpreter.get_signature_runner(signature).get_input_details()
+        self.interpreter.allocate_tensors()
+        fixed_inputs = fixed_inputs or {}
+        for name, value in fixed_inputs.items():
+            self.interpreter.set_tensor(details[name]["index"], value)
+        (image_name,) = [n for n in details if n not in fixed_inputs]
+        self.image_index = details[image_name]["index"]
+        shape = details[image_name]["shape"]
+        self.image = np.random.default_rng(0).normal(size=shape).astype("float32")
+        for _ in range(3):
+            self.invoke()
+
+    def invoke(self):
+        self.interpreter.set_tensor(self.image_index, self.image)
+        self.interpreter.invoke()
+
+    def measure(self, seconds=0.3):
+        start, count = time.perf_counter(), 0
+        while time.perf_counter() - start < seconds or count < 3:
+            self.invoke()
+            count += 1
+        return (time.perf_counter() - start) / count
+
+
+def build_resnet(width_factor, input_shape):
+    def build(adapter, num_domains, rank=None):
+        model = resnet26([10] * num_domains, adapter=adapter, input_shape=input_shape,
+                         width_factor=width_factor, rank=rank)
+        return randomize(model)
+
+    return build
+
+
+def keras_logits(model, images, domain):
+    domains = np.full((len(images),), domain, "int32")
+    return np.asarray(model({"image": images, "domain": domains}))[:, :10]
+
+
+def parity(model, runner, images_by_domain, domains):
+    errors, agreement = [], []
+    for domain in domains:
+        images = images_by_domain[domain]
+        expected = keras_logits(model, images, domain)
+        out = runner(images, domain)
+        errors.append(float(np.max(np.abs(out - expected)) / np.ptp(expected)))
+        agreement.append(float(np.mean(out.argmax(-1) == expected.argmax(-1))))
+    return max(errors), float(np.mean(agreement))
+
+
+def network(name, build, domain_counts, args, tmp):
+    """Sizes and latency of every layout for one network, for each number of domains."""
+    log(f"== {name}")
+    base_model = build(None, 2)
+    base = export_folded_tflite(base_model, f"{tmp}/{name}_base", [0])[0]
+    rows = []
+    for num_domains in domain_counts:
+        t0 = time.time()
+        model = build("parallel", num_domains)
+        folded = export_folded_tflite(model, f"{tmp}/{name}_{num_domains}_folded", [0])[0]
+        multi = export_multi_signature_tflite(model, f"{tmp}/{name}_{num_domains}_multi.tflite")
+        swap = export_swappable_tflite(model, f"{tmp}/{name}_{num_domains}_swap", [0])
+        pack = packs.read_pack(swap["packs"][0])
+        compressed = SwappablePlan(build("parallel", num_domains, rank=args.rank))
+        compressed_pack = {
+            dtype: len(packs.encode(Pack(compressed.model_id, 0, "domain_0",
+                                         compressed.pack_tensors(0), dtype=dtype)))
+            for dtype in ("float32", "float16")
+        }
+        row = {
+            "network": name,
+            "domains": num_domains,
+            "base_bytes": size(base),
+            "folded_bytes": size(folded),
+            "multi_signature_bytes": size(multi),
+            "swappable_bytes": size(swap["base"]),
+            "pack_float32_bytes": size(swap["packs"][0]),
+            "pack_float16_bytes": len(packs.encode(Pack(pack.model_id, 0, "domain_0",
+                                                        pack.tensors, dtype="float16"))),
+            "compressed_rank": args.rank,
+            "compressed_pack_float32_bytes": compressed_pack["float32"],
+            "compressed_pack_float16_bytes": compressed_pack["float16"],
+            "folded_ops_equal_base": op_counts(open(folded, "rb").read())
+            == op_counts(open(base, "rb").read()),
+            "export_seconds": time.time() - t0,
+        }
+        timers = {}
+        for threads in (1, 2):
+            timers[("base", threads)] = Timer(base, threads, "domain_0")
+            timers[("folded", threads)] = Timer(folded, threads, "domain_0")
+            timers[("swappable", threads)] = Timer(swap["base"], threads, "swappable",
+                                                   pack.tensors)
+        samples = {key: [] for key in timers}
+        for _ in range(args.repeats):
+            for key, timer in timers.items():  # interleaved: drift hits every variant alike
+                samples[key].append(timer.measure())
+        for (variant, threads), values in samples.items():
+            row[f"{variant}_latency_ms_{threads}t"] = 1e3 * statistics.median(values)
+        rows.append(row)
+        log(json.dumps(row))
+    return rows
+
+
+def quantization_table(name, build, num_domains, args, tmp):
+    """Size, parity and top-1 agreement of every layout and quantisation option."""
+    log(f"== quantisation, {name}, {num_domains} domains")
+    model = build("parallel", num_domains)
+    r = np.random.default_rng(1)
+    shape = tuple(model.inputs[0].shape[1:])
+    images = {d: r.normal(size=(32,) + shape).astype("float32") for d in range(num_domains)}
+    calibration = {d: r.normal(size=(16,) + shape).astype("float32") for d in range(num_domains)}
+    from keras_mdn.export import FoldedModel, MultiSignatureModel, SwappableModel
+
+    rows = []
+    folded_domains = [0, 1]
+    float_swap = None
+    for quantization in (None, "float16", "dynamic_range", "int8"):
+        tag = str(quantization)
+        folded = export_folded_tflite(model, f"{tmp}/q_folded", folded_domains, quantization,
+                                      calibration)
+        multi = export_multi_signature_tflite(model, f"{tmp}/q_multi_{tag}.tflite", None,
+                                              quantization, calibration)
+        swap = export_swappable_tflite(model, f"{tmp}/q_swap_{tag}", None, quantization,
+                                       calibration)
+        runners = {
+            "folded": (FoldedModel(folded).predict, folded_domains, size(folded[0])),
+            "multi_signature": (MultiSignatureModel(multi).predict, range(num_domains),
+                                size(multi)),
+            "swappable": (SwappableModel(swap["base"], swap["packs"]).predict,
+                          range(num_domains), size(swap["base"])),
+        }
+        if quantization is None:
+            float_swap = swap
+        for layout, (runner, domains, nbytes) in runners.items():
+            error, agreement = parity(model, runner, images, domains)
+            rows.append({"layout": layout, "quantization": tag, "bytes": nbytes,
+                         "max_error_over_spread": error, "top1_agreement": agreement})
+            log(json.dumps(rows[-1]))
+    # Reduced-precision packs with the float32 swappable base.
+    for dtype in ("float16", "int8"):
+        runner = SwappableModel(float_swap["base"])
+        pack_bytes = []
+
+        def predict(images_, domain, runner=runner, dtype=dtype, pack_bytes=pack_bytes):
+            source = packs.read_pack(float_swap["packs"][domain])
+            data = packs.encode(Pack(source.model_id, domain, source.domain_name,
+                                     source.tensors, dtype=dtype,
+                                     num_classes=source.num_classes))
+            pack_bytes.append(len(data))
+            runner.load_pack(packs.decode(data))
+            return runner.predict(images_)
+
+        error, agreement = parity(model, predict, images, range(num_domains))
+        rows.append({"layout": f"swappable, {dtype} pack", "quantization": "None",
+                     "bytes": pack_bytes[0], "max_error_over_spread": error,
+                     "top1_agreement": agreement})
+        log(json.dumps(rows[-1]))
+    return rows
+
+
+def log(message):
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def targets(row):
+    base = row["base_bytes"]
+    checks = {
+        "folded size <= 1.02 base": row["folded_bytes"] / base,
+        "folded latency <= 1.02 base (2 threads)": row["folded_latency_ms_2t"]
+        / row["base_latency_ms_2t"],
+        "folded latency <= 1.02 base (1 thread)": row["folded_latency_ms_1t"]
+        / row["base_latency_ms_1t"],
+        "swappable latency <= 1.15 base (2 threads)": row["swappable_latency_ms_2t"]
+        / row["base_latency_ms_2t"],
+        "swappable latency <= 1.15 base (1 thread)": row["swappable_latency_ms_1t"]
+        / row["base_latency_ms_1t"],
+        "pack float32 <= 12 % base": row["pack_float32_bytes"] / base,
+        f"pack rank {row['compressed_rank']} float16 <= 3 % base":
+            row["compressed_pack_float16_bytes"] / base,
+        "multi-signature <= (base + T packs) * 1.02": row["multi_signature_bytes"]
+        / (base + row["domains"] * row["pack_float32_bytes"]),
+    }
+    limits = [1.02, 1.02, 1.02, 1.15, 1.15, 0.12, 0.03, 1.02]
+    return [(name, value, value <= limit) for (name, value), limit in zip(checks.items(), limits)]
+
+
+def write(rows, quant_rows, args, command, seconds):
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / args.output
+    payload = {"command": command, "seconds": seconds, "machine": platform.platform(),
+               "cpus": os.cpu_count(), "networks": rows, "quantization": quant_rows}
+    out.with_suffix(".json").write_text(json.dumps(payload, indent=2))
+    lines = [
+        "# Export benchmark",
+        "",
+        f"Command: `{command}` ({seconds / 60:.1f} min, {platform.platform()}, "
+        f"{os.cpu_count()} CPUs shared with other jobs; latencies are medians of "
+        f"{args.repeats} interleaved repetitions, batch 1, LiteRT with XNNPACK).",
+        "",
+        "## Sizes (bytes) and latency (ms)",
+        "",
+        "| network | T | base | folded | multi-signature | swappable base | pack f32 | "
+        f"pack f16 | rank-{args.rank} pack f16 | base 1t | folded 1t | swappable 1t | "
+        "base 2t | folded 2t | swappable 2t |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['network']} | {r['domains']} | {r['base_bytes']:,} | {r['folded_bytes']:,} | "
+            f"{r['multi_signature_bytes']:,} | {r['swappable_bytes']:,} | "
+            f"{r['pack_float32_bytes']:,} | {r['pack_float16_bytes']:,} | "
+            f"{r['compressed_pack_float16_bytes']:,} | "
+            f"{r['base_latency_ms_1t']:.2f} | {r['folded_latency_ms_1t']:.2f} | "
+            f"{r['swappable_latency_ms_1t']:.2f} | {r['base_latency_ms_2t']:.2f} | "
+            f"{r['folded_latency_ms_2t']:.2f} | {r['swappable_latency_ms_2t']:.2f} |"
+        )
+    lines += ["", "## Targets", "", "| network | T | target | measured | pass |",
+              "|---|---:|---|---:|---|"]
+    for r in rows:
+        for name, value, ok in targets(r):
+            shown = f"{100 * value:.2f} %" if "%" in name else f"{value:.3f}x"
+            lines.append(f"| {r['network']} | {r['domains']} | {name} | {shown} | "
+                         f"{'pass' if ok else 'FAIL'} |")
+        lines.append(f"| {r['network']} | {r['domains']} | folded TFLite ops == base ops | "
+                     f"{r['folded_ops_equal_base']} | "
+                     f"{'pass' if r['folded_ops_equal_base'] else 'FAIL'} |")
+    lines += ["", "## Quantisation (small network)", "",
+              "Error: max abs logit error / spread of the Keras logits, worst domain; top-1: "
+              "agreement with the Keras model on random images (32 per domain). Folded: "
+              "domains 0 and 1.", "",
+              "| layout | quantization | bytes | error / spread | top-1 agreement |",
+              "|---|---|---:|---:|---:|"]
+    for q in quant_rows:
+        lines.append(f"| {q['layout']} | {q['quantization']} | {q['bytes']:,} | "
+                     f"{q['max_error_over_spread']:.2e} | {q['top1_agreement']:.3f} |")
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    plot(rows, out.with_suffix(".png"))
+
+
+def plot(rows, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    labels = [f"{r['network']}\nT={r['domains']}" for r in rows]
+    x = np.arange(len(rows))
+    width = 0.2
+    series = {
+        "folded / base": [r["folded_bytes"] / r["base_bytes"] for r in rows],
+        "multi-sig / (base + T packs)": [
+            r["multi_signature_bytes"] / (r["base_bytes"] + r["domains"] * r["pack_float32_bytes"])
+            for r in rows],
+        "pack f32 / base": [r["pack_float32_bytes"] / r["base_bytes"] for r in rows],
+        "rank-r pack f16 / base": [r["compressed_pack_float16_bytes"] / r["base_bytes"]
+                                   for r in rows],
+    }
+    for i, (name, values) in enumerate(series.items()):
+        axes[0].bar(x + (i - 1.5) * width, values, width, label=name)
+    axes[0].set_xticks(x, labels)
+    axes[0].set_title("size ratios")
+    axes[0].legend(fontsize=8)
+    for i, (variant, threads) in enumerate([("folded", 1), ("folded", 2), ("swappable", 1),
+                                            ("swappable", 2)]):
+        values = [r[f"{variant}_latency_ms_{threads}t"] / r[f"base_latency_ms_{threads}t"]
+                  for r in rows]
+        axes[1].bar(x + (i - 1.5) * width, values, width, label=f"{variant}, {threads} thread(s)")
+    axes[1].axhline(1.15, color="red", linestyle="--", linewidth=1, label="swappable target")
+    axes[1].axhline(1.02, color="gray", linestyle=":", linewidth=1, label="folded target")
+    axes[1].set_xticks(x, labels)
+    axes[1].set_title("latency / base network (batch 1)")
+    axes[1].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main():
+    args = parse_args()
+    command = "KERAS_BACKEND=tensorflow python benchmarks/export_benchmark.py " + " ".join(
+        sys.argv[1:])
+    start = time.time()
+    small = build_resnet(0.25, (16, 16, 1))
+    if args.quick:
+        args.repeats = 3
+        networks = [("resnet26-w0.25-32px", build_resnet(0.25, (32, 32, 3)))]
+    else:
+        networks = [(f"resnet26-w{args.width_factor:g}-64px",
+                     build_resnet(args.width_factor, (64, 64, 3)))]
+    networks.append(("small (example, resnet26-w0.25-16px)", small))
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        quant_rows = quantization_table("small", small, 3 if args.quick else 5, args, tmp)
+        for name, build in networks:
+            key = name.split(" ")[0]
+            rows += network(key, build, args.domains, args, tmp)
+    write(rows, quant_rows, args, command, time.time() - start)
+    log(f"done in {(time.time() - start) / 60:.1f} min")
+
+
+if __name__ == "__main__":
+    main()
