@@ -91,6 +91,7 @@ def _compress_layer(layer, rank, energy):
         adapter_regularizer=layer.adapter_regularizer,
         name=layer.name,
     )
+    new.trainable = layer.trainable
     new.layer.trainable = conv.trainable
     before = sum(
         int(np.prod(v.shape))
@@ -112,7 +113,10 @@ def _compress_layer(layer, rank, energy):
 def _set_low_rank(old, new, row):
     factors = row["_factors"]
     new.layer.set_weights(old.layer.get_weights())
-    new.adapter_projection.assign(factors["projection"].astype("float32"))
-    new.adapter_kernel.assign(factors["kernels"].astype("float32"))
+    for variable, value in (
+        (new.adapter_projection, factors["projection"]),
+        (new.adapter_kernel, factors["kernels"]),
+    ):
+        variable.assign(value.astype(keras.backend.standardize_dtype(variable.dtype)))
     if old.adapter_norm is not None:
         new.adapter_norm.set_weights(old.adapter_norm.get_weights())
