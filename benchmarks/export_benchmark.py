@@ -54,6 +54,8 @@ def parse_args():
     parser.add_argument("--domains", type=int, nargs="+", default=[5, 10])
     parser.add_argument("--rank", type=int, default=16, help="rank of the compressed adapters")
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--quantization-domains", type=int, default=3,
+                        help="domains of the small network in the quantisation table")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke run")
     parser.add_argument("--output", default="export")
     return parser.parse_args()
@@ -196,6 +198,7 @@ def network(name, build, domain_counts, args, tmp):
 def quantization_table(name, build, num_domains, args, tmp):
     """Size, parity and top-1 agreement of every layout and quantisation option."""
     log(f"== quantisation, {name}, {num_domains} domains")
+    args.quantization_domains = num_domains
     model = build("parallel", num_domains)
     r = np.random.default_rng(1)
     shape = tuple(model.inputs[0].shape[1:])
@@ -316,7 +319,7 @@ def write(rows, quant_rows, args, command, seconds):
         lines.append(f"| {r['network']} | {r['domains']} | folded TFLite ops == base ops | "
                      f"{r['folded_ops_equal_base']} | "
                      f"{'pass' if r['folded_ops_equal_base'] else 'FAIL'} |")
-    lines += ["", "## Quantisation (small network)", "",
+    lines += ["", f"## Quantisation (small network, {args.quantization_domains} domains)", "",
               "Error: max abs logit error / spread of the Keras logits, worst domain; top-1: "
               "agreement with the Keras model on random images (32 per domain). Folded: "
               "domains 0 and 1.", "",
@@ -382,7 +385,7 @@ def main():
     networks.append(("small (example, resnet26-w0.25-16px)", small))
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        quant_rows = quantization_table("small", small, 3 if args.quick else 5, args, tmp)
+        quant_rows = quantization_table("small", small, args.quantization_domains, args, tmp)
         for name, build in networks:
             key = name.split(" ")[0]
             rows += network(key, build, args.domains, args, tmp)
