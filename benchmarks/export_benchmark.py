@@ -57,6 +57,8 @@ def parse_args():
     parser.add_argument("--quantization-domains", type=int, default=3,
                         help="domains of the small network in the quantisation table")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke run")
+    parser.add_argument("--quantization-from", default=None,
+                        help="reuse the quantisation table of an earlier results JSON")
     parser.add_argument("--output", default="export")
     return parser.parse_args()
 
@@ -322,7 +324,9 @@ def write(rows, quant_rows, args, command, seconds):
     lines += ["", f"## Quantisation (small network, {args.quantization_domains} domains)", "",
               "Error: max abs logit error / spread of the Keras logits, worst domain; top-1: "
               "agreement with the Keras model on random images (32 per domain). Folded: "
-              "domains 0 and 1.", "",
+              "domains 0 and 1."
+              + (f" From the run `{args.quantization_source}`."
+                 if getattr(args, "quantization_source", None) else ""), "",
               "| layout | quantization | bytes | error / spread | top-1 agreement |",
               "|---|---|---:|---:|---:|"]
     for q in quant_rows:
@@ -385,7 +389,13 @@ def main():
     networks.append(("small (example, resnet26-w0.25-16px)", small))
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        quant_rows = quantization_table("small", small, args.quantization_domains, args, tmp)
+        if args.quantization_from:
+            previous = json.loads((RESULTS / args.quantization_from).read_text())
+            quant_rows = previous["quantization"]
+            args.quantization_source = previous["command"]
+        else:
+            quant_rows = quantization_table("small", small, args.quantization_domains, args,
+                                            tmp)
         for name, build in networks:
             key = name.split(" ")[0]
             rows += network(key, build, args.domains, args, tmp)
