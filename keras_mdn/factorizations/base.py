@@ -350,6 +350,117 @@ class Factorization:
             result = route(task, uniform, mixed)
         return ops.reshape(result, (-1, math.prod(self.out_dims)))
 
+    # --- convolution ---
+
+    def plan_conv(self, batch_size, positions, contraction_mode="auto"):
+        """Chooses how a convolution runs, per uniform / mixed batch (build time).
+
+        Either the task's (or, mixed, the coded) kernel is reconstructed and convolved, or
+        only the operands that touch the input modes (spatial and `C_in`) form a kernel with
+        the bond labels `X` as output channels, and the rest of the network (output factors,
+        task codes) is contracted with the convolution's output like a dense layer. Tucker:
+        conv to `r_out * r_T` channels, mix, then `U_out`; TT: conv to the rank before the
+        output core. `positions` is the output's spatial size (None when not static).
+        """
+        net = self.network_
+        in_set = set(net.in_labels)
+        inner = [i for i, labels in enumerate(net.labels) if in_set & set(labels)]
+        outer = [i for i in range(len(net.labels)) if i not in inner]
+        self._conv_plans = {}
+        if contraction_mode == "reconstruct" or not outer or positions is None:
+            return
+        sizes = dict(net.sizes)
+        sizes[contraction.BATCH] = max(int(batch_size), 1)
+        sizes["P"] = int(positions)
+        outer_labels = {lab for i in outer for lab in net.labels[i]} | set(net.out_labels)
+        # Open labels of the input-side kernel (its output channels), in a fixed order.
+        bonds = tuple(lab for i in inner for lab in net.labels[i]
+                      if lab in outer_labels and lab not in net.in_labels)
+        bonds = tuple(dict.fromkeys(bonds))
+        width = math.prod(sizes[lab] for lab in bonds)
+        in_size = math.prod(self.in_dims)
+        out_size = math.prod(self.out_dims)
+        calls = sizes[contraction.BATCH] * sizes["P"]
+        kernel_path = contraction.search_path([net.labels[i] for i in inner],
+                                              net.in_labels + bonds, net.sizes, cost="flops")
+        z_labels = (contraction.BATCH, "P") + bonds
+        output = (contraction.BATCH, "P") + net.out_labels
+        sliced = self._sliced_labels()
+        for key in ("uniform", "mixed"):
+            if key == "mixed" and net.task_label is None:
+                continue
+            if key == "uniform":
+                labels = [sliced[i] for i in outer] + [z_labels]
+                selector = None
+            else:
+                labels = [net.labels[i] for i in outer] + [z_labels,
+                                                           (contraction.BATCH, net.task_label)]
+                selector = net.task_label
+            post = contraction.search_path(labels, output, sizes, selector=selector)
+            factored = 2 * calls * in_size * width + post.cost
+            if key == "uniform":
+                baseline = 2 * calls * in_size * out_size
+            else:
+                kernel_width = out_size * min(self._code_size(), self.num_tasks)
+                baseline = 2 * calls * in_size * kernel_width + 2 * calls * kernel_width
+            if factored < baseline:
+                self._conv_plans[key] = (inner, outer, kernel_path, post, bonds)
+
+    def conv(self, inputs, task, conv_fn):
+        """`conv_fn(inputs, kernel)` with task `task`'s weights, by the plan of `plan_conv`."""
+        plans = getattr(self, "_conv_plans", {})
+        out_channels = math.prod(self.out_dims)
+
+        def factored(plan, operands, extra):
+            inner, outer, kernel_path, post, bonds = plan
+            kernel = contraction.contract(kernel_path, [operands[i] for i in inner])
+            width = math.prod(self.network_.sizes[lab] for lab in bonds)
+            kernel = ops.reshape(kernel, self.in_dims + (width,))
+            z = conv_fn(inputs, kernel)
+            shape = ops.shape(z)
+            z = ops.reshape(z, (-1, post.sizes["P"]) + tuple(
+                self.network_.sizes[lab] for lab in bonds))
+            result = contraction.contract(post, [operands[i] for i in outer] + [z] + extra)
+            return ops.reshape(result, tuple(shape[:-1]) + (out_channels,))
+
+        def uniform(t):
+            if "uniform" in plans:
+                operands, _ = self._sliced(t)
+                return factored(plans["uniform"], operands, [])
+            return conv_fn(inputs, self.task_weight(t))
+
+        def mixed(tasks):
+            if "mixed" in plans:
+                return factored(plans["mixed"], list(self.variables), [tasks])
+            kernel, codes = self.coded_weight()
+            code_size = codes.shape[-1]
+            kernel = ops.reshape(kernel, self.in_dims + (out_channels * code_size,))
+            outputs = conv_fn(inputs, kernel)
+            shape = ops.shape(outputs)
+            outputs = ops.reshape(outputs, tuple(shape[:-1]) + (out_channels, code_size))
+            mix = ops.take(ops.cast(codes, outputs.dtype), tasks, axis=0)
+            mix = ops.reshape(mix, (-1,) + (1,) * (len(outputs.shape) - 2) + (code_size,))
+            return ops.sum(outputs * mix, axis=-1)
+
+        if self.network_.task_label is None:
+            return uniform(0)
+        return route(task, uniform, mixed)
+
+    def _code_size(self):
+        net = self.network_
+        index = net.task_operand
+        if index is None:
+            return 1
+        rest = {lab for i, labels in enumerate(net.labels) if i != index for lab in labels}
+        return math.prod(net.sizes[lab] for lab in net.labels[index]
+                         if lab != net.task_label and lab in rest)
+
+    def conv_paths(self):
+        """Which convolution path runs: `"factored"` (input-side kernel) or `"reconstruct"`."""
+        plans = getattr(self, "_conv_plans", {})
+        return {key: ("factored" if key in plans else "reconstruct")
+                for key in ("uniform", "mixed")}
+
     def _path(self, key, make):
         if key not in self._paths:
             self._paths[key] = make()

@@ -7,16 +7,20 @@ from keras import ops
 
 from keras_mdn.api import register
 from keras_mdn.layers.base_factorized import BaseFactorized, fans, stack_layer_weights
-from keras_mdn.ops.routing import route
+
+_DEFAULT_BATCH_HINT = 32
 
 
 class BaseFactorizedConv(BaseFactorized):
     """Rank-generic factorised convolution, `kernel_size + (C_in, filters, T)` stacked kernel.
 
-    Uniform batch: the task's kernel is reconstructed and fed to one `keras.ops.conv`. Mixed
-    batch: one convolution with `filters * E` output channels against the shared part of the
-    factorisation, then a per-example mix with the task codes (`E` the task code size: LAF K,
-    Tucker r_T, TT the last rank, or T itself when smaller), so no per-example kernel is built.
+    Chosen at build time by a cost model (`contraction_paths()`): either the task's kernel is
+    reconstructed and fed to one `keras.ops.conv`, or the factors touching the input (spatial,
+    C_in) form a narrow kernel whose output channels are the bond ranks, and the rest (output
+    factor, task codes) is contracted afterwards like a dense layer. A mixed batch without the
+    factored path runs one convolution with `filters * E` channels against the shared part
+    and mixes per example with the task codes (E: LAF K, Tucker r_T, TT the last rank, or T),
+    so no per-example kernel is built.
     """
 
     rank_spatial = None
@@ -38,6 +42,8 @@ class BaseFactorizedConv(BaseFactorized):
         factor_regularizer=None,
         bias_regularizer=None,
         factor_constraint=None,
+        batch_size_hint=None,
+        contraction="auto",
         **kwargs,
     ):
         super().__init__(
@@ -63,6 +69,19 @@ class BaseFactorizedConv(BaseFactorized):
         if padding not in ("valid", "same"):
             raise ValueError(f"`padding` must be 'valid' or 'same'. Received: padding={padding!r}")
         self.padding = padding
+        if contraction not in ("auto", "reconstruct"):
+            raise ValueError(
+                "`contraction` must be 'auto' or 'reconstruct'. "
+                f"Received: contraction={contraction!r}"
+            )
+        if batch_size_hint is not None and (not isinstance(batch_size_hint, int)
+                                            or batch_size_hint < 1):
+            raise ValueError(
+                f"`batch_size_hint` must be a positive int or None. "
+                f"Received: batch_size_hint={batch_size_hint!r}"
+            )
+        self.batch_size_hint = batch_size_hint
+        self.contraction = contraction
 
     def _factor_dims(self, input_shape):
         return self.kernel_size + (int(input_shape[-1]),), (self.filters,)
@@ -74,6 +93,18 @@ class BaseFactorizedConv(BaseFactorized):
         in_dims, out_dims = self._factor_dims(input_shape)
         fan_in, fan_out = fans(in_dims, out_dims, math.prod(self.kernel_size))
         self._build_factors(in_dims, out_dims, fan_in, fan_out, self.filters)
+        positions = 1
+        for size, kernel, stride, dilation in zip(input_shape[1:-1], self.kernel_size,
+                                                  self.strides, self.dilation_rate):
+            if size is None:
+                positions = None
+                break
+            if self.padding == "same":
+                positions *= -(-size // stride)
+            else:
+                positions *= (size - dilation * (kernel - 1) - 1) // stride + 1
+        batch = input_shape[0] or self.batch_size_hint or _DEFAULT_BATCH_HINT
+        self.factorization.plan_conv(batch, positions, self.contraction)
 
     def _conv(self, inputs, kernel):
         return ops.conv(inputs, kernel, strides=self.strides, padding=self.padding,
@@ -82,23 +113,12 @@ class BaseFactorizedConv(BaseFactorized):
     def call(self, inputs, task=None):
         task = self._task(task)
         inputs = ops.cast(inputs, self.compute_dtype)
-        channels = inputs.shape[-1]
+        return self._finish(self.factorization.conv(inputs, task, self._conv), task)
 
-        def uniform(t):
-            return self._conv(inputs, self.factorization.task_weight(t))
-
-        def mixed(tasks):
-            kernel, codes = self.factorization.coded_weight()
-            code_size = codes.shape[-1]
-            kernel = ops.reshape(kernel, self.kernel_size + (channels, self.filters * code_size))
-            outputs = self._conv(inputs, kernel)
-            shape = ops.shape(outputs)
-            outputs = ops.reshape(outputs, tuple(shape[:-1]) + (self.filters, code_size))
-            mix = ops.take(ops.cast(codes, outputs.dtype), tasks, axis=0)
-            mix = ops.reshape(mix, (-1,) + (1,) * (self.rank_spatial + 1) + (code_size,))
-            return ops.sum(outputs * mix, axis=-1)
-
-        return self._finish(route(task, uniform, mixed), task)
+    def contraction_paths(self):
+        """`{"uniform": ..., "mixed": ...}`: `"factored"` (a convolution with the input-side
+        factors only, the rest contracted after it) or `"reconstruct"` (the task's kernel)."""
+        return self.factorization.conv_paths()
 
     def get_config(self):
         return {
@@ -108,6 +128,8 @@ class BaseFactorizedConv(BaseFactorized):
             "strides": self.strides,
             "padding": self.padding,
             "dilation_rate": self.dilation_rate,
+            "batch_size_hint": self.batch_size_hint,
+            "contraction": self.contraction,
         }
 
     @classmethod
@@ -173,6 +195,11 @@ class FactorizedConv2D(BaseFactorizedConv):
         factor_regularizer: regularizer of every factor. Defaults to None.
         bias_regularizer: Defaults to None.
         factor_constraint: constraint of every factor. Defaults to None.
+        batch_size_hint: batch size the path is chosen for when not static. Defaults to None
+            (32).
+        contraction: `"auto"` (a convolution with only the input-side factors, then the rest
+            contracted like a dense layer, when the cost model finds it cheaper) or
+            `"reconstruct"` (always the task's full kernel). Defaults to `"auto"`.
 
     Call arguments:
         inputs: `(batch, height, width, C_in)` (channels last).

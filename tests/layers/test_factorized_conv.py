@@ -35,14 +35,31 @@ def reference(layer, x, tasks):
     return np.stack(outputs)
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_forward_every_task_uniform_and_mixed(kind):
-    layer = make(kind, strides=2)
+@pytest.mark.parametrize(
+    "kind,contraction",
+    [(kind, "auto") for kind in KINDS] + [("tt", "reconstruct"), ("tucker", "reconstruct")],
+)
+def test_forward_every_task_uniform_and_mixed(kind, contraction):
+    layer = make(kind, strides=2, contraction=contraction)
     x = rng(0).normal(size=(5, 7, 7, 3)).astype("float32")
     for task in range(TASKS):
         assert_close(layer(x, task=task), reference(layer, x, task), atol=1e-5)
     mixed = np.array([0, 2, 1, 1, 2], dtype="int32")
     assert_close(layer(x, task=mixed), reference(layer, x, mixed), atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["tucker", "tt"])
+def test_factored_path_convolves_with_input_side_factors_only(kind):
+    # Wide channels, low rank: the cost model convolves to the bond ranks, then contracts.
+    layer = FactorizedConv2D(32, 3, num_tasks=TASKS, factorization=kind, rank=2,
+                             padding="same")
+    layer.build((None, 8, 8, 32))
+    layer.bias.assign(rng(4).normal(size=(TASKS, 32)).astype("float32"))
+    assert layer.contraction_paths()["mixed"] == "factored"
+    x = rng(5).normal(size=(3, 8, 8, 32)).astype("float32")
+    mixed = np.array([1, 2, 0], dtype="int32")
+    assert_close(layer(x, task=mixed), reference(layer, x, mixed), atol=1e-4)
+    assert_close(layer(x, task=1), reference(layer, x, 1), atol=1e-4)
 
 
 @pytest.mark.parametrize("kind", ["laf", "tt"])
@@ -54,9 +71,10 @@ def test_conv1d_with_dilation(kind):
     assert_close(layer(x, task=ops.convert_to_tensor(2)), reference(layer, x, 2), atol=1e-5)
 
 
-@pytest.mark.parametrize("kind", ["tucker", "tt"])
-def test_gradients_match_dense_reference(kind):
-    layer = make(kind)
+@pytest.mark.parametrize("kind,contraction", [("tucker", "auto"), ("tt", "auto"),
+                                              ("tt", "reconstruct")])
+def test_gradients_match_dense_reference(kind, contraction):
+    layer = make(kind, contraction=contraction)
     x = rng(2).normal(size=(3, 5, 5, 3)).astype("float32")
     tasks = np.array([2, 0, 2], dtype="int32")
     upstream = rng(3).normal(size=(3, 5, 5, 4)).astype("float32")
