@@ -191,13 +191,17 @@ class ParameterReport:
 
     def __str__(self):
         parts = [f'Parameters of "{self.model_name}"']
-        for header, rows in self._tables():
+        for (header, rows), text_columns in zip(self._tables(), (2, 1)):
             widths = [max(len(str(c)) for c in column) for column in zip(header, *rows)]
-            line = "  ".join(h.ljust(w) for h, w in zip(header, widths))
+            line = "  ".join(
+                h.ljust(w) if i < text_columns else h.rjust(w)
+                for i, (h, w) in enumerate(zip(header, widths))
+            )
             parts += [line, "-" * len(line)]
             parts += [
                 "  ".join(
-                    c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))
+                    c.ljust(w) if i < text_columns else c.rjust(w)
+                    for i, (c, w) in enumerate(zip(row, widths))
                 )
                 for row in rows
             ]
