@@ -573,6 +573,8 @@ def report(args, argv, part_files):
     settings = {key: value for key, value in vars(args).items()
                 if key not in ("out", "from_json")}
     command = " ".join(["python", "benchmarks/dmtrl.py"] + argv)
+    if args.from_json:
+        command = f"{REGENERATE}, report rewritten from its part files with --from-json"
     payload = {"command": command, "settings": settings, "seconds": seconds,
                "digits": {"summary": digits_table, "runs": digits_runs},
                "omniglot": {"alphabets": alphabets, "num_classes": num_classes,
