@@ -172,26 +172,23 @@ class DomainBatchNormalization(keras.layers.Layer):
         return mean, variance
 
     def _mixed_moments(self, inputs, domain):
-        # Two passes over per-example sums: per-domain mean, then per-domain centred second
-        # moment, both as one (num_domains x batch) @ (batch x channels) product.
+        # Every example has the same number of positions, so a domain's mean is the average
+        # of its examples' means: one (num_domains x batch) @ (batch x channels) product.
+        # A second pass about the domain means keeps the variance stable.
         x = ops.cast(inputs, "float32")
         spatial = tuple(range(1, len(inputs.shape) - 1))
-        positions = 1.0
-        for axis in spatial:
-            positions = positions * ops.cast(ops.shape(x)[axis], "float32")
-        counts = routing.domain_counts(domain, self.num_domains) * positions
-        safe_counts = ops.expand_dims(ops.maximum(counts, 1.0), -1)
-        example_sums = ops.sum(x, axis=spatial) if spatial else x
-        domain_mean = routing.domain_sums(example_sums, domain, self.num_domains) / safe_counts
-        centred = ops.subtract(x, _expand_like(ops.take(domain_mean, domain, axis=0), x))
-        squares = ops.square(centred)
-        example_squares = ops.sum(squares, axis=spatial) if spatial else squares
-        domain_variance = (
-            routing.domain_sums(example_squares, domain, self.num_domains) / safe_counts
+        one_hot = ops.one_hot(domain, self.num_domains, dtype="float32")
+        counts = ops.sum(one_hot, axis=0)
+        averaging = ops.transpose(one_hot / ops.maximum(counts, 1.0))
+        domain_mean = ops.matmul(averaging, ops.mean(x, axis=spatial) if spatial else x)
+        example_mean = ops.matmul(one_hot, domain_mean)
+        squares = ops.square(x - _expand_like(example_mean, x))
+        domain_variance = ops.matmul(
+            averaging, ops.mean(squares, axis=spatial) if spatial else squares
         )
         present = ops.expand_dims(ops.cast(ops.greater(counts, 0.0), "float32"), -1)
         self._update_moving(domain_mean, domain_variance, present)
-        return ops.take(domain_mean, domain, axis=0), ops.take(domain_variance, domain, axis=0)
+        return example_mean, ops.matmul(one_hot, domain_variance)
 
     def _update_moving(self, mean, variance, mask):
         """Moves the statistics of the domains in `mask` (num_domains, 1) towards the batch's."""

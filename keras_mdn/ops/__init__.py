@@ -3,8 +3,6 @@
 from keras_mdn.ops.routing import (
     canonicalize_domain,
     check_num_domains,
-    domain_counts,
-    domain_sums,
     gather_domain,
     is_uniform,
     route,
@@ -13,8 +11,6 @@ from keras_mdn.ops.routing import (
 __all__ = [
     "canonicalize_domain",
     "check_num_domains",
-    "domain_counts",
-    "domain_sums",
     "gather_domain",
     "is_uniform",
     "route",

@@ -103,17 +103,6 @@ def route(domain, uniform_fn, mixed_fn):
     return ops.cond(batch_uniform, lambda: uniform_fn(domain[0]), lambda: mixed_fn(domain))
 
 
-def domain_counts(domain, num_domains, dtype="float32"):
-    """Number of examples of each domain in a domain vector, shape `(num_domains,)`."""
-    return ops.sum(ops.one_hot(domain, num_domains, dtype=dtype), axis=0)
-
-
-def domain_sums(values, domain, num_domains):
-    """Per-domain sums of per-example rows: `values` `(batch, C)` -> `(num_domains, C)`."""
-    one_hot = ops.one_hot(domain, num_domains, dtype=values.dtype)
-    return ops.matmul(ops.transpose(one_hot), values)
-
-
 def _check_range(values, num_domains, name):
     values = np.asarray(values)
     if values.size == 0:

@@ -59,12 +59,3 @@ def test_gather_and_route_agree_for_uniform_and_mixed():
     np.testing.assert_array_equal(
         to_numpy(routing.route(mixed, uniform, mixed_fn)), table[[2, 0, 2]] + 100
     )
-
-
-def test_domain_sums_and_counts():
-    values = np.arange(8, dtype="float32").reshape(4, 2)
-    domain = np.array([0, 2, 0, 2])
-    np.testing.assert_array_equal(to_numpy(routing.domain_counts(domain, 3)), [2, 0, 2])
-    np.testing.assert_array_equal(
-        to_numpy(routing.domain_sums(values, domain, 3)), [[4, 6], [0, 0], [8, 10]]
-    )
