@@ -37,7 +37,8 @@ class ResidualAdapter(keras.layers.Layer):
             (built or not; pretrained weights are kept). Channels-last only.
         num_domains: int, number of domains.
         mode: `"parallel"` or `"series"`. Defaults to `"parallel"`.
-        rank: optional int, rank of low-rank adapters, at most the adapter's channel counts.
+        rank: optional int, rank of low-rank adapters, at most the adapter's input channels
+            (the rank of all domains' adapters stacked side by side).
             Defaults to `None` (full 1x1 adapters).
         adapter_initializer: initializer of the per-domain adapter kernels. Defaults to
             `"zeros"`.
@@ -147,10 +148,12 @@ class ResidualAdapter(keras.layers.Layer):
             in_channels = out_channels
             self.tap, self._slices = (), None
             self.adapter_norm.build(output_shape)
-        if self.rank is not None and self.rank > min(in_channels, out_channels):
+        # The adapters of all domains stacked side by side, (C_in, T * C_out), have rank at
+        # most C_in: a shared projection wider than the input holds nothing more.
+        if self.rank is not None and self.rank > in_channels:
             raise ValueError(
-                f"`rank` must be at most min(in_channels, out_channels)="
-                f"{min(in_channels, out_channels)} for this layer. Received: rank={self.rank}"
+                f"`rank` must be at most the adapter's input channels, {in_channels}, for "
+                f"this layer. Received: rank={self.rank}"
             )
         self.adapter_projection = None
         if self.rank is not None:

@@ -134,7 +134,7 @@ def resnet26(
         else:
             in_channels = x.shape[-1]
             channels = in_channels if adapter == "parallel" else filters
-            layer_rank = None if rank is None else min(rank, channels, filters)
+            layer_rank = None if rank is None else min(rank, channels)
             x = ResidualAdapter(
                 conv,
                 num_domains,

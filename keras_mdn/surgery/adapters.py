@@ -196,7 +196,7 @@ def _layer_rank(rank, layer, x, mode):
         return None
     out_channels = layer.filters if hasattr(layer, "filters") else layer.units
     in_channels = x.shape[-1] if mode == "parallel" else out_channels
-    return min(rank, in_channels, out_channels)
+    return min(rank, in_channels)
 
 
 def _find_classifier(model, layers, classifier, required):

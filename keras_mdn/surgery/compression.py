@@ -17,8 +17,8 @@ def compress_adapters(model, rank=None, energy=None, name=None):
     `A_t ~= beta gamma_t` with `beta` `(C_in, r)` shared and `gamma_t` `(r, C_out)` per
     domain, stored as `ResidualAdapter(rank=r)` (`adapter_projection = beta`,
     `adapter_kernel[t] = gamma_t`). The rank of each layer is `rank` (capped at
-    `min(C_in, C_out)`, the most a low-rank adapter holds) or the smallest keeping `energy`
-    of the squared singular values. At `rank >= C_in` (and `C_in <= C_out`) the adapters are
+    `min(C_in, T * C_out)`, the rank of the stacked adapters) or the smallest keeping `energy`
+    of the squared singular values. At the full rank `min(C_in, T * C_out)` the adapters are
     reproduced exactly; otherwise the relative error of the stack is the SVD's tail,
     `sqrt(sum_{i > r} s_i^2 / sum_i s_i^2)` (`keras_mdn.ops.compression`).
 
@@ -75,8 +75,8 @@ def _compress_layer(layer, rank, energy):
     adapters = np.stack(
         [ops.convert_to_numpy(layer.adapter_matrix(d)) for d in range(layer.num_domains)]
     )
-    _, in_channels, out_channels = adapters.shape
-    max_rank = min(in_channels, out_channels)
+    num_domains, in_channels, out_channels = adapters.shape
+    max_rank = min(in_channels, num_domains * out_channels)
     factors = compression.compress_stacked(adapters, rank, energy, max_rank=max_rank)
     r = factors["rank"]
     conv = layer.layer

@@ -185,6 +185,10 @@ def test_weight_counts_and_names():
     assert tuple(low.adapter_projection.shape) == (5, 2)
     assert tuple(low.adapter_kernel.shape) == (4, 2, 8)
     assert low.count_params() == 3 * 3 * 5 * 8 + 5 * 2 + 4 * 2 * 8
+    # The stacked adapters (C_in, T * C_out) can have rank up to C_in, above C_out.
+    wide = ResidualAdapter(keras.layers.Conv2D(2, 3, use_bias=False), 4, rank=5)
+    wide.build((None, 6, 6, 5))
+    assert tuple(wide.adapter_kernel.shape) == (4, 5, 2)
 
 
 def test_bad_input_gets_clear_errors():

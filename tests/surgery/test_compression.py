@@ -7,7 +7,7 @@ from keras_mdn.surgery import compress_adapters
 from tests.helpers import to_numpy
 from tests.surgery.toy import infer, toy_multi_domain
 
-# conv1: 3 -> 4 channels, conv2: 4 -> 8 channels (C_in <= C_out: full rank is exact).
+# conv1: 3 -> 4 channels, conv2: 4 -> 8 channels (full rank min(C_in, T * C_out) is exact).
 
 
 def _x(n=4):
