@@ -10,16 +10,18 @@ epochs over every domain's training set, per-domain batches, the same optimizer 
 Methods: 1. one fine-tuned ResNet-26 per domain (the score's baseline); 2. the pretrained
 network frozen (its BN too) with per-domain heads; 3. per-domain BN + heads (shared convs
 frozen); 4. series adapters; 5. parallel adapters (shared convs frozen; adapters, BN, heads
-trained); 6. the parallel adapters compressed by cross-domain SVD to two ranks, then a short
-fine-tune of the compressed model (accuracy before it is reported too).
+trained); 6. the trained parallel adapters compressed by cross-domain SVD
+(`keras_mdn.surgery.compress_adapters`) to two ranks, with no fine-tuning afterwards by
+default (`--compress-epochs N` adds N epochs at a tenth of the learning rate).
 
 Columns: mean and per-domain test accuracy, decathlon score with method 1 as the baseline
 (250 per domain by construction), parameters of all five domains as a multiple of one network,
 training step time relative to the base network (interleaved, median).
 
-Regenerate (about 15 minutes on 2 CPU cores):
+Regenerate (the two datasets run in two processes; about 30 minutes on 2 CPU cores shared
+with other jobs, most of it TensorFlow tracing the train steps; see results/adapters.md):
 
-    timeout 1800 python benchmarks/adapters.py
+    timeout 2700 python benchmarks/adapters.py
 
 Smoke run (a minute): `python benchmarks/adapters.py --quick` (writes to /tmp unless
 `--output` is given).
@@ -57,6 +59,7 @@ OMNIGLOT_ZIP = os.path.join(
     "omniglot",
     "images_background_small1.zip",
 )
+PARTIAL_PATH = None
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 
@@ -72,8 +75,8 @@ def parse_args(argv=None):
     parser.add_argument("--ranks", type=int, nargs=2, default=[2, 8])
     parser.add_argument("--learning-rate", type=float, default=0.05)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--timing-steps", type=int, default=10)
-    parser.add_argument("--timing-rounds", type=int, default=7)
+    parser.add_argument("--timing-steps", type=int, default=5)
+    parser.add_argument("--timing-rounds", type=int, default=5)
     parser.add_argument("--output", default=None, help="results prefix (default: results/adapters)")
     parser.add_argument("--jobs", type=int, default=2, help="datasets run in parallel processes")
     parser.add_argument("--from-json", action="store_true",
@@ -87,10 +90,10 @@ def parse_args(argv=None):
 
 # Per dataset: image size, source domain of the pretraining, batch size, epochs.
 SETTINGS = {
-    "omniglot": {"image_size": 32, "source": "Korean", "batch_size": 32, "epochs": 6,
-                 "pretrain_epochs": 20},
-    "digits": {"image_size": 16, "source": "original", "batch_size": 64, "epochs": 3,
-               "pretrain_epochs": 8},
+    "omniglot": {"image_size": 32, "source": "Korean", "batch_size": 32, "epochs": 4,
+                 "pretrain_epochs": 15},
+    "digits": {"image_size": 16, "source": "original", "batch_size": 64, "epochs": 2,
+               "pretrain_epochs": 6},
 }
 
 
@@ -182,9 +185,7 @@ def run_dataset(name, args):
     for rank in args.ranks:
         start = time.perf_counter()
         keras.utils.set_random_seed(seed + 20 + rank)
-        compressed, per_layer, implementation = methods.compress(
-            trained["parallel"], rank, classes, shape, width
-        )
+        compressed, per_layer, implementation = methods.compress(trained["parallel"], rank)
         before = methods.accuracies(compressed, data)
         accuracy = before
         if args.compress_epochs:
@@ -245,6 +246,7 @@ def time_steps(data, models, source, batch_size, args):
 
 
 def record(report, key, accuracy, parameters, model, start):
+    """Adds a method's results to `report` (and saves the partial report of a child run)."""
     entry = {
         "accuracy": accuracy,
         "mean_accuracy": float(np.mean(list(accuracy.values()))),
@@ -254,6 +256,9 @@ def record(report, key, accuracy, parameters, model, start):
     if model is not None:
         entry["parameter_report_total"] = methods.parameter_report_total(model)
     report["methods"][key] = entry
+    if PARTIAL_PATH:
+        with open(PARTIAL_PATH, "w") as f:
+            json.dump(report, f, indent=1, default=float)
 
 
 def log(dataset, what, accuracy, start):
@@ -282,7 +287,9 @@ def machine_note():
 def main(argv=None):
     args = parse_args(argv)
     if args.child:
+        global PARTIAL_PATH
         name, path = args.child
+        PARTIAL_PATH = path + ".partial"
         with open(path, "w") as f:
             json.dump(run_dataset(name, args), f, indent=1, default=float)
         return
@@ -313,6 +320,7 @@ def run_datasets(args, argv):
     results, running = {}, []
     pending = list(args.datasets)
     temporary = tempfile.mkdtemp(prefix="adapters_benchmark_")
+    print(f"per-dataset results (partial ones: *.json.partial) in {temporary}", flush=True)
     while pending or running:
         while pending and len(running) < args.jobs:
             name = pending.pop(0)

@@ -1,7 +1,5 @@
 """Models, weight transfer, training, compression, parameter counts and timing of the adapter
-benchmark (benchmarks/adapters.py). Benchmark code only: no library logic lives here except the
-stand-in for `compress_adapters` used while the library has none (see `compress_parallel`).
-"""
+benchmark (benchmarks/adapters.py). Benchmark code only: the library does the modelling."""
 
 import statistics
 import time
@@ -138,6 +136,10 @@ def transfer(source, target, source_domain=None):
             head.bias.assign(bias)
 
 
+def _width_factor(model):
+    return model.get_layer("stem_conv").filters / 32
+
+
 def _conv_of(layer):
     return layer.layer if isinstance(layer, ResidualAdapter) else layer
 
@@ -162,13 +164,15 @@ def build_method(method, pretrained, num_classes, input_shape, width_factor, sou
 def frozen_extractor(pretrained, num_classes, input_shape, source_domain):
     """The pretrained network up to its pooled features, frozen (its BN included), shared by
     every domain, with a trainable `DomainHead` on top."""
-    copy = keras.models.clone_model(pretrained)
+    # A fresh copy (not clone_model: that recompiles the clone with our optimizer's config).
+    copy = base_network(pretrained.get_layer("head").num_classes[0], input_shape,
+                        _width_factor(pretrained), name="frozen_base")
     copy.set_weights(pretrained.get_weights())
     features = keras.Model(copy.inputs, copy.get_layer("pool").output, name="frozen_features")
     features.trainable = False
     image = keras.Input(input_shape, name="image")
     domain = keras.Input((), dtype="int32", name="domain")
-    pooled = features({"image": image, "domain": keras.ops.zeros_like(domain)})
+    pooled = features([image, keras.ops.zeros_like(domain)])
     head = DomainHead(list(num_classes), name="head")
     model = keras.Model([image, domain], head(pooled, domain), name="frozen")
     source_head = pretrained.get_layer("head")
@@ -184,87 +188,14 @@ def frozen_extractor(pretrained, num_classes, input_shape, source_domain):
 # === Cross-domain SVD compression ===
 
 
-def library_compress_adapters():
-    """`keras_mdn.surgery.compress_adapters` when the library has it, else None."""
-    try:
-        from keras_mdn import surgery
-    except ImportError:  # pragma: no cover
-        return None
-    return getattr(surgery, "compress_adapters", None)
+def compress(model, rank):
+    """`keras_mdn.surgery.compress_adapters(model, rank=rank)`: the compressed model, the
+    per-layer rows of its report (rank kept, relative reconstruction error, ...) and the name
+    of the implementation."""
+    from keras_mdn.surgery import compress_adapters
 
-
-def compress(model, rank, num_classes, input_shape, width_factor):
-    """Compresses the parallel adapters of `model` to `rank`.
-
-    Returns `(compressed_model, per_layer, implementation)`; `per_layer` lists, per adapter
-    layer, the rank kept and the relative reconstruction error of the stacked adapters (when
-    known). Uses the library's `compress_adapters` when present; otherwise the stand-in below.
-    """
-    library = library_compress_adapters()
-    if library is not None:
-        result = library(model, rank=rank)
-        compressed, info = (result if isinstance(result, tuple) else (result, None))
-        return compressed, _library_layers(info), "keras_mdn.surgery.compress_adapters"
-    compressed, per_layer = compress_parallel(
-        model, rank, num_classes, input_shape, width_factor
-    )
-    return compressed, per_layer, "benchmark stand-in (benchmarks/adapters_methods.py)"
-
-
-def _library_layers(info):
-    if info is None:
-        return []
-    for attribute in ("layers", "per_layer"):
-        value = getattr(info, attribute, None)
-        if value is not None:
-            return [dict(row) for row in value]
-    if isinstance(info, dict):
-        return [dict(row) for row in info.get("layers", [])]
-    if isinstance(info, (list, tuple)):
-        return [dict(row) for row in info]
-    return []
-
-
-def compress_parallel(model, rank, num_classes, input_shape, width_factor):
-    """Stand-in for the library's cross-domain SVD compression (MISSION §1).
-
-    Per adapter layer, the T adapters `(C_in, C_out)` are stacked side by side,
-    `[alpha_1 ... alpha_T] = U S V`, truncated to `r = min(rank, C_in, C_out)`:
-    `alpha_t ~= beta gamma_t` with `beta = U_r` `(C_in, r)` shared and `gamma_t = (S V)_r`
-    restricted to domain t's columns `(r, C_out)`: exactly the low-rank form of
-    `ResidualAdapter(rank=r)` (shared `adapter_projection`, per-domain `adapter_kernel`).
-    """
-    compressed = resnet26(
-        list(num_classes),
-        adapter="parallel",
-        input_shape=input_shape,
-        width_factor=width_factor,
-        rank=rank,
-        freeze_shared=True,
-        name=f"parallel_rank{rank}",
-    )
-    per_layer = []
-    for layer in model.layers:
-        target = compressed.get_layer(layer.name)
-        if isinstance(layer, ResidualAdapter):
-            target.layer.kernel.assign(layer.layer.kernel)
-            kernels = np.asarray(layer.adapter_kernel)  # (T, C_in, C_out)
-            domains, c_in, c_out = kernels.shape
-            stacked = np.concatenate(list(kernels), axis=1)  # (C_in, T * C_out)
-            u, s, vt = np.linalg.svd(stacked, full_matrices=False)
-            r = target.adapter_projection.shape[1]
-            gamma = (s[:r, None] * vt[:r]).reshape(r, domains, c_out).transpose(1, 0, 2)
-            target.adapter_projection.assign(u[:, :r])
-            target.adapter_kernel.assign(gamma)
-            norm = np.linalg.norm(stacked)
-            error = np.linalg.norm(stacked - (u[:, :r] * s[:r]) @ vt[:r]) / norm if norm else 0.0
-            per_layer.append(
-                {"layer": layer.name, "shape": [c_in, c_out], "rank": r, "relative_error": error}
-            )
-        else:
-            for variable, source in zip(target.weights, layer.weights, strict=True):
-                variable.assign(source)
-    return compressed, per_layer
+    compressed, layers = compress_adapters(model, rank=rank)
+    return compressed, [dict(row) for row in layers], "keras_mdn.surgery.compress_adapters"
 
 
 # === Parameter counts ===
