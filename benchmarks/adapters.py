@@ -81,6 +81,8 @@ def parse_args(argv=None):
     parser.add_argument("--jobs", type=int, default=2, help="datasets run in parallel processes")
     parser.add_argument("--from-json", action="store_true",
                         help="only rewrite the .md and .png from an existing .json")
+    parser.add_argument("--from-partial", metavar="DIR",
+                        help="write results from the per-dataset files of an unfinished run")
     parser.add_argument("--child", nargs=2, metavar=("DATASET", "JSON"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.output is None:
@@ -205,7 +207,23 @@ def run_dataset(name, args):
         )
         log(name, key, accuracy, start)
 
-    # Scores against the fine-tuned networks, parameter multiples.
+    finalize(report)
+
+    # Training step time: the trained models (their train steps are traced already; timing
+    # changes their weights, so it comes after the evaluation), interleaved. The base network
+    # is the pretrained one-domain ResNet-26, trained whole: a fine-tuning step.
+    trained["finetune"] = pretrained
+    report["step_time"] = time_steps(data, trained, source, batch_size, args)
+    base_time = report["step_time"]["seconds"]["finetune"]
+    for key, entry in report["methods"].items():
+        seconds = report["step_time"]["seconds"].get(key)
+        entry["step_time_ratio"] = None if seconds is None else seconds / base_time
+    return report
+
+
+def finalize(report):
+    """Scores against the fine-tuned networks and parameter multiples of every method."""
+    one_network = report["one_network_parameters"]
     baseline = report["methods"]["finetune"]["accuracy"]
     report["baseline_floored"] = []
     floored = {}
@@ -220,16 +238,7 @@ def run_dataset(name, args):
         entry["score"] = score.total
         entry["score_per_domain"] = score.per_domain
         entry["parameter_multiple"] = entry["parameters"] / one_network
-
-    # Training step time: the trained models (their train steps are traced already; timing
-    # changes their weights, so it comes after the evaluation), interleaved. The base network
-    # is the pretrained one-domain ResNet-26, trained whole: a fine-tuning step.
-    trained["finetune"] = pretrained
-    report["step_time"] = time_steps(data, trained, source, batch_size, args)
-    base_time = report["step_time"]["seconds"]["finetune"]
-    for key, entry in report["methods"].items():
-        seconds = report["step_time"]["seconds"].get(key)
-        entry["step_time_ratio"] = None if seconds is None else seconds / base_time
+        entry.setdefault("step_time_ratio", None)
     return report
 
 
@@ -293,6 +302,28 @@ def main(argv=None):
         with open(path, "w") as f:
             json.dump(run_dataset(name, args), f, indent=1, default=float)
         return
+    if args.from_partial:
+        datasets = {}
+        for name in args.datasets:
+            for suffix in (".json", ".json.partial"):
+                path = os.path.join(args.from_partial, name + suffix)
+                if os.path.exists(path):
+                    with open(path) as f:
+                        datasets[name] = finalize(json.load(f))
+                    datasets[name]["partial"] = suffix != ".json"
+                    break
+        results = {
+            "command": "python benchmarks/adapters.py",
+            "arguments": vars(args),
+            "machine_start": machine_note(),
+            "machine_end": machine_note(),
+            "datasets": datasets,
+            "seconds": None,
+        }
+        with open(args.output + ".json", "w") as f:
+            json.dump(results, f, indent=1, default=float)
+        write_outputs(results, args.output)
+        return
     if args.from_json:
         with open(args.output + ".json") as f:
             write_outputs(json.load(f), args.output)
@@ -338,7 +369,7 @@ def run_datasets(args, argv):
 def write_outputs(results, prefix):
     output.write_markdown(results, prefix + ".md")
     output.write_plot(results, prefix + ".png")
-    print(f"wrote {prefix}.md/.json/.png ({results['seconds']:.0f} s)")
+    print(f"wrote {prefix}.md/.json/.png")
 
 
 if __name__ == "__main__":

@@ -20,32 +20,33 @@ def label(key, entry=None):
 
 
 def targets(dataset):
-    """The issue's targets for one dataset: (name, passed, detail) rows."""
+    """The issue's targets for one dataset: (name, passed, detail) rows; passed is None when
+    the run did not get that far."""
     methods = dataset["methods"]
-    finetune, parallel = methods["finetune"], methods["parallel"]
-    half = finetune["parameter_multiple"] / 2
-    accuracy_ok = parallel["mean_accuracy"] >= finetune["mean_accuracy"]
-    cost_ok = parallel["parameter_multiple"] < half
-    rows = [
-        (
-            "parallel adapters: mean accuracy >= independent fine-tuning",
-            accuracy_ok,
-            f"{parallel['mean_accuracy']:.4f} vs {finetune['mean_accuracy']:.4f}",
-        ),
-        (
-            "parallel adapters: parameters well under half of fine-tuning's",
-            cost_ok,
-            f"{parallel['parameter_multiple']:.2f}x vs {finetune['parameter_multiple']:.2f}x "
-            f"(half: {half:.2f}x)",
-        ),
-    ]
+    finetune, parallel = methods.get("finetune"), methods.get("parallel")
+    rows = []
+    if finetune and parallel:
+        half = finetune["parameter_multiple"] / 2
+        rows += [
+            (
+                "parallel adapters: mean accuracy >= independent fine-tuning",
+                parallel["mean_accuracy"] >= finetune["mean_accuracy"],
+                f"{parallel['mean_accuracy']:.4f} vs {finetune['mean_accuracy']:.4f}",
+            ),
+            (
+                "parallel adapters: parameters well under half of fine-tuning's",
+                parallel["parameter_multiple"] < half,
+                f"{parallel['parameter_multiple']:.2f}x vs {finetune['parameter_multiple']:.2f}x "
+                f"(half: {half:.2f}x)",
+            ),
+        ]
     for key in ("parallel", "series"):
-        ratio = methods[key]["step_time_ratio"]
+        ratio = methods.get(key, {}).get("step_time_ratio")
         rows.append(
             (
                 f"{label(key)[3:]}: training step <= {TARGET_STEP_RATIO}x the base network's",
-                ratio <= TARGET_STEP_RATIO,
-                f"{ratio:.2f}x",
+                None if ratio is None else ratio <= TARGET_STEP_RATIO,
+                "not measured" if ratio is None else f"{ratio:.2f}x",
             )
         )
     return rows
@@ -84,6 +85,12 @@ def dataset_section(name, dataset):
     lines = [
         f"## {name}",
         "",
+        *(
+            ["**Partial run**: the run was stopped before it finished this dataset; the rows "
+             "below are the methods it completed.", ""]
+            if dataset.get("partial")
+            else []
+        ),
         "Domains (classes / train / test examples): "
         + ", ".join(
             f"{d} ({k} / {dataset['train_sizes'][d]} / {dataset['test_sizes'][d]})"
@@ -179,21 +186,27 @@ def dataset_section(name, dataset):
             + ".",
             "",
         ]
-    seconds = dataset["step_time"]
+    seconds = dataset.get("step_time")
+    if seconds:
+        lines += [
+            f"Step time: {seconds['rounds']} interleaved rounds of {seconds['steps']} "
+            f"`train_on_batch` steps (batch {seconds['batch_size']}, one domain) per model, "
+            "median; base network = one single-domain ResNet-26 trained whole (a fine-tuning "
+            "step, so method 1 is 1.00 by definition): "
+            f"{1000 * seconds['seconds']['finetune']:.1f} ms.",
+            "",
+        ]
+    else:
+        lines += ["Step time: not measured (the run stopped before the timing).", ""]
     lines += [
-        f"Step time: {seconds['rounds']} interleaved rounds of {seconds['steps']} "
-        f"`train_on_batch` steps (batch {seconds['batch_size']}, one domain) per model, median; "
-        "base network = one single-domain ResNet-26 trained whole (a fine-tuning step, so "
-        "method 1 is 1.00 by definition): "
-        f"{1000 * seconds['seconds']['finetune']:.1f} ms.",
-        "",
         "Targets:",
         "",
         "| target | result | measured |",
         "|---|---|---|",
     ]
     for target, passed, detail in targets(dataset):
-        lines.append(f"| {target} | {'PASS' if passed else 'FAIL'} | {detail} |")
+        verdict = "n/a" if passed is None else ("PASS" if passed else "FAIL")
+        lines.append(f"| {target} | {verdict} | {detail} |")
     lines.append("")
     return lines
 
@@ -206,7 +219,8 @@ def machine_section(results):
         f"{start['cpu']}, {start['cores']} cores, shared with other jobs (load average at start "
         f"{_load(start)}, at end {_load(end)}): step-time ratios are measured interleaved in one "
         "process, absolute times are not comparable across runs. Python "
-        f"{start['python']}, {start['versions']}. Total run time {results['seconds']:.0f} s.",
+        f"{start['python']}, {start['versions']}."
+        + (f" Total run time {results['seconds']:.0f} s." if results.get("seconds") else ""),
         "",
     ]
 
