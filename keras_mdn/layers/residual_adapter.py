@@ -187,8 +187,15 @@ class ResidualAdapter(keras.layers.Layer):
             return self._pointwise(routing.gather_domain(self.adapter_kernel, d), inputs=inputs)
 
         def mixed(d):
+            # Per-example kernels as one batched GEMM: (B, positions, in) @ (B, in, out).
+            # (An einsum with an ellipsis here runs about 7x slower on TensorFlow's CPU.)
             kernels = routing.gather_domain(self.adapter_kernel, d)
-            return ops.einsum("b...i,bio->b...o", inputs, kernels)
+            spatial = tuple(inputs.shape[1:-1])
+            if any(size is None for size in spatial):
+                spatial = tuple(ops.shape(inputs)[1:-1])
+            flat = ops.reshape(inputs, (-1, math.prod(spatial) if spatial else 1, inputs.shape[-1]))
+            outputs = ops.matmul(flat, kernels)
+            return ops.reshape(outputs, (-1, *spatial, kernels.shape[-1]))
 
         return routing.route(domain, uniform, mixed)
 
