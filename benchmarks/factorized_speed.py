@@ -1,4 +1,4 @@
-"""Speed of the factorised layers against Dense, t3f.matmul and reconstruct-then-matmul.
+r"""Speed of the factorised layers against Dense, t3f.matmul and reconstruct-then-matmul.
 
 Issue 4, item 5. Every method of one shape is compiled once with `tf.function`, warmed up,
 then timed in interleaved repetitions (a fresh random order per repetition, so the load of a
@@ -15,14 +15,21 @@ shared machine hits all methods alike); the median is reported with its spread. 
 
 Shapes are square (`N = M`, `C_in = filters`), so a method is applied `k` times in a chain
 inside one graph (each application's input is the previous output, so nothing is shared):
-for small shapes this divides the ~50 us Python dispatch of a `tf.function` call by `k`.
+for small shapes this divides the 0.1-3 ms Python dispatch of a `tf.function` call by `k`.
 
 Regenerate (TensorFlow backend; ~10 minutes on 2 idle cores, 25 on the shared machine):
 
     KERAS_BACKEND=tensorflow timeout 1500 python benchmarks/factorized_speed.py --time-limit 1000
 
 Shapes still pending when `--time-limit` seconds (default 570) have passed are skipped and
-listed in the results. `--quick` runs a tiny grid in a few minutes (`_quick` suffix).
+listed in the results. The committed results also ran (load ~13 on 2 cores):
+
+    KERAS_BACKEND=tensorflow timeout 600 python benchmarks/factorized_speed.py \
+        --add conv --time-limit 420
+    KERAS_BACKEND=tensorflow timeout 420 python benchmarks/factorized_speed.py \
+        --recheck --time-limit 300
+
+`--quick` runs a tiny grid in a few minutes (`_quick` suffix).
 """
 
 import argparse
@@ -691,10 +698,14 @@ def _markdown(cases, rows, note, overall, path, suffix):
     lines = [
         "# FactorizedDense / FactorizedConv speed (issue 4, item 5)",
         "",
-        "Regenerate (the second command re-times the shapes that missed a target):",
+        "Regenerate (second: the conv shapes the time limit skipped; third: re-time the shapes "
+        "that missed a target):",
         "",
         f"    {command}",
-        f"    {command.replace(' --time-limit 1000', '')} --recheck",
+        "    KERAS_BACKEND=tensorflow timeout 600 python benchmarks/factorized_speed.py "
+        "--add conv --time-limit 420",
+        "    KERAS_BACKEND=tensorflow timeout 420 python benchmarks/factorized_speed.py "
+        "--recheck --time-limit 300",
         "",
         f"Machine: `nproc` = {note['nproc']}, {note['cpu']}, TensorFlow {note['tensorflow']}, "
         f"Keras {note['keras']}, t3f {note['t3f']}, Python {note['python']}. The 2 cores were "
@@ -740,7 +751,8 @@ def _markdown(cases, rows, note, overall, path, suffix):
             f"because the first timing missed a target; the table shows the re-timing, the "
             f"JSON keeps both: {', '.join(note['rechecked'])}")
     if note.get("added"):
-        lines.append(f"- added afterwards with `{COMMAND.split(' --')[0]} --add conv`: "
+        lines.append(f"- added afterwards with `KERAS_BACKEND=tensorflow timeout 600 python "
+                     f"benchmarks/factorized_speed.py --add conv --time-limit 420`: "
                      f"{note['added']}")
     if note.get("skipped"):
         lines.append(f"- skipped for the time limit: {', '.join(note['skipped'])}")
