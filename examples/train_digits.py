@@ -133,15 +133,25 @@ def main():
 
 
 def export(model, data, output):
-    """Writes the phone-ready exports next to the saved model (see README: Export)."""
+    """Writes the phone-ready exports and checks one layout on the LiteRT interpreter."""
     try:
-        from keras_mdn.export import export_all
-    except ImportError as error:  # the export module is optional (TensorFlow, ai-edge-litert)
+        from keras_mdn.export import export_all, load
+    except ImportError as error:  # the export extra (TensorFlow, ai-edge-litert) is optional
         print(f"export skipped: {error}")
         return
-    written = export_all(model, output / "digits_parallel_adapters", domains=data.names)
-    for path in written:
-        print(f"exported {path}")
+    directory = output / "digits_parallel_adapters_export"
+    manifest = export_all(model, directory, domains=data.names)
+    print(f"exported to {directory}: layouts {sorted(manifest['layouts'])}")
+    images, labels = data.arrays("test", data.names[-1])
+    domain = data.num_domains - 1
+    app = load(directory, layout="swappable")  # shared weights once, one pack per domain
+    logits = app.predict(images[:8], domain=domain)
+    keras_logits = model.predict_on_batch(
+        {"image": images[:8], "domain": keras.ops.full((8,), domain, "int32")}
+    )
+    classes = data.num_classes[domain]
+    error = abs(logits[:, :classes] - keras.ops.convert_to_numpy(keras_logits)[:, :classes]).max()
+    print(f"LiteRT swappable layout, domain {data.names[domain]!r}: max |error| {error:.2e}")
 
 
 if __name__ == "__main__":

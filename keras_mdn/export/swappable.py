@@ -216,7 +216,7 @@ class SwappablePlan:
         layer = op.layer
         if op.mode == "parallel":
             base = _pre_activation(layer, x)
-            x_tap = _tap_input(op, x)
+            x_tap = op.tap_input(x)
             if op.adapter_projection is not None:
                 x_tap = _pointwise(x_tap, op.adapter_projection)
             outputs = base * p("scale") + _pointwise(x_tap, p("adapter")) + p("offset")
@@ -292,17 +292,3 @@ def _pre_activation(layer, x):
     if layer.bias is not None:
         outputs = outputs + layer.bias
     return outputs
-
-
-def _tap_input(op, x):
-    """The input under the adapter's kernel tap; no op at all when that is the whole input."""
-    slices = getattr(op, "_slices", None)
-    if not slices:
-        return x
-    identity = all(
-        s.start in (0, None) and s.step in (1, None) and (s.stop is None or s.stop == size)
-        for s, size in zip(slices, x.shape[1:-1])
-    )
-    if identity:
-        return x
-    return x[(slice(None),) + tuple(slices) + (slice(None),)]

@@ -172,7 +172,7 @@ class ResidualAdapter(keras.layers.Layer):
     def call(self, inputs, domain, training=None):
         domain = routing.canonicalize_domain(domain, self.num_domains)
         if self.mode == "parallel":
-            outputs = self._base_linear(inputs) + self._adapt(self._tap_input(inputs), domain)
+            outputs = self._base_linear(inputs) + self._adapt(self.tap_input(inputs), domain)
             return self._activation(outputs)
         outputs = self._activation(self._base_linear(inputs))
         normalized = self.adapter_norm(outputs, domain=domain, training=training)
@@ -206,7 +206,11 @@ class ResidualAdapter(keras.layers.Layer):
             return ops.conv(inputs, kernel, padding="valid")
         return ops.matmul(inputs, kernel)
 
-    def _tap_input(self, inputs):
+    def tap_input(self, inputs):
+        """The input positions a parallel adapter reads (its kernel tap at the conv's stride).
+
+        Returns `inputs` itself, with no op, when that is the whole input (stride 1, "same").
+        """
         if self._slices is None:
             return inputs
         return inputs[(slice(None),) + self._slices + (slice(None),)]
@@ -309,7 +313,7 @@ def _adapter_tap(conv, input_shape):
                     f"Received: input_shape={tuple(input_shape)}"
                 )
             end = start - (span - 1) + _pad_total(padding, span)
-            slices.append(slice(start, end if end < 0 else None))
+            slices.append(slice(start, end if end < 0 else None, 1))
             taps.append(tap)
             continue
         if padding == "valid":
@@ -331,7 +335,9 @@ def _adapter_tap(conv, input_shape):
             )
         taps.append(tap)
         slices.append(slice(first, first + (out - 1) * s + 1, s))
-    return tuple(taps), tuple(slices)
+    whole = [sl.start in (0, None) and sl.step in (1, None) and sl.stop in (None, size)
+             for sl, size in zip(slices, spatial)]
+    return tuple(taps), None if all(whole) else tuple(slices)
 
 
 def _pad_total(padding, span):
