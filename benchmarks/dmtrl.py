@@ -655,7 +655,7 @@ def write_markdown(args, payload, digits_table, omniglot_table, digits_runs, omn
     lines += [f"Plots: `{base}_error.png` (error vs training size), `{base}_rho.png` (rho "
               "per layer).", ""]
     claims = os.path.join(os.path.dirname(os.path.abspath(__file__)), "dmtrl_claims.md")
-    if os.path.isfile(claims) and not args.quick:
+    if os.path.isfile(claims) and not args.quick and base == "dmtrl":
         with open(claims) as f:
             lines += ["", f.read()]
     with open(args.out + ".md", "w") as f:
