@@ -1,6 +1,7 @@
 """DMTRL benchmark (Yang & Hospedales, ICLR 2017): single-task vs hard sharing vs DMTRL.
 
-Regenerate (about 15 minutes on 2 shared CPU cores; `--quick` for a 2-minute smoke run):
+Regenerate (measured: 1,414 s on 2 CPU cores shared with other jobs at load ~12; the time limit
+stops starting new settings after 25 minutes; `--quick` is a smoke run of a few minutes):
 
     timeout 1800 python benchmarks/dmtrl.py --time-limit 1500
 
