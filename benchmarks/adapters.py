@@ -18,7 +18,7 @@ Columns: mean and per-domain test accuracy, decathlon score with method 1 as the
 (250 per domain by construction), parameters of all five domains as a multiple of one network,
 training step time relative to the base network (interleaved, median).
 
-Regenerate (the two datasets run in two processes; about 30 minutes on 2 CPU cores shared
+Regenerate (the two datasets run in two processes; 16 minutes on 2 CPU cores shared
 with other jobs, most of it TensorFlow tracing the train steps; see results/adapters.md):
 
     timeout 2700 python benchmarks/adapters.py
