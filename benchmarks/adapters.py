@@ -23,8 +23,8 @@ with other jobs, most of it TensorFlow tracing the train steps; see results/adap
 
     timeout 2700 python benchmarks/adapters.py
 
-Smoke run (a minute): `python benchmarks/adapters.py --quick` (writes to /tmp unless
-`--output` is given).
+Smoke run (1 epoch each; still minutes, tracing the train steps dominates):
+`python benchmarks/adapters.py --quick` (writes to /tmp unless `--output` is given).
 """
 
 import argparse
