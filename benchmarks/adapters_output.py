@@ -241,14 +241,16 @@ def write_plot(results, path):
     for axis, (name, dataset) in zip(axes[0], datasets.items(), strict=True):
         for key, entry in dataset["methods"].items():
             x, y = entry["parameter_multiple"], entry["mean_accuracy"]
-            axis.scatter([x], [y], s=40)
-            axis.annotate(label(key, entry), (x, y), textcoords="offset points", xytext=(5, 4),
-                          fontsize=7)
+            text = label(key, entry)
+            axis.scatter([x], [y], s=40, label=text)
+            short = text.split(".")[0] + (f"/r{entry['rank']}" if "rank" in entry else "")
+            axis.annotate(short, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
         axis.set_xscale("log")
         axis.set_xlabel("parameters for 5 domains (x one network)")
         axis.set_ylabel("mean test accuracy")
         axis.set_title(f"{name}: accuracy vs parameter cost")
         axis.grid(True, alpha=0.3)
+        axis.legend(fontsize=7, loc="lower right")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
