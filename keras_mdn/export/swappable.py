@@ -31,7 +31,12 @@ from keras_mdn.layers.domain_batch_normalization import DomainBatchNormalization
 from keras_mdn.layers.domain_head import DomainHead
 from keras_mdn.layers.residual_adapter import ResidualAdapter
 from keras_mdn.ops import folding
-from keras_mdn.surgery.fold import FACTORIZED_LAYERS, FunctionalGraph, _accepts_training
+from keras_mdn.surgery.fold import (
+    FACTORIZED_LAYERS,
+    FunctionalGraph,
+    _accepts_training,
+    _tensor_keys,
+)
 
 SEPARATOR = "__"
 
@@ -254,22 +259,7 @@ class SwappablePlan:
 
 
 def _reads_key(structure, key):
-    if key is None:
-        return False
-    found = []
-
-    def visit(value):
-        if isinstance(value, tuple) and len(value) == 2 and value[0] == "tensor":
-            found.append(tuple(value[1]) == key)
-        elif isinstance(value, dict):
-            for v in value.values():
-                visit(v)
-        elif isinstance(value, (list, tuple)):
-            for v in value:
-                visit(v)
-
-    visit(structure)
-    return any(found)
+    return key is not None and key in _tensor_keys(structure)
 
 
 def _pointwise(x, matrix):

@@ -57,27 +57,7 @@ class DomainHead(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        if isinstance(num_classes, (int, np.integer)) and not isinstance(num_classes, bool):
-            if num_domains is None:
-                raise ValueError(
-                    "`num_domains` is required when `num_classes` is a single int. "
-                    f"Received: num_classes={num_classes}, num_domains=None"
-                )
-            num_domains = routing.check_num_domains(num_domains)
-            num_classes = [int(num_classes)] * num_domains
-        num_classes = [int(n) if isinstance(n, (int, np.integer)) else n for n in num_classes]
-        if not num_classes or any(
-            isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in num_classes
-        ):
-            raise ValueError(
-                "`num_classes` must be a positive int or a non-empty list of positive ints. "
-                f"Received: num_classes={num_classes!r}"
-            )
-        if num_domains is not None and routing.check_num_domains(num_domains) != len(num_classes):
-            raise ValueError(
-                f"`num_domains` must equal len(num_classes)={len(num_classes)}. "
-                f"Received: num_domains={num_domains}"
-            )
+        num_classes = check_num_classes(num_classes, num_domains)
         self.num_classes = num_classes
         self.num_domains = len(num_classes)
         self.use_bias = use_bias
@@ -175,3 +155,32 @@ class DomainHead(keras.layers.Layer):
             "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer),
             "bias_regularizer": keras.regularizers.serialize(self.bias_regularizer),
         }
+
+
+def check_num_classes(num_classes, num_domains=None):
+    """Validates per-domain class counts and returns them as a list of ints, one per domain.
+
+    `num_classes` is a list of positive ints, or one int shared by `num_domains` domains.
+    """
+    if isinstance(num_classes, (int, np.integer)) and not isinstance(num_classes, bool):
+        if num_domains is None:
+            raise ValueError(
+                "`num_domains` is required when `num_classes` is a single int; or pass one "
+                f"class count per domain. Received: num_classes={num_classes}, num_domains=None"
+            )
+        num_classes = [int(num_classes)] * routing.check_num_domains(num_domains)
+    if not isinstance(num_classes, (list, tuple)) or not num_classes or any(
+        isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1
+        for n in num_classes
+    ):
+        raise ValueError(
+            "`num_classes` must be a positive int or a non-empty list of positive ints. "
+            f"Received: num_classes={num_classes!r}"
+        )
+    num_classes = [int(n) for n in num_classes]
+    if num_domains is not None and routing.check_num_domains(num_domains) != len(num_classes):
+        raise ValueError(
+            f"`num_domains` must equal len(num_classes)={len(num_classes)}. "
+            f"Received: num_domains={num_domains}"
+        )
+    return num_classes

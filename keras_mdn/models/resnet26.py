@@ -3,9 +3,8 @@
 import keras
 
 from keras_mdn.layers.domain_batch_normalization import DomainBatchNormalization
-from keras_mdn.layers.domain_head import DomainHead
+from keras_mdn.layers.domain_head import DomainHead, check_num_classes
 from keras_mdn.layers.residual_adapter import MODES, ResidualAdapter
-from keras_mdn.ops import routing
 
 STAGES = 3
 BLOCKS_PER_STAGE = 4
@@ -94,7 +93,8 @@ def resnet26(
         Rebuffi, Bilen, Vedaldi, "Efficient parametrization of multi-domain deep neural
         networks", CVPR 2018. https://arxiv.org/abs/1803.10082
     """
-    num_classes, num_domains = _check_classes(num_classes, num_domains)
+    num_classes = check_num_classes(num_classes, num_domains)
+    num_domains = len(num_classes)
     if adapter is not None and adapter not in MODES:
         raise ValueError(f"`adapter` must be None or one of {MODES}. Received: adapter={adapter!r}")
     if isinstance(width_factor, bool) or not isinstance(width_factor, (int, float)):
@@ -184,32 +184,3 @@ def _zero_padded_shortcut(x, prefix):
     pooled = keras.layers.AveragePooling2D(2, padding="same", name=f"{prefix}_shortcut_pool")(x)
     zeros = keras.layers.Rescaling(0.0, name=f"{prefix}_shortcut_zeros")(pooled)
     return keras.layers.Concatenate(name=f"{prefix}_shortcut")([pooled, zeros])
-
-
-def _check_classes(num_classes, num_domains):
-    if isinstance(num_classes, bool):
-        raise TypeError(
-            f"`num_classes` must be an int or a list. Received: num_classes={num_classes}"
-        )
-    if isinstance(num_classes, int):
-        if num_domains is None:
-            raise ValueError(
-                "`num_domains` is required when `num_classes` is a single int; or pass one "
-                f"class count per domain. Received: num_classes={num_classes}, num_domains=None"
-            )
-        num_domains = routing.check_num_domains(num_domains)
-        num_classes = [num_classes] * num_domains
-    num_classes = list(num_classes)
-    if not num_classes or any(
-        isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in num_classes
-    ):
-        raise ValueError(
-            "`num_classes` must be a positive int or a non-empty list of positive ints. "
-            f"Received: num_classes={num_classes!r}"
-        )
-    if num_domains is not None and routing.check_num_domains(num_domains) != len(num_classes):
-        raise ValueError(
-            f"`num_domains` must equal len(num_classes)={len(num_classes)}. "
-            f"Received: num_domains={num_domains}"
-        )
-    return num_classes, len(num_classes)
