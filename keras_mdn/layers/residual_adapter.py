@@ -4,7 +4,11 @@ import keras
 from keras import ops
 
 from keras_mdn.api import register
-from keras_mdn.layers.domain_batch_normalization import DomainBatchNormalization
+from keras_mdn.layers.domain_batch_normalization import (
+    DomainBatchNormalization,
+    check_epsilon,
+    check_momentum,
+)
 from keras_mdn.ops import folding, routing
 
 MODES = ("parallel", "series")
@@ -47,6 +51,11 @@ class ResidualAdapter(keras.layers.Layer):
         adapter_regularizer: regularizer of the per-domain adapter kernels (the paper gives
             adapters their own weight decay). Defaults to `None`.
         freeze_base: bool, make the wrapped layer non-trainable. Defaults to `False`.
+        norm_epsilon: float, epsilon of the series adapter's batch norm. Defaults to `1e-5`
+            (the authors' setting, PyTorch's default).
+        norm_momentum: float, momentum of the series adapter's batch norm moving averages,
+            in Keras terms (`moving = momentum * moving + (1 - momentum) * batch`).
+            Defaults to `0.9` (the authors' PyTorch momentum 0.1).
         **kwargs: base layer keyword arguments.
 
     Call arguments:
@@ -81,6 +90,8 @@ class ResidualAdapter(keras.layers.Layer):
         projection_initializer="orthogonal",
         adapter_regularizer=None,
         freeze_base=False,
+        norm_epsilon=1e-5,
+        norm_momentum=0.9,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -110,8 +121,15 @@ class ResidualAdapter(keras.layers.Layer):
         if freeze_base:
             self.layer.trainable = False
         self.is_conv = isinstance(layer, _CONV_TYPES)
+        self.norm_epsilon = check_epsilon(norm_epsilon, "norm_epsilon")
+        self.norm_momentum = check_momentum(norm_momentum, "norm_momentum")
         self.adapter_norm = (
-            DomainBatchNormalization(self.num_domains, name="adapter_norm")
+            DomainBatchNormalization(
+                self.num_domains,
+                momentum=self.norm_momentum,
+                epsilon=self.norm_epsilon,
+                name="adapter_norm",
+            )
             if mode == "series"
             else None
         )
@@ -279,6 +297,8 @@ class ResidualAdapter(keras.layers.Layer):
                 self.projection_initializer
             ),
             "adapter_regularizer": keras.regularizers.serialize(self.adapter_regularizer),
+            "norm_epsilon": self.norm_epsilon,
+            "norm_momentum": self.norm_momentum,
         }
 
 
