@@ -278,8 +278,10 @@ def main():
         line = [x for x in done.stdout.splitlines() if x.startswith("RESULT ")][-1]
         rows += json.loads(line[len("RESULT "):])
     meta["load_end"] = loadavg()
-    write_results(rows, meta, "_quick" if args.quick else "")
-    print(open(os.path.join(RESULTS, f"routing_overhead{'_quick' if args.quick else ''}.md")).read())
+    suffix = "_quick" if args.quick else ""
+    write_results(rows, meta, suffix)
+    with open(os.path.join(RESULTS, f"routing_overhead{suffix}.md")) as f:
+        print(f.read())
 
 
 if __name__ == "__main__":
