@@ -94,6 +94,7 @@ class DomainBatchNormalization(keras.layers.Layer):
                 "The channel (last) dimension of the inputs must be known. "
                 f"Received: input_shape={tuple(input_shape)}"
             )
+        self.input_spec = keras.layers.InputSpec(min_ndim=2, axes={-1: channels})
         shape = (self.num_domains, channels)
         self.gamma = None
         self.beta = None
@@ -151,7 +152,8 @@ class DomainBatchNormalization(keras.layers.Layer):
                 routing.take_domains(offset, domain, fill_invalid=False), inputs
             )
         scale, offset = ops.cast(scale, inputs.dtype), ops.cast(offset, inputs.dtype)
-        return ops.add(ops.multiply(inputs, scale), offset)
+        # offset first: Keras' TF `add` mistakes a (0, 1, 1, C) offset for a bias (empty batch).
+        return ops.add(offset, ops.multiply(inputs, scale))
 
     def affine(self, domain, mean=None, variance=None):
         """The per-channel `(scale, offset)` with `y = x * scale + offset` for `domain`.

@@ -228,7 +228,7 @@ def _check_values(values, num_domains, name):
         if fractional.size:
             raise ValueError(
                 f"`{name}` must hold whole numbers (domain ids). "
-                f"Received: {name}={fractional.flat[0]!r}"
+                f"Received: {name}={str(fractional.flat[0])}"
             )
     low, high = values.min(), values.max()
     if low < 0 or high >= num_domains:
