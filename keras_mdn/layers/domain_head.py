@@ -143,8 +143,7 @@ class DomainHead(keras.layers.Layer):
 
     @staticmethod
     def _padding_logit(dtype):
-        # Far below any real logit, yet finite so losses and gradients stay finite.
-        return -3.0e4 if keras.backend.standardize_dtype(dtype) in ("float16",) else -1.0e9
+        return padding_logit(dtype)
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], self.max_classes)
@@ -159,6 +158,32 @@ class DomainHead(keras.layers.Layer):
             "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer),
             "bias_regularizer": keras.regularizers.serialize(self.bias_regularizer),
         }
+
+
+def padding_logit(dtype):
+    """The logit `DomainHead` gives the classes a domain does not have (for `dtype`).
+
+    Far below any real logit, yet finite so losses and gradients stay finite.
+    """
+    return -3.0e4 if keras.backend.standardize_dtype(dtype) in ("float16",) else -1.0e9
+
+
+def out_of_domain_labels(y_true, logits):
+    """Bool `(batch,)`: the label is not a class of the example's domain in `DomainHead` logits.
+
+    True for labels outside `[0, max_classes)` and for labels naming a class the example's
+    domain does not have (its logit is the head's padding value). A `SparseCategoricalCrossentropy`
+    gives such examples a loss of about 1e9 and no error; `keras_mdn.losses.DomainCrossentropy`
+    and `keras_mdn.metrics.OutOfDomainLabels` use this to show them.
+    """
+    labels = ops.reshape(ops.cast(y_true, "int32"), (-1,))
+    in_range = ops.logical_and(
+        ops.greater_equal(labels, 0), ops.less(labels, logits.shape[-1])
+    )
+    safe = ops.where(in_range, labels, 0)
+    picked = ops.take_along_axis(logits, ops.expand_dims(safe, -1), axis=-1)[:, 0]
+    padded = ops.equal(picked, ops.cast(padding_logit(logits.dtype), logits.dtype))
+    return ops.logical_or(ops.logical_not(in_range), padded)
 
 
 def check_num_classes(num_classes, num_domains=None):

@@ -88,9 +88,9 @@ def test_eager_calls_raise_for_bad_ids():
 @pytest.mark.parametrize("path", PATHS)
 def test_domain_vector_of_another_length_raises(path):
     model = _compiled(_model(), path)
-    with pytest.raises(Exception):
+    with pytest.raises(Exception, match="shape"):  # ValueError, or a backend error
         model.predict_on_batch([_x(4), np.array([0, 1, 2], "int32")])
-    with pytest.raises(Exception):
+    with pytest.raises(Exception, match="shape"):  # ValueError, or a backend error
         model.predict_on_batch([_x(4), np.array([0], "int32")])
     with pytest.raises(ValueError, match=r"shape=\(3,\)"):
         DomainHead([2, 2, 2])(np.ones((4, 3), "float32"), domain=np.array([0, 1, 2]))
