@@ -147,7 +147,9 @@ class DomainBatchNormalization(keras.layers.Layer):
             # example: NaN rows for invalid ids, gradients summed per domain.
             scale, offset = self._scale_offset(mean, variance, self.gamma, self.beta)
             # NaN scales for invalid ids make their outputs NaN; offsets need no filling.
-            scale = routing.per_example(routing.take_domains(scale, domain), inputs)
+            scale = routing.per_example(
+                routing.take_domains(scale, domain), inputs, check_batch=True
+            )
             offset = routing.per_example(
                 routing.take_domains(offset, domain, fill_invalid=False), inputs
             )
