@@ -111,7 +111,7 @@ class ResidualAdapter(keras.layers.Layer):
             self.layer.trainable = False
         self.is_conv = isinstance(layer, _CONV_TYPES)
         self.adapter_norm = (
-            DomainBatchNormalization(self.num_domains, name="adapter_norm")
+            DomainBatchNormalization(self.num_domains, name="adapter_norm", dtype=self.dtype_policy)
             if mode == "series"
             else None
         )
