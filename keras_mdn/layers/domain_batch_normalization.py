@@ -103,6 +103,7 @@ class DomainBatchNormalization(keras.layers.Layer):
                 shape=shape,
                 initializer=self.gamma_initializer,
                 regularizer=self.gamma_regularizer,
+                autocast=False,
             )
         if self.center:
             self.beta = self.add_weight(
@@ -110,18 +111,21 @@ class DomainBatchNormalization(keras.layers.Layer):
                 shape=shape,
                 initializer=self.beta_initializer,
                 regularizer=self.beta_regularizer,
+                autocast=False,
             )
         self.moving_mean = self.add_weight(
             name="moving_mean",
             shape=shape,
             initializer=self.moving_mean_initializer,
             trainable=False,
+            autocast=False,
         )
         self.moving_variance = self.add_weight(
             name="moving_variance",
             shape=shape,
             initializer=self.moving_variance_initializer,
             trainable=False,
+            autocast=False,
         )
 
     def call(self, inputs, domain, training=None):

@@ -129,6 +129,7 @@ class ResidualAdapter(keras.layers.Layer):
                 momentum=self.norm_momentum,
                 epsilon=self.norm_epsilon,
                 name="adapter_norm",
+                dtype=self.dtype_policy,
             )
             if mode == "series"
             else None
@@ -236,6 +237,8 @@ class ResidualAdapter(keras.layers.Layer):
     def _base_linear(self, inputs):
         """The wrapped layer's output before its activation."""
         layer = self.layer
+        if layer.quantization_mode is not None:
+            return self._quantized_linear(inputs)
         if self.is_conv:
             padding = layer.padding
             if padding == "causal":
@@ -251,6 +254,20 @@ class ResidualAdapter(keras.layers.Layer):
         if layer.bias is not None:
             outputs = outputs + layer.bias
         return outputs
+
+    def _quantized_linear(self, inputs):
+        """The quantized wrapped layer's own forward pass, before its activation.
+
+        `model.quantize()` stores the wrapped layer's kernel quantized with its scales; only
+        the layer's own quantized call reads them right.
+        """
+        layer, activation = self.layer, self.layer.activation
+        layer.activation = None
+        try:
+            outputs = layer(inputs)
+        finally:
+            layer.activation = activation
+        return ops.cast(outputs, self.compute_dtype)
 
     def _activation(self, outputs):
         activation = self.layer.activation
@@ -268,6 +285,12 @@ class ResidualAdapter(keras.layers.Layer):
         gives this layer's inference output for `domain`. `bias` is `None` when the wrapped
         layer has none and the fold adds none.
         """
+        if self.layer.quantization_mode is not None:
+            raise ValueError(
+                "Cannot fold an adapter into a quantized layer: fold the float model, then "
+                "quantize the folded one. Received: layer with "
+                f"quantization_mode={self.layer.quantization_mode!r}"
+            )
         adapter = self.adapter_matrix(domain)
         kernel, bias = self.layer.kernel, self.layer.bias
         if isinstance(self.layer, keras.layers.EinsumDense):
