@@ -161,6 +161,8 @@ def resnet26(
                 rank=layer_rank,
                 adapter_regularizer=adapter_regularizer,
                 freeze_base=freeze_shared,
+                norm_epsilon=BN_EPSILON,
+                norm_momentum=BN_MOMENTUM,
                 name=conv_name,
             )(x, domain)
         return _domain_bn(num_domains, f"{prefix}_bn{index}")(x, domain)
