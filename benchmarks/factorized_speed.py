@@ -368,18 +368,18 @@ def conv_paths(layer, batch, positions):
     """
     factorization = layer.factorization
     chosen = layer.contraction_paths()
-    plans = getattr(factorization, "_conv_plans", {})
+    plan = layer._plan
     in_size = math.prod(factorization.in_dims)
     out_size = math.prod(factorization.out_dims)
     calls = batch * positions
     result = {"uniform_kind": chosen["uniform"]}
     for key in ("uniform", "mixed"):
-        if key in plans:
-            _, _, kernel_path, post, bonds = plans[key]
-            width = math.prod(factorization.network_.sizes[lab] for lab in bonds)
-            result[key] = (f"factored: conv to {width} channels ({', '.join(bonds)}), then "
-                           f"{post.describe()}")
-            result[f"{key}_flops"] = kernel_path.flops + 2 * calls * in_size * width + post.flops
+        step = getattr(plan, key)
+        if step is not None:
+            width = math.prod(factorization.network_.sizes[lab] for lab in step.bonds)
+            result[key] = f"factored: {chosen[key + '_detail']}"
+            result[f"{key}_flops"] = (step.kernel_path.flops + 2 * calls * in_size * width
+                                      + step.post.flops)
         elif key == "uniform":
             result[key] = "task kernel, then conv"
             result[f"{key}_flops"] = weight_flops(factorization) + 2 * calls * in_size * out_size
