@@ -126,10 +126,6 @@ class BaseFactorized(keras.layers.Layer, DomainLayer):
         """Domain `domain`'s reconstructed kernel (the weight of the equivalent plain layer)."""
         return self.factorization.task_weight(self._domain(domain, None))
 
-    def contraction_paths(self):
-        """The forward paths chosen at build time and their flops (for benchmarks)."""
-        return self.factorization.paths()
-
     def get_config(self):
         return {
             **super().get_config(),

@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from keras_mdn.api import register
+from keras_mdn.factorizations import planning
 from keras_mdn.layers.base_factorized import BaseFactorized, stack_layer_weights
 from keras_mdn.ops.routing import is_uniform
 
@@ -105,11 +106,7 @@ class FactorizedDense(BaseFactorized):
                 f"`batch_size_hint` must be a positive int or None. "
                 f"Received: batch_size_hint={batch_size_hint!r}"
             )
-        if contraction not in ("auto", "flops", "reconstruct"):
-            raise ValueError(
-                "`contraction` must be one of ('auto', 'flops', 'reconstruct'). "
-                f"Received: contraction={contraction!r}"
-            )
+        planning.check_mode(contraction)
         self.units = units
         self.batch_size_hint = batch_size_hint
         self.contraction = contraction
@@ -130,7 +127,7 @@ class FactorizedDense(BaseFactorized):
                 batch *= dim
         else:
             batch = self.batch_size_hint or _DEFAULT_BATCH_HINT
-        self.factorization.plan(batch, self.contraction)
+        self._plan = planning.plan_dense(self.factorization, batch, self.contraction)
 
     def call(self, inputs, domain=None, task=None):
         task = self._domain(domain, task)
@@ -141,10 +138,14 @@ class FactorizedDense(BaseFactorized):
         if not is_uniform(task) and len(inputs.shape) > 2:
             positions = ops.shape(flat)[0] // ops.shape(inputs)[0]
             flat_task = ops.repeat(task, positions, axis=0)
-        outputs = self.factorization.matmul(flat, flat_task)
+        outputs = planning.matmul(self._plan, self.factorization, flat, flat_task)
         shape = ops.shape(inputs)
         outputs = ops.reshape(outputs, tuple(shape[:-1]) + (self.units,))
         return self._finish(outputs, task)
+
+    def contraction_paths(self):
+        """The forward paths chosen at build time and their flops (for benchmarks)."""
+        return planning.describe_dense(self._plan, self.factorization)
 
     def get_config(self):
         return {
