@@ -37,8 +37,8 @@ class MultiDomainHyperModel(kt.HyperModel):
             declares its own hyperparameters and returns the trial's model built from
             `model` (the multi-domain copy of the base, shared layers frozen), for example
             with `keras_mdn.surgery` or factorised layers. Defaults to `SearchSpace()`.
-        budget: optional `Budget`: a trial over it fails before training, with the reason
-            as the trial's message.
+        budget: optional `Budget`: a trial over it fails (`FailedTrialError`, its status
+            `"FAILED"` and the reason in its message) at the start of `fit`, before training.
         learning_rate: float, Adam's learning rate when the space does not search it.
             Defaults to `1e-2`.
         batch_size: int. Defaults to 64.
@@ -48,6 +48,10 @@ class MultiDomainHyperModel(kt.HyperModel):
             keeps. Defaults to 0.
         seed: int, seed of the data order. Defaults to 0.
         verbose: verbosity of `model.fit`. Defaults to 0.
+        compile_options: optional dict of extra `model.compile` arguments (for example
+            `{"run_eagerly": True}`, quicker than tracing for tiny models, or
+            `{"jit_compile": True}`). Defaults to `None` (`jit_compile=False`: XLA compiles a
+            large network for longer than a short trial trains).
 
     Example:
 
@@ -59,7 +63,7 @@ class MultiDomainHyperModel(kt.HyperModel):
 
     def __init__(self, base, data, search_space=None, budget=None, learning_rate=1e-2,
                  batch_size=64, evaluation_split="validation", source_domain=0, seed=0,
-                 verbose=0):
+                 verbose=0, compile_options=None):
         super().__init__(name="multi_domain", tunable=True)
         if not isinstance(base, keras.Model):
             raise TypeError(f"`base` must be a keras.Model. Received: base={base!r}")
@@ -96,11 +100,11 @@ class MultiDomainHyperModel(kt.HyperModel):
         self.source_domain = int(source_domain)
         self.seed = seed
         self.verbose = verbose
+        self.compile_options = {"jit_compile": False, **(compile_options or {})}
         probe = multi_domain_base(base, data.num_classes)
         self.resolved = None
         if isinstance(search_space, SearchSpace):
             self.resolved = search_space.resolve(probe, adaptable_layers(probe))
-        self._costs = None
 
     @property
     def pruned(self):
@@ -125,17 +129,11 @@ class MultiDomainHyperModel(kt.HyperModel):
                     "The search space function must return a keras.Model. "
                     f"Received: {model!r}"
                 )
-        costs = trial_costs(model, self.data.names, latency=self.measures_latency)
-        if self.budget is not None:
-            reason = self.budget.violation(costs, self.data.names)
-            if reason is not None:
-                raise kt.errors.FailedTrialError(f"Trial rejected before training, {reason}")
-        self._costs = (id(model), costs)
         model.compile(
             optimizer=keras.optimizers.Adam(learning_rate or self.learning_rate),
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
             metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
-            jit_compile=False,
+            **self.compile_options,
         )
         return model
 
@@ -147,6 +145,13 @@ class MultiDomainHyperModel(kt.HyperModel):
             )
         start = time.perf_counter()
         data = self.data
+        # The budget is checked here, not in `build`: KerasTuner also calls `build` to
+        # explore the conditional space, and Hyperband to reload a trial.
+        costs = trial_costs(model, data.names, latency=self.measures_latency)
+        if self.budget is not None:
+            reason = self.budget.violation(costs, data.names)
+            if reason is not None:
+                raise kt.errors.FailedTrialError(f"Trial rejected before training, {reason}")
         train = data.dataset("train", batch_size=self.batch_size, repeat=True, seed=self.seed)
         model.fit(
             train,
@@ -157,9 +162,6 @@ class MultiDomainHyperModel(kt.HyperModel):
             verbose=kwargs.pop("verbose", self.verbose),
         )
         accuracies = domain_accuracies(model, data, split=self.evaluation_split)
-        costs = self._costs[1] if self._costs and self._costs[0] == id(model) else None
-        if costs is None:
-            costs = trial_costs(model, data.names, latency=self.measures_latency)
         metrics = {OBJECTIVE: float(np.mean(list(accuracies.values())))}
         metrics.update({f"accuracy/{name}": float(a) for name, a in accuracies.items()})
         metrics.update(costs)

@@ -14,7 +14,8 @@ class TrialRecord:
         status: `"COMPLETED"`, `"FAILED"` (a budget rejection, with its `reason`), ...
         hyperparameters: dict name -> value (active values only).
         metrics: dict name -> float (last recorded value), empty unless completed.
-        reason: for a failed trial, the last line of its message (why it failed), else "".
+        reason: for a failed trial, the error message that ended it (a budget rejection:
+            `"Trial rejected before training, over budget: ..."`), else "".
     """
 
     def __init__(self, trial_id, status, hyperparameters, metrics, reason=""):
@@ -78,6 +79,9 @@ def _from_trial_state(state):
     values = state.get("hyperparameters", {}).get("values", {})
     message = state.get("message") or ""
     lines = [line for line in message.strip().splitlines() if line.strip()]
-    return TrialRecord(
-        state["trial_id"], state["status"], values, metrics, lines[-1] if lines else ""
-    )
+    reason = lines[-1] if lines else ""
+    # The message is a traceback; its last line is "<module>.<Error>: <reason>".
+    head, _, tail = reason.partition(": ")
+    if tail and head.split(".")[-1].endswith("Error"):
+        reason = tail
+    return TrialRecord(state["trial_id"], state["status"], values, metrics, reason)

@@ -36,7 +36,8 @@ def test_groups(probe, groups, expected):
 
 
 def test_group_naming_missing_layers_lists_what_the_model_has(probe):
-    with pytest.raises(ValueError, match=r"\['dense3'\].*adaptable layers are \['dense1', 'dense2'\]"):
+    expected = r"\['dense3'\].*adaptable layers are \['dense1', 'dense2'\]"
+    with pytest.raises(ValueError, match=expected):
         SearchSpace(groups={"g": ["dense1", "dense3"]}).resolve(*probe)
 
 
