@@ -105,7 +105,12 @@ class SwappableModel(_Runner):
 
     def __init__(self, path, packs_by_domain=None, num_classes=None, num_threads=None,
                  input_name=None):
-        from keras_mdn.export.tflite import MODEL_ID_METADATA, SWAPPABLE_SIGNATURE, read_metadata
+        from keras_mdn.export.tflite import (
+            MODEL_ID_METADATA,
+            SET_DOMAIN_SIGNATURE,
+            SWAPPABLE_SIGNATURE,
+            read_metadata,
+        )
 
         super().__init__(num_classes, input_name)
         self.path = os.fspath(path)
@@ -116,10 +121,10 @@ class SwappableModel(_Runner):
         self.model_id = bytes.fromhex(model_id.decode("ascii"))
         self.interpreter = _interpreter(self.path, num_threads)
         self.runner = self.interpreter.get_signature_runner(SWAPPABLE_SIGNATURE)
-        details = self.runner.get_input_details()
+        self.set_domain_runner = self.interpreter.get_signature_runner(SET_DOMAIN_SIGNATURE)
         self.input_specs = {
-            name: tuple(detail["shape"]) for name, detail in details.items()
-            if name != self.input_name
+            name: tuple(detail["shape"])
+            for name, detail in self.set_domain_runner.get_input_details().items()
         }
         self.pack_paths = dict(packs_by_domain or {})
         self.domains = sorted(self.pack_paths)
@@ -130,6 +135,7 @@ class SwappableModel(_Runner):
         if not isinstance(pack, packs.Pack):
             pack = packs.read_pack(pack)
         pack.check(self.model_id, self.input_specs)
+        self.set_domain_runner(**pack.tensors)
         self.pack = pack
         return pack
 
@@ -146,8 +152,7 @@ class SwappableModel(_Runner):
                 self.load_pack(self.pack_paths[domain])
         if self.pack is None:
             raise ValueError("No pack loaded: call load_pack(path) or pass `domain`.")
-        outputs = self.runner(**{self.input_name: np.asarray(images, "float32")},
-                              **self.pack.tensors)
+        outputs = self.runner(**{self.input_name: np.asarray(images, "float32")})
         logits = _single_output(outputs)
         return logits[:, : self.pack.num_classes] if self.pack.num_classes else logits
 
