@@ -208,7 +208,7 @@ def tt_matrix_case(n, rank, batch, opts):
     x = tf.constant(RNG.normal(size=(batch, n)).astype("float32"))
     layers = {}
     for mode in ("auto", "flops", "reconstruct"):
-        layer = FactorizedDense(n, num_tasks=1, factorization=TTMatrix(rank=rank),
+        layer = FactorizedDense(n, num_domains=1, factorization=TTMatrix(rank=rank),
                                 use_bias=False, contraction=mode, batch_size_hint=batch)
         layer.build((batch, n))
         layers[mode] = layer
@@ -260,7 +260,7 @@ def multitask_dense_case(kind, num_tasks, rank, n, batch, opts):
     mixed = tf.constant(RNG.permutation(np.arange(batch) % num_tasks).astype("int32"))
     layers = {}
     for mode in ("auto", "flops", "reconstruct"):
-        layer = FactorizedDense(n, num_tasks=num_tasks, factorization=kind, rank=rank,
+        layer = FactorizedDense(n, num_domains=num_tasks, factorization=kind, rank=rank,
                                 use_bias=False, contraction=mode, batch_size_hint=batch)
         layer.build((batch, n))
         layers[mode] = layer
@@ -290,10 +290,10 @@ def multitask_dense_case(kind, num_tasks, rank, n, batch, opts):
         return tf.reduce_sum(out * tf.one_hot(tasks, num_tasks)[:, None, :], axis=-1)
 
     applies = {
-        "layer": (lambda y, t: layers["auto"](y, task=t), variables, uniform),
-        "layer_mixed": (lambda y, t: layers["auto"](y, task=t), variables, mixed),
-        "layer_flops": (lambda y, t: layers["flops"](y, task=t), variables, uniform),
-        "layer_reconstruct": (lambda y, t: layers["reconstruct"](y, task=t), variables,
+        "layer": (lambda y, t: layers["auto"](y, domain=t), variables, uniform),
+        "layer_mixed": (lambda y, t: layers["auto"](y, domain=t), variables, mixed),
+        "layer_flops": (lambda y, t: layers["flops"](y, domain=t), variables, uniform),
+        "layer_reconstruct": (lambda y, t: layers["reconstruct"](y, domain=t), variables,
                               uniform),
         "dense": (lambda y, t: dense(y), [dense.kernel], uniform),
         "reconstruct": (lambda y, t: tf.matmul(
@@ -316,7 +316,7 @@ def multitask_conv_case(kind, num_tasks, rank, channels, size, batch, opts):
     x = tf.constant(RNG.normal(size=(batch, size, size, channels)).astype("float32"))
     uniform = tf.zeros((batch,), "int32")
     mixed = tf.constant(RNG.permutation(np.arange(batch) % num_tasks).astype("int32"))
-    layer = FactorizedConv2D(channels, 3, num_tasks=num_tasks, factorization=kind, rank=rank,
+    layer = FactorizedConv2D(channels, 3, num_domains=num_tasks, factorization=kind, rank=rank,
                              padding="same", use_bias=False, batch_size_hint=batch)
     layer.build(x.shape)
     conv = keras.layers.Conv2D(channels, 3, padding="same", use_bias=False)
@@ -341,8 +341,8 @@ def multitask_conv_case(kind, num_tasks, rank, channels, size, batch, opts):
         return tf.reduce_sum(out * tf.one_hot(tasks, num_tasks)[:, None, None, None, :], -1)
 
     applies = {
-        "layer": (lambda y, t: layer(y, task=t), variables, uniform),
-        "layer_mixed": (lambda y, t: layer(y, task=t), variables, mixed),
+        "layer": (lambda y, t: layer(y, domain=t), variables, uniform),
+        "layer_mixed": (lambda y, t: layer(y, domain=t), variables, mixed),
         "dense": (lambda y, t: conv(y), [conv.kernel], uniform),
         "reconstruct": (lambda y, t: tf.nn.conv2d(
             y, tf.reshape(factorization.task_weight(t[0]), (3, 3, channels, channels)), 1,

@@ -78,15 +78,15 @@ class Factorization:
 
     # --- kind-specific ---
 
-    def rank_limits(self, in_dims, out_dims, num_tasks):
+    def rank_limits(self, in_dims, out_dims, num_domains):
         """The largest meaningful rank of each rank slot (a tuple)."""
         raise NotImplementedError
 
-    def network(self, in_dims, out_dims, num_tasks, ranks):
+    def network(self, in_dims, out_dims, num_domains, ranks):
         """The `Network` for resolved `ranks`."""
         raise NotImplementedError
 
-    def decompose(self, stacked, in_dims, out_dims, num_tasks, ranks, eps):
+    def decompose(self, stacked, in_dims, out_dims, num_domains, ranks, eps):
         """Decomposes a NumPy stacked weight; returns `(ranks, arrays in operand order)`."""
         raise NotImplementedError
 
@@ -107,10 +107,10 @@ class Factorization:
         args = ", ".join(f"{key}={value!r}" for key, value in self.get_config().items())
         return f"{self.__class__.__name__}({args})"
 
-    def resolve_ranks(self, in_dims, out_dims, num_tasks, allow_none=False):
+    def resolve_ranks(self, in_dims, out_dims, num_domains, allow_none=False):
         """Per-slot ranks from `self.rank`, checked against `rank_limits`."""
-        limits = tuple(self.rank_limits(in_dims, out_dims, num_tasks))
-        shape = tuple(in_dims) + tuple(out_dims) + (num_tasks,)
+        limits = tuple(self.rank_limits(in_dims, out_dims, num_domains))
+        shape = tuple(in_dims) + tuple(out_dims) + (num_domains,)
         where = f"the {self.name} factorisation of a stacked weight of shape {shape}"
         if self.rank is None:
             if allow_none:
@@ -141,7 +141,7 @@ class Factorization:
 
     # --- weights ---
 
-    def build(self, layer, in_dims, out_dims, num_tasks, variance, regularizer=None,
+    def build(self, layer, in_dims, out_dims, num_domains, variance, regularizer=None,
               constraint=None):
         """Creates the factors on `layer` so the reconstructed weight has variance `variance`.
 
@@ -151,10 +151,10 @@ class Factorization:
         `variance` (skipped for weights above 16 M elements).
         """
         self.in_dims, self.out_dims = tuple(in_dims), tuple(out_dims)
-        self.num_tasks = int(num_tasks)
-        ranks = self.resolve_ranks(in_dims, out_dims, num_tasks)
+        self.num_domains = int(num_domains)
+        ranks = self.resolve_ranks(in_dims, out_dims, num_domains)
         self.rank = ranks
-        net = self.network(in_dims, out_dims, num_tasks, ranks)
+        net = self.network(in_dims, out_dims, num_domains, ranks)
         self.network_ = net
         bonds = math.prod(net.sizes[lab] for lab in net.bond_labels)
         count = len(net.labels)
@@ -170,7 +170,7 @@ class Factorization:
             )
             for index, name in enumerate(net.names)
         ]
-        full_size = math.prod(self.in_dims) * math.prod(self.out_dims) * self.num_tasks
+        full_size = math.prod(self.in_dims) * math.prod(self.out_dims) * self.num_domains
         if full_size <= _RESCALE_LIMIT:
             self._rescale(variance)
 
@@ -186,7 +186,7 @@ class Factorization:
             stacked = ops.convert_to_numpy(self.stacked())
         except Exception:  # built while tracing: values unknown, keep the formula's std
             return
-        moments = np.mean(np.square(stacked.reshape(-1, self.num_tasks)), axis=0)
+        moments = np.mean(np.square(stacked.reshape(-1, self.num_domains)), axis=0)
         if np.any(moments <= 0):
             return
         scales = np.sqrt(variance / moments)
@@ -198,7 +198,7 @@ class Factorization:
             return
         variable = self.variables[index]
         shape = [1] * len(variable.shape)
-        shape[net.labels[index].index(net.task_label)] = self.num_tasks
+        shape[net.labels[index].index(net.task_label)] = self.num_domains
         variable.assign(variable * ops.cast(np.reshape(scales, shape), variable.dtype))
 
     def set_arrays(self, arrays):
@@ -209,13 +209,13 @@ class Factorization:
     # --- reconstruction ---
 
     def stacked(self):
-        """The full stacked weight, shape `(*in_dims, *out_dims, num_tasks)`."""
+        """The full stacked weight, shape `(*in_dims, *out_dims, num_domains)`."""
         net = self.network_
         output = net.in_labels + net.out_labels + ((net.task_label,) if net.task_label else ())
         path = self._path("stacked", lambda: contraction.search_path(net.labels, output,
                                                                      net.sizes, cost="flops"))
         full = contraction.contract(path, self.variables)
-        return ops.reshape(full, self.in_dims + self.out_dims + (self.num_tasks,))
+        return ops.reshape(full, self.in_dims + self.out_dims + (self.num_domains,))
 
     def task_weight(self, task):
         """Task `task`'s weight (int or 0-d tensor), shape `(*in_dims, *out_dims)`."""
@@ -243,7 +243,7 @@ class Factorization:
             code_labels = tuple(lab for lab in task_labels if lab != net.task_label
                                 and lab in rest_labels)
             code_size = math.prod(net.sizes[lab] for lab in code_labels)
-            if code_size < self.num_tasks:
+            if code_size < self.num_domains:
                 others = [i for i in range(len(net.labels)) if i != index]
                 output = net.in_labels + net.out_labels + code_labels
                 path = self._path("coded", lambda: contraction.search_path(
@@ -252,8 +252,8 @@ class Factorization:
                 kernel = ops.reshape(kernel, (flat_in, flat_out, code_size))
                 codes = self._task_codes(index, code_labels)
                 return kernel, codes
-        kernel = ops.reshape(self.stacked(), (flat_in, flat_out, self.num_tasks))
-        return kernel, ops.eye(self.num_tasks, dtype=kernel.dtype)
+        kernel = ops.reshape(self.stacked(), (flat_in, flat_out, self.num_domains))
+        return kernel, ops.eye(self.num_domains, dtype=kernel.dtype)
 
     def task_factors(self):
         """The per-task codes `(T, E)` whose pairwise cosines define the sharing strength."""
@@ -271,7 +271,7 @@ class Factorization:
         tensor = contraction._transpose_to(self.variables[index], labels,
                                            (net.task_label,) + tuple(
                                                lab for lab in labels if lab != net.task_label))
-        return ops.reshape(tensor, (self.num_tasks, -1))
+        return ops.reshape(tensor, (self.num_domains, -1))
 
     def _sliced(self, task):
         """Operands and labels with the task operand sliced at `task` (task label removed)."""
@@ -401,7 +401,7 @@ class Factorization:
             if key == "uniform":
                 baseline = 2 * calls * in_size * out_size
             else:
-                kernel_width = out_size * min(self._code_size(), self.num_tasks)
+                kernel_width = out_size * min(self._code_size(), self.num_domains)
                 baseline = 2 * calls * in_size * kernel_width + 2 * calls * kernel_width
             if factored < baseline:
                 self._conv_plans[key] = (inner, outer, kernel_path, post, bonds)

@@ -1,4 +1,5 @@
 import keras
+import numpy as np
 from keras import ops
 
 from keras_mdn.api import register
@@ -77,14 +78,9 @@ class DomainBatchNormalization(keras.layers.Layer, DomainLayer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        routing.check_num_domains(num_domains)
-        if not 0.0 <= momentum <= 1.0:
-            raise ValueError(f"`momentum` must be in [0, 1]. Received: momentum={momentum}")
-        if epsilon <= 0:
-            raise ValueError(f"`epsilon` must be positive. Received: epsilon={epsilon}")
-        self.num_domains = int(num_domains)
-        self.momentum = float(momentum)
-        self.epsilon = float(epsilon)
+        self.num_domains = routing.check_num_domains(num_domains)
+        self.momentum = check_momentum(momentum)
+        self.epsilon = check_epsilon(epsilon)
         self.center = center
         self.scale = scale
         self.beta_initializer = keras.initializers.get(beta_initializer)
@@ -116,6 +112,7 @@ class DomainBatchNormalization(keras.layers.Layer, DomainLayer):
                 shape=shape,
                 initializer=self.gamma_initializer,
                 regularizer=self.gamma_regularizer,
+                autocast=False,
             )
         if self.center:
             self.beta = self.add_weight(
@@ -123,18 +120,21 @@ class DomainBatchNormalization(keras.layers.Layer, DomainLayer):
                 shape=shape,
                 initializer=self.beta_initializer,
                 regularizer=self.beta_regularizer,
+                autocast=False,
             )
         self.moving_mean = self.add_weight(
             name="moving_mean",
             shape=shape,
             initializer=self.moving_mean_initializer,
             trainable=False,
+            autocast=False,
         )
         self.moving_variance = self.add_weight(
             name="moving_variance",
             shape=shape,
             initializer=self.moving_variance_initializer,
             trainable=False,
+            autocast=False,
         )
 
     def call(self, inputs, domain, training=None):
@@ -258,6 +258,24 @@ class DomainBatchNormalization(keras.layers.Layer, DomainLayer):
 
     def swappable_call(self, inputs, tensors):
         return inputs * tensors["scale"] + tensors["offset"]
+
+
+def check_momentum(momentum, name="momentum"):
+    """Validates a batch-norm momentum (a finite float in [0, 1]) and returns it as a float."""
+    if isinstance(momentum, bool) or not isinstance(momentum, (int, float, np.number)):
+        raise TypeError(f"`{name}` must be a float in [0, 1]. Received: {name}={momentum!r}")
+    if not 0.0 <= float(momentum) <= 1.0:  # also False for NaN
+        raise ValueError(f"`{name}` must be in [0, 1]. Received: {name}={momentum}")
+    return float(momentum)
+
+
+def check_epsilon(epsilon, name="epsilon"):
+    """Validates a batch-norm epsilon (a finite positive float) and returns it as a float."""
+    if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float, np.number)):
+        raise TypeError(f"`{name}` must be a positive float. Received: {name}={epsilon!r}")
+    if not 0.0 < float(epsilon) < float("inf"):  # also False for NaN
+        raise ValueError(f"`{name}` must be a finite positive float. Received: {name}={epsilon}")
+    return float(epsilon)
 
 
 def _expand_like(per_example, x):

@@ -29,7 +29,7 @@ class BaseFactorizedConv(BaseFactorized):
         self,
         filters,
         kernel_size,
-        num_tasks,
+        num_domains=None,
         factorization="laf",
         rank=None,
         strides=1,
@@ -44,10 +44,12 @@ class BaseFactorizedConv(BaseFactorized):
         factor_constraint=None,
         batch_size_hint=None,
         contraction="auto",
+        num_tasks=None,
         **kwargs,
     ):
         super().__init__(
-            num_tasks,
+            num_domains,
+            num_tasks=num_tasks,
             factorization=factorization,
             rank=rank,
             activation=activation,
@@ -110,8 +112,8 @@ class BaseFactorizedConv(BaseFactorized):
         return ops.conv(inputs, kernel, strides=self.strides, padding=self.padding,
                         data_format="channels_last", dilation_rate=self.dilation_rate)
 
-    def call(self, inputs, task=None):
-        task = self._task(task)
+    def call(self, inputs, domain=None, task=None):
+        task = self._domain(domain, task)
         inputs = ops.cast(inputs, self.compute_dtype)
         return self._finish(self.factorization.conv(inputs, task, self._conv), task)
 
@@ -168,7 +170,7 @@ class BaseFactorizedConv(BaseFactorized):
         return cls._from_stacked(
             kernels, biases, input_shape, factorization, rank, eps,
             filters=kernels.shape[-2], kernel_size=kernels.shape[:-3],
-            num_tasks=kernels.shape[-1], **kwargs,
+            num_domains=kernels.shape[-1], **kwargs,
         )
 
     # === Domain-layer interface: the plain layer a task folds into ===
@@ -194,7 +196,7 @@ class FactorizedConv2D(BaseFactorizedConv):
     Args:
         filters: output channels.
         kernel_size: int or tuple of 2 ints.
-        num_tasks: number of tasks T.
+        num_domains: number of domains (the paper's tasks) T; `num_tasks` is an alias.
         factorization: `"laf"`, `"tucker"`, `"tt"`, `"tt_matrix"` or an instance. Defaults to
             `"laf"`.
         rank: rank(s) for a kind given by name. Defaults to None (required unless built by
@@ -203,7 +205,7 @@ class FactorizedConv2D(BaseFactorizedConv):
         padding: `"valid"` or `"same"`. Defaults to `"valid"`.
         dilation_rate: int or tuple. Defaults to 1.
         activation: activation function. Defaults to None.
-        use_bias: per-task bias `(T, filters)`. Defaults to True.
+        use_bias: per-domain bias `(T, filters)`. Defaults to True.
         kernel_variance: `"glorot"`, `"he"` or a float, the reconstructed kernel's variance at
             initialisation. Defaults to `"glorot"`.
         bias_initializer: Defaults to `"zeros"`.
@@ -218,7 +220,7 @@ class FactorizedConv2D(BaseFactorizedConv):
 
     Call arguments:
         inputs: `(batch, height, width, C_in)` (channels last).
-        task: Python int, 0-d int tensor or int tensor `(batch,)`.
+        domain: Python int, 0-d int tensor or int tensor `(batch,)`. `task` is an alias.
 
     Input shape:
         `(batch, height, width, C_in)`.
@@ -229,9 +231,9 @@ class FactorizedConv2D(BaseFactorizedConv):
     Example:
 
     ```python
-    conv = keras_mdn.FactorizedConv2D(32, 3, num_tasks=5, factorization="tucker", rank=4,
+    conv = keras_mdn.FactorizedConv2D(32, 3, num_domains=5, factorization="tucker", rank=4,
                                       padding="same")
-    y = conv(images, task=domain_vector)
+    y = conv(images, domain=domain_vector)
     ```
 
     Reference:

@@ -5,7 +5,11 @@ import numpy as np
 from keras import ops
 
 from keras_mdn.api import register
-from keras_mdn.layers.domain_batch_normalization import DomainBatchNormalization
+from keras_mdn.layers.domain_batch_normalization import (
+    DomainBatchNormalization,
+    check_epsilon,
+    check_momentum,
+)
 from keras_mdn.layers.domain_layer import (
     DomainLayer,
     DomainVariable,
@@ -57,6 +61,11 @@ class ResidualAdapter(keras.layers.Layer, DomainLayer):
         adapter_regularizer: regularizer of the per-domain adapter kernels (the paper gives
             adapters their own weight decay). Defaults to `None`.
         freeze_base: bool, make the wrapped layer non-trainable. Defaults to `False`.
+        norm_epsilon: float, epsilon of the series adapter's batch norm. Defaults to `1e-5`
+            (the authors' setting, PyTorch's default).
+        norm_momentum: float, momentum of the series adapter's batch norm moving averages,
+            in Keras terms (`moving = momentum * moving + (1 - momentum) * batch`).
+            Defaults to `0.9` (the authors' PyTorch momentum 0.1).
         **kwargs: base layer keyword arguments.
 
     Call arguments:
@@ -91,6 +100,8 @@ class ResidualAdapter(keras.layers.Layer, DomainLayer):
         projection_initializer="orthogonal",
         adapter_regularizer=None,
         freeze_base=False,
+        norm_epsilon=1e-5,
+        norm_momentum=0.9,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -120,8 +131,16 @@ class ResidualAdapter(keras.layers.Layer, DomainLayer):
         if freeze_base:
             self.layer.trainable = False
         self.is_conv = isinstance(layer, _CONV_TYPES)
+        self.norm_epsilon = check_epsilon(norm_epsilon, "norm_epsilon")
+        self.norm_momentum = check_momentum(norm_momentum, "norm_momentum")
         self.adapter_norm = (
-            DomainBatchNormalization(self.num_domains, name="adapter_norm")
+            DomainBatchNormalization(
+                self.num_domains,
+                momentum=self.norm_momentum,
+                epsilon=self.norm_epsilon,
+                name="adapter_norm",
+                dtype=self.dtype_policy,
+            )
             if mode == "series"
             else None
         )
@@ -228,6 +247,8 @@ class ResidualAdapter(keras.layers.Layer, DomainLayer):
     def _base_linear(self, inputs):
         """The wrapped layer's output before its activation."""
         layer = self.layer
+        if layer.quantization_mode is not None:
+            return self._quantized_linear(inputs)
         if self.is_conv:
             padding = layer.padding
             if padding == "causal":
@@ -243,6 +264,20 @@ class ResidualAdapter(keras.layers.Layer, DomainLayer):
         if layer.bias is not None:
             outputs = outputs + layer.bias
         return outputs
+
+    def _quantized_linear(self, inputs):
+        """The quantized wrapped layer's own forward pass, before its activation.
+
+        `model.quantize()` stores the wrapped layer's kernel quantized with its scales; only
+        the layer's own quantized call reads them right.
+        """
+        layer, activation = self.layer, self.layer.activation
+        layer.activation = None
+        try:
+            outputs = layer(inputs)
+        finally:
+            layer.activation = activation
+        return ops.cast(outputs, self.compute_dtype)
 
     def _activation(self, outputs):
         activation = self.layer.activation
@@ -260,6 +295,12 @@ class ResidualAdapter(keras.layers.Layer, DomainLayer):
         gives this layer's inference output for `domain`. `bias` is `None` when the wrapped
         layer has none and the fold adds none.
         """
+        if self.layer.quantization_mode is not None:
+            raise ValueError(
+                "Cannot fold an adapter into a quantized layer: fold the float model, then "
+                "quantize the folded one. Received: layer with "
+                f"quantization_mode={self.layer.quantization_mode!r}"
+            )
         adapter = self.adapter_matrix(domain)
         kernel, bias = self.layer.kernel, self.layer.bias
         if isinstance(self.layer, keras.layers.EinsumDense):
@@ -289,6 +330,8 @@ class ResidualAdapter(keras.layers.Layer, DomainLayer):
                 self.projection_initializer
             ),
             "adapter_regularizer": keras.regularizers.serialize(self.adapter_regularizer),
+            "norm_epsilon": self.norm_epsilon,
+            "norm_momentum": self.norm_momentum,
         }
 
     # === Domain-layer interface (keras_mdn.layers.domain_layer) ===
