@@ -143,6 +143,9 @@ class FactorizedDense(BaseFactorized):
         outputs = ops.reshape(outputs, tuple(shape[:-1]) + (self.units,))
         return self._finish(outputs, task)
 
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[:-1]) + (self.units,)
+
     def contraction_paths(self):
         """The forward paths chosen at build time and their flops (for benchmarks)."""
         return planning.describe_dense(self._plan, self.factorization)
