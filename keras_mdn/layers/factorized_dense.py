@@ -179,6 +179,29 @@ class FactorizedDense(BaseFactorized):
         return cls._from_dense_stack(kernels, biases, first, factorization, rank, eps, kwargs)
 
     @classmethod
+    def from_t3f(cls, tt_matrix, bias=None, activation=None, **kwargs):
+        """A single-domain TT-matrix `FactorizedDense` computing `x @ tt_matrix (+ bias)`.
+
+        TensorFlow only (t3f). See `keras_mdn.interop.t3f.from_t3f`; to migrate a model built
+        with `t3f.nn.KerasDense`, use `keras_mdn.interop.t3f.convert_model`.
+
+        Args:
+            tt_matrix: a `t3f.TensorTrain` TT-matrix, or its cores `(r_{k-1}, n_k, m_k, r_k)`.
+            bias: optional bias `(units,)`. Defaults to None.
+            activation: activation function. Defaults to None.
+            **kwargs: other `FactorizedDense` arguments.
+        """
+        from keras_mdn.interop import t3f as t3f_interop
+
+        return t3f_interop.from_t3f(tt_matrix, bias=bias, activation=activation, **kwargs)
+
+    def to_t3f(self, domain=None):
+        """This TT-matrix layer's weight (domain `domain`) as a `t3f.TensorTrain` snapshot."""
+        from keras_mdn.interop import t3f as t3f_interop
+
+        return t3f_interop.to_t3f(self, domain)
+
+    @classmethod
     def from_dense(cls, layer, factorization="tt_matrix", rank=None, eps=None, **kwargs):
         """A single-task `FactorizedDense` compressing one trained `keras.layers.Dense`.
 
