@@ -132,10 +132,12 @@ class FactorizedDense(BaseFactorized):
     def call(self, inputs, domain=None, task=None):
         task = self._domain(domain, task)
         inputs = ops.cast(inputs, self.compute_dtype)
-        in_dim = inputs.shape[-1]
-        flat = ops.reshape(inputs, (-1, in_dim))
+        if len(inputs.shape) == 2:
+            outputs = planning.matmul(self._plan, self.factorization, inputs, task)
+            return self._finish(outputs, task)
+        flat = ops.reshape(inputs, (-1, inputs.shape[-1]))
         flat_task = task
-        if not is_uniform(task) and len(inputs.shape) > 2:
+        if not is_uniform(task):
             positions = ops.shape(flat)[0] // ops.shape(inputs)[0]
             flat_task = ops.repeat(task, positions, axis=0)
         outputs = planning.matmul(self._plan, self.factorization, flat, flat_task)
