@@ -15,13 +15,23 @@ from keras import ops
 
 from keras_mdn import factorizations
 from keras_mdn.factorizations.base import _is_int
+from keras_mdn.layers.domain_layer import (
+    DomainLayer,
+    DomainVariable,
+    as_float32,
+    build_input_shape,
+    built_layer,
+    check_affine,
+    check_domain,
+    layer_num_domains,
+)
 from keras_mdn.ops import decomposition
 from keras_mdn.ops.routing import canonicalize_domain, gather_domain, is_uniform
 
 _VARIANCES = ("glorot", "he")
 
 
-class BaseFactorized(keras.layers.Layer):
+class BaseFactorized(keras.layers.Layer, DomainLayer):
     """Shared logic of `FactorizedDense` and the factorised convolutions (private)."""
 
     def __init__(
@@ -167,6 +177,58 @@ class BaseFactorized(keras.layers.Layer):
         if layer.bias is not None:
             layer.bias.assign(np.asarray(biases, dtype=layer.bias.dtype))
         return layer
+
+    # === Domain-layer interface (keras_mdn.layers.domain_layer) ===
+    # `num_tasks` and the call argument `task` are this family's names for `num_domains` and
+    # `domain`.
+
+    factorized = True
+
+    def domain_variables(self):
+        tasks = layer_num_domains(self)
+        per_task = {}
+        network = self.factorization.network_
+        index = network.task_operand
+        if index is not None:
+            variable = self.factorization.variables[index]
+            per_task[id(variable)] = network.labels[index].index(network.task_label)
+        if self.bias is not None and tasks > 1:
+            per_task[id(self.bias)] = 0
+        return [
+            DomainVariable.rows(v, tasks, axis=per_task[id(v)])
+            if id(v) in per_task
+            else DomainVariable.shared_weight(v)
+            for v in self.weights
+        ]
+
+    def fold(self, domain):
+        """The plain `Dense` / `Conv*D` holding task `domain`'s reconstructed kernel."""
+        domain = check_domain(domain, layer_num_domains(self))
+        cls, config = self._plain_layer()
+        kernel = self.task_kernel(domain)
+        config = {**config, "activation": keras.activations.serialize(self.activation),
+                  "use_bias": self.bias is not None, "name": self.name}
+        weights = [kernel] if self.bias is None else [kernel, self.bias[domain]]
+        return [built_layer(cls, config, build_input_shape(self), weights)]
+
+    def merges_affine(self):
+        return self.activation in (None, keras.activations.linear)
+
+    def swappable_tensors(self, domain, affine=None):
+        """`kernel` (the task's reconstructed kernel) and `bias`, a following affine merged."""
+        domain = check_domain(domain, layer_num_domains(self))
+        affine = check_affine(self, affine)
+        kernel = as_float32(self.task_kernel(domain))
+        units = kernel.shape[-1]
+        bias = np.zeros((units,), "float32") if self.bias is None else as_float32(
+            self.bias[domain])
+        if affine is not None:
+            kernel, bias = kernel * affine[0], bias * affine[0] + affine[1]
+        return {"kernel": kernel, "bias": bias}
+
+    def swappable_call(self, inputs, tensors):
+        outputs = self._plain_call(inputs, tensors["kernel"]) + tensors["bias"]
+        return self.activation(outputs) if self.activation is not None else outputs
 
 
 def stack_layer_weights(layers, kind, min_layers):

@@ -176,6 +176,21 @@ class BaseFactorizedConv(BaseFactorized):
             num_domains=kernels.shape[-1], **kwargs,
         )
 
+    # === Domain-layer interface: the plain layer a task folds into ===
+
+    def _plain_layer(self):
+        cls = {1: keras.layers.Conv1D, 2: keras.layers.Conv2D}[self.rank_spatial]
+        return cls, {
+            "filters": self.filters,
+            "kernel_size": self.kernel_size,
+            "strides": self.strides,
+            "padding": self.padding,
+            "dilation_rate": self.dilation_rate,
+        }
+
+    def _plain_call(self, inputs, kernel):
+        return self._conv(inputs, kernel)
+
 
 @register
 class FactorizedConv2D(BaseFactorizedConv):

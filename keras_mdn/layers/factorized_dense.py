@@ -226,3 +226,11 @@ class FactorizedDense(BaseFactorized):
             kernels, biases, (None, kernels.shape[0]), factorization, rank, eps,
             units=kernels.shape[1], num_domains=kernels.shape[-1], **kwargs,
         )
+
+    # === Domain-layer interface: the plain layer a task folds into ===
+
+    def _plain_layer(self):
+        return keras.layers.Dense, {"units": self.units}
+
+    def _plain_call(self, inputs, kernel):
+        return ops.matmul(inputs, kernel)
