@@ -1,12 +1,22 @@
 import keras
+import numpy as np
 from keras import ops
 
 from keras_mdn.api import register
+from keras_mdn.layers.domain_layer import (
+    DomainLayer,
+    DomainVariable,
+    as_float32,
+    build_input_shape,
+    built_layer,
+    check_affine,
+    check_domain,
+)
 from keras_mdn.ops import routing
 
 
 @register
-class DomainBatchNormalization(keras.layers.Layer):
+class DomainBatchNormalization(keras.layers.Layer, DomainLayer):
     """Batch normalization with its own gamma, beta and moving statistics per domain.
 
     The normalised axis is the last one (channels last). In training, a one-domain batch is
@@ -68,14 +78,9 @@ class DomainBatchNormalization(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        routing.check_num_domains(num_domains)
-        if not 0.0 <= momentum <= 1.0:
-            raise ValueError(f"`momentum` must be in [0, 1]. Received: momentum={momentum}")
-        if epsilon <= 0:
-            raise ValueError(f"`epsilon` must be positive. Received: epsilon={epsilon}")
-        self.num_domains = int(num_domains)
-        self.momentum = float(momentum)
-        self.epsilon = float(epsilon)
+        self.num_domains = routing.check_num_domains(num_domains)
+        self.momentum = check_momentum(momentum)
+        self.epsilon = check_epsilon(epsilon)
         self.center = center
         self.scale = scale
         self.beta_initializer = keras.initializers.get(beta_initializer)
@@ -107,6 +112,7 @@ class DomainBatchNormalization(keras.layers.Layer):
                 shape=shape,
                 initializer=self.gamma_initializer,
                 regularizer=self.gamma_regularizer,
+                autocast=False,
             )
         if self.center:
             self.beta = self.add_weight(
@@ -114,18 +120,21 @@ class DomainBatchNormalization(keras.layers.Layer):
                 shape=shape,
                 initializer=self.beta_initializer,
                 regularizer=self.beta_regularizer,
+                autocast=False,
             )
         self.moving_mean = self.add_weight(
             name="moving_mean",
             shape=shape,
             initializer=self.moving_mean_initializer,
             trainable=False,
+            autocast=False,
         )
         self.moving_variance = self.add_weight(
             name="moving_variance",
             shape=shape,
             initializer=self.moving_variance_initializer,
             trainable=False,
+            autocast=False,
         )
 
     def call(self, inputs, domain, training=None):
@@ -223,6 +232,50 @@ class DomainBatchNormalization(keras.layers.Layer):
             "beta_regularizer": keras.regularizers.serialize(self.beta_regularizer),
             "gamma_regularizer": keras.regularizers.serialize(self.gamma_regularizer),
         }
+
+    # === Domain-layer interface (keras_mdn.layers.domain_layer) ===
+
+    def domain_variables(self):
+        statistics = (id(self.moving_mean), id(self.moving_variance))
+        return [
+            DomainVariable.rows(v, self.num_domains, statistic=id(v) in statistics)
+            for v in self.weights
+        ]
+
+    def fold(self, domain):
+        domain = check_domain(domain, self.num_domains)
+        config = {"axis": -1, "epsilon": self.epsilon, "center": self.center,
+                  "scale": self.scale, "name": self.name}
+        weights = [w[domain] for w in (self.gamma, self.beta) if w is not None]
+        weights += [self.moving_mean[domain], self.moving_variance[domain]]
+        return [built_layer(keras.layers.BatchNormalization, config, build_input_shape(self),
+                            weights)]
+
+    def swappable_tensors(self, domain, affine=None):
+        check_affine(self, affine)
+        scale, offset = self.affine(check_domain(domain, self.num_domains))
+        return {"scale": as_float32(scale), "offset": as_float32(offset)}
+
+    def swappable_call(self, inputs, tensors):
+        return inputs * tensors["scale"] + tensors["offset"]
+
+
+def check_momentum(momentum, name="momentum"):
+    """Validates a batch-norm momentum (a finite float in [0, 1]) and returns it as a float."""
+    if isinstance(momentum, bool) or not isinstance(momentum, (int, float, np.number)):
+        raise TypeError(f"`{name}` must be a float in [0, 1]. Received: {name}={momentum!r}")
+    if not 0.0 <= float(momentum) <= 1.0:  # also False for NaN
+        raise ValueError(f"`{name}` must be in [0, 1]. Received: {name}={momentum}")
+    return float(momentum)
+
+
+def check_epsilon(epsilon, name="epsilon"):
+    """Validates a batch-norm epsilon (a finite positive float) and returns it as a float."""
+    if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float, np.number)):
+        raise TypeError(f"`{name}` must be a positive float. Received: {name}={epsilon!r}")
+    if not 0.0 < float(epsilon) < float("inf"):  # also False for NaN
+        raise ValueError(f"`{name}` must be a finite positive float. Received: {name}={epsilon}")
+    return float(epsilon)
 
 
 def _expand_like(per_example, x):
