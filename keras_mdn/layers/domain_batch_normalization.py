@@ -3,11 +3,20 @@ import numpy as np
 from keras import ops
 
 from keras_mdn.api import register
+from keras_mdn.layers.domain_layer import (
+    DomainLayer,
+    DomainVariable,
+    as_float32,
+    build_input_shape,
+    built_layer,
+    check_affine,
+    check_domain,
+)
 from keras_mdn.ops import routing
 
 
 @register
-class DomainBatchNormalization(keras.layers.Layer):
+class DomainBatchNormalization(keras.layers.Layer, DomainLayer):
     """Batch normalization with its own gamma, beta and moving statistics per domain.
 
     The normalised axis is the last one (channels last). In training, a one-domain batch is
@@ -104,6 +113,7 @@ class DomainBatchNormalization(keras.layers.Layer):
                 shape=shape,
                 initializer=self.gamma_initializer,
                 regularizer=self.gamma_regularizer,
+                autocast=False,
             )
         if self.center:
             self.beta = self.add_weight(
@@ -111,18 +121,21 @@ class DomainBatchNormalization(keras.layers.Layer):
                 shape=shape,
                 initializer=self.beta_initializer,
                 regularizer=self.beta_regularizer,
+                autocast=False,
             )
         self.moving_mean = self.add_weight(
             name="moving_mean",
             shape=shape,
             initializer=self.moving_mean_initializer,
             trainable=False,
+            autocast=False,
         )
         self.moving_variance = self.add_weight(
             name="moving_variance",
             shape=shape,
             initializer=self.moving_variance_initializer,
             trainable=False,
+            autocast=False,
         )
 
     def call(self, inputs, domain, training=None):
@@ -254,6 +267,32 @@ class DomainBatchNormalization(keras.layers.Layer):
             "beta_regularizer": keras.regularizers.serialize(self.beta_regularizer),
             "gamma_regularizer": keras.regularizers.serialize(self.gamma_regularizer),
         }
+
+    # === Domain-layer interface (keras_mdn.layers.domain_layer) ===
+
+    def domain_variables(self):
+        statistics = (id(self.moving_mean), id(self.moving_variance))
+        return [
+            DomainVariable.rows(v, self.num_domains, statistic=id(v) in statistics)
+            for v in self.weights
+        ]
+
+    def fold(self, domain):
+        domain = check_domain(domain, self.num_domains)
+        config = {"axis": -1, "epsilon": self.epsilon, "center": self.center,
+                  "scale": self.scale, "name": self.name}
+        weights = [w[domain] for w in (self.gamma, self.beta) if w is not None]
+        weights += [self.moving_mean[domain], self.moving_variance[domain]]
+        return [built_layer(keras.layers.BatchNormalization, config, build_input_shape(self),
+                            weights)]
+
+    def swappable_tensors(self, domain, affine=None):
+        check_affine(self, affine)
+        scale, offset = self.affine(check_domain(domain, self.num_domains))
+        return {"scale": as_float32(scale), "offset": as_float32(offset)}
+
+    def swappable_call(self, inputs, tensors):
+        return inputs * tensors["scale"] + tensors["offset"]
 
 
 def check_momentum(momentum, name="momentum"):

@@ -3,11 +3,20 @@ import numpy as np
 from keras import ops
 
 from keras_mdn.api import register
+from keras_mdn.layers.domain_layer import (
+    DomainLayer,
+    DomainVariable,
+    as_float32,
+    build_input_shape,
+    built_layer,
+    check_affine,
+    check_domain,
+)
 from keras_mdn.ops import routing
 
 
 @register
-class DomainHead(keras.layers.Layer):
+class DomainHead(keras.layers.Layer, DomainLayer):
     """Per-domain linear classifiers whose domains may have different numbers of classes.
 
     The kernels of all domains are stored side by side in one `(features, sum(num_classes))`
@@ -158,6 +167,64 @@ class DomainHead(keras.layers.Layer):
             "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer),
             "bias_regularizer": keras.regularizers.serialize(self.bias_regularizer),
         }
+
+    # === Domain-layer interface (keras_mdn.layers.domain_layer) ===
+
+    def domain_variables(self):
+        return [DomainVariable(v, len(v.shape) - 1, tuple(self.num_classes)) for v in self.weights]
+
+    def with_num_domains(self, num_domains, init_from=None, num_classes=None):
+        """A copy with more domains; `num_classes`: int or list, the new domains' classes.
+
+        `num_classes` defaults to the class count of `init_from` when that is given.
+        """
+        return super().with_num_domains(num_domains, init_from, num_classes=num_classes)
+
+    def _grown_config(self, config, num_domains, init_from=None, num_classes=None):
+        added = num_domains - self.num_domains
+        if num_classes is None and added:
+            if init_from is None:
+                raise ValueError(
+                    "`num_classes` is required: the classes of the new domains' heads. "
+                    "Received: num_classes=None"
+                )
+            num_classes = self.num_classes[init_from]
+        if num_classes is None:
+            num_classes = []
+        elif isinstance(num_classes, (int, np.integer)) and not isinstance(num_classes, bool):
+            num_classes = [num_classes] * added
+        if not isinstance(num_classes, (list, tuple)) or len(num_classes) != added:
+            raise ValueError(
+                f"`num_classes` must be an int or a list of {added} ints (one per new domain). "
+                f"Received: num_classes={num_classes!r}"
+            )
+        return {**config, "num_classes": check_num_classes(list(self.num_classes)
+                                                           + list(num_classes))}
+
+    def fold(self, domain):
+        kernel, bias = self.domain_weights(check_domain(domain, self.num_domains))
+        config = {"units": int(kernel.shape[1]), "use_bias": bias is not None, "name": self.name}
+        weights = [kernel] if bias is None else [kernel, bias]
+        return [built_layer(keras.layers.Dense, config, build_input_shape(self), weights)]
+
+    def swappable_tensors(self, domain, affine=None):
+        """`kernel` `(features, max_classes)` and `bias`, zero-padded past the domain's classes.
+
+        The logits past `num_classes[domain]` are 0 in the swappable model (not the padding
+        logit), so a pack holds no large constant.
+        """
+        check_affine(self, affine)
+        kernel, bias = self.domain_weights(check_domain(domain, self.num_domains))
+        kernel = as_float32(kernel)
+        padded = np.zeros((kernel.shape[0], self.max_classes), "float32")
+        padded[:, : kernel.shape[1]] = kernel
+        padded_bias = np.zeros((self.max_classes,), "float32")
+        if bias is not None:
+            padded_bias[: kernel.shape[1]] = as_float32(bias)
+        return {"kernel": padded, "bias": padded_bias}
+
+    def swappable_call(self, inputs, tensors):
+        return ops.matmul(inputs, tensors["kernel"]) + tensors["bias"]
 
 
 def padding_logit(dtype):
