@@ -156,16 +156,18 @@ class DomainBatchNormalization(keras.layers.Layer, DomainLayer):
                 mean, variance = self._mixed_moments(inputs, domain)
             else:
                 mean, variance = self.moving_mean, self.moving_variance
-            # Every domain's affine map (a few num_domains x channels ops), then one row per
-            # example: NaN rows for invalid ids, gradients summed per domain.
-            scale, offset = self._scale_offset(mean, variance, self.gamma, self.beta)
-            # NaN scales for invalid ids make their outputs NaN; offsets need no filling.
-            scale = routing.per_example(
-                routing.take_domains(scale, domain), inputs, check_batch=True
+            # Each example's rows, then its affine map: computed per example, as the numbers
+            # of domains change (add_domain) the old domains' outputs stay bit-identical.
+            # NaN variances for invalid ids make their outputs NaN.
+            mean = routing.take_domains(mean, domain, fill_invalid=False)
+            variance = routing.take_domains(variance, domain)
+            gamma, beta = (
+                None if w is None else routing.take_domains(w, domain, fill_invalid=False)
+                for w in (self.gamma, self.beta)
             )
-            offset = routing.per_example(
-                routing.take_domains(offset, domain, fill_invalid=False), inputs
-            )
+            scale, offset = self._scale_offset(mean, variance, gamma, beta)
+            scale = routing.per_example(scale, inputs, check_batch=True)
+            offset = routing.per_example(offset, inputs)
         scale, offset = ops.cast(scale, inputs.dtype), ops.cast(offset, inputs.dtype)
         # offset first: Keras' TF `add` mistakes a (0, 1, 1, C) offset for a bias (empty batch).
         return ops.add(offset, ops.multiply(inputs, scale))
@@ -188,10 +190,10 @@ class DomainBatchNormalization(keras.layers.Layer, DomainLayer):
         scale = ops.rsqrt(ops.add(variance, self.epsilon))
         if gamma is not None:
             scale = ops.multiply(scale, gamma)
-        offset = ops.negative(ops.multiply(mean, scale))
-        if beta is not None:
-            offset = ops.add(offset, beta)
-        return scale, offset
+        if beta is None:
+            return scale, ops.negative(ops.multiply(mean, scale))
+        # `subtract`, not `add`: Keras' TF `add` takes a (0, C) operand for a bias.
+        return scale, ops.subtract(beta, ops.multiply(mean, scale))
 
     def _uniform_moments(self, inputs, domain):
         x = ops.cast(inputs, "float32")

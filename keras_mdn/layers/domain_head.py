@@ -112,22 +112,26 @@ class DomainHead(keras.layers.Layer, DomainLayer):
         if isinstance(domain, int):
             return self._static_logits(inputs, domain)
         selection = routing.select(domain, self.num_domains)
-        # Per-domain padded kernels (domains, features, max_classes), then each example's
-        # own: a GEMM with every domain's columns would give each domain's kernel gradient
-        # `features x 0`, which is NaN when one example's features are NaN.
-        kernels = ops.take(self.kernel, self._columns, axis=1)
-        kernels = routing.take_domains(ops.transpose(kernels, (1, 0, 2)), selection)
+        # A GEMM with the stacked kernel, then each example's columns. The kernel gradient
+        # `features^T @ upstream` would be NaN in every domain's columns (NaN x 0) when one
+        # example's features are not finite: such rows enter as zeros and leave as NaN.
+        finite = ops.all(ops.isfinite(inputs), axis=-1, keepdims=True)
+        safe_inputs = ops.where(finite, inputs, ops.zeros_like(inputs))
+        columns = routing.take_domains(self._columns, selection)
         if routing.is_uniform(domain):
-            logits = ops.matmul(inputs, kernels)
+            logits = ops.matmul(safe_inputs, ops.take(self.kernel, columns, axis=1))
+            if self.bias is not None:
+                logits = logits + ops.take(self.bias, columns, axis=0)
         else:
-            logits = ops.squeeze(ops.matmul(ops.expand_dims(inputs, 1), kernels), 1)
-        if self.bias is not None:
-            bias = ops.take(self.bias, self._columns, axis=0)
-            logits = logits + routing.take_domains(bias, selection, fill_invalid=False)
+            logits = ops.matmul(safe_inputs, self.kernel)
+            if self.bias is not None:
+                logits = logits + self.bias
+            logits = ops.take_along_axis(logits, columns, axis=1)
         valid = routing.take_domains(self._valid, selection)
-        # The padding, NaN for an invalid id, so that all its logits are NaN.
-        padding = ops.full(self._valid.shape, self._padding_logit(logits.dtype), logits.dtype)
-        return ops.where(valid, logits, routing.take_domains(padding, selection))
+        logits = ops.where(valid, logits, self._padding_logit(logits.dtype))
+        # Non-finite features, or an invalid id: NaN logits, never another domain's answer.
+        keep = ops.logical_and(finite, ops.reshape(selection.valid, (-1, 1)))
+        return ops.where(keep, logits, ops.cast(float("nan"), logits.dtype))
 
     def _static_logits(self, inputs, domain):
         start, n = self.offsets[domain], self.num_classes[domain]
