@@ -2,6 +2,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_mdn import distribution
 from keras_mdn.api import register
 from keras_mdn.ops import routing
 
@@ -30,6 +31,11 @@ class DomainBatchNormalization(keras.layers.Layer):
         moving_variance_initializer: Defaults to `"ones"`.
         beta_regularizer: optional regularizer of `beta`.
         gamma_regularizer: optional regularizer of `gamma`.
+        synchronized: per-domain statistics over all replicas' examples in training (the
+            per-domain `SyncBatchNormalization`): `None` turns it on under a distribution
+            (`keras_mdn.distribution.is_distributed`), `True`/`False` always/never. Without
+            a distribution the local batch is the global one, so `True` changes nothing; on
+            JAX's `keras.distribution` statistics are always global. Defaults to `None`.
         **kwargs: base layer keyword arguments.
 
     Call arguments:
@@ -66,6 +72,7 @@ class DomainBatchNormalization(keras.layers.Layer):
         moving_variance_initializer="ones",
         beta_regularizer=None,
         gamma_regularizer=None,
+        synchronized=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -80,6 +87,7 @@ class DomainBatchNormalization(keras.layers.Layer):
         self.moving_variance_initializer = keras.initializers.get(moving_variance_initializer)
         self.beta_regularizer = keras.regularizers.get(beta_regularizer)
         self.gamma_regularizer = keras.regularizers.get(gamma_regularizer)
+        self.synchronized = distribution.check_synchronized(synchronized)
         self.supports_masking = True
 
     def build(self, input_shape):
@@ -131,11 +139,15 @@ class DomainBatchNormalization(keras.layers.Layer):
     def call(self, inputs, domain, training=None):
         domain = routing.canonicalize_domain(domain, self.num_domains)
         training = bool(training) and self.trainable
+        synchronized = training and distribution.resolve_synchronized(self.synchronized)
+        if synchronized and routing.is_uniform(domain):
+            # Replicas may hold different domains: reduce per domain, as for a mixed batch.
+            domain = ops.full((ops.shape(inputs)[0],), domain, "int32")
         if training:
             if routing.is_uniform(domain):
                 mean, variance = self._uniform_moments(inputs, domain)
             else:
-                mean, variance = self._mixed_moments(inputs, domain)
+                mean, variance = self._mixed_moments(inputs, domain, synchronized)
         else:
             mean = routing.gather_domain(self.moving_mean, domain)
             variance = routing.gather_domain(self.moving_variance, domain)
@@ -171,7 +183,7 @@ class DomainBatchNormalization(keras.layers.Layer):
         self._update_moving(mean, variance, one_hot)
         return mean, variance
 
-    def _mixed_moments(self, inputs, domain):
+    def _mixed_moments(self, inputs, domain, synchronized=False):
         # Every example has the same number of positions, so a domain's mean is the average
         # of its examples' means: one (num_domains x batch) @ (batch x channels) product.
         # A second pass about the domain means keeps the variance stable.
@@ -179,13 +191,19 @@ class DomainBatchNormalization(keras.layers.Layer):
         spatial = tuple(range(1, len(inputs.shape) - 1))
         one_hot = ops.one_hot(domain, self.num_domains, dtype="float32")
         counts = ops.sum(one_hot, axis=0)
-        averaging = ops.transpose(one_hot / ops.maximum(counts, 1.0))
-        domain_mean = ops.matmul(averaging, ops.mean(x, axis=spatial) if spatial else x)
+        sums = ops.matmul(ops.transpose(one_hot), ops.mean(x, axis=spatial) if spatial else x)
+        if synchronized:
+            sums, counts = distribution.cross_replica_sum(sums, counts)
+        divisor = ops.expand_dims(ops.maximum(counts, 1.0), -1)
+        domain_mean = sums / divisor
         example_mean = ops.matmul(one_hot, domain_mean)
         squares = ops.square(x - _expand_like(example_mean, x))
-        domain_variance = ops.matmul(
-            averaging, ops.mean(squares, axis=spatial) if spatial else squares
+        square_sums = ops.matmul(
+            ops.transpose(one_hot), ops.mean(squares, axis=spatial) if spatial else squares
         )
+        if synchronized:
+            square_sums = distribution.cross_replica_sum(square_sums)
+        domain_variance = square_sums / divisor
         present = ops.expand_dims(ops.cast(ops.greater(counts, 0.0), "float32"), -1)
         self._update_moving(domain_mean, domain_variance, present)
         return example_mean, ops.matmul(one_hot, domain_variance)
@@ -222,6 +240,7 @@ class DomainBatchNormalization(keras.layers.Layer):
             ),
             "beta_regularizer": keras.regularizers.serialize(self.beta_regularizer),
             "gamma_regularizer": keras.regularizers.serialize(self.gamma_regularizer),
+            "synchronized": self.synchronized,
         }
 
 
