@@ -158,13 +158,23 @@ def _layer_case(tf, strategy, x, domain, synchronized, sizes):
     def share(context):
         replica = context.replica_id_in_sync_group
         lo, hi = starts[replica], starts[replica + 1]
-        return x[lo:hi], domain if isinstance(domain, int) else domain[lo:hi]
+        # A Python int domain stays one (static); a vector is split like the images.
+        return x[lo:hi], np.zeros((0,), "int32") if isinstance(domain, int) else domain[lo:hi]
 
     values = strategy.experimental_distribute_values_from_function(share)
 
+    def replica_step(v, d):
+        # An unknown batch size, as in `fit` (a static 0 trips Keras' bias-add heuristic).
+        v = tf.raw_ops.PlaceholderWithDefault(input=v, shape=[None, *v.shape[1:]])
+        if isinstance(domain, int):
+            d = domain
+        else:
+            d = tf.raw_ops.PlaceholderWithDefault(input=d, shape=[None])
+        return layer(v, domain=d, training=True)
+
     @tf.function
     def step(values):
-        return strategy.run(lambda v, d: layer(v, domain=d, training=True), args=values)
+        return strategy.run(replica_step, args=values)
 
     step(values)
     return max(
