@@ -14,8 +14,8 @@ layers need from them.
   move when it is present on any replica (identically on every replica: the variables'
   copies never diverge).
 
-`is_distributed()` says whether a step runs under either engine; it is what
-`DomainBatchNormalization(synchronized=None)` turns synchronisation on with.
+`is_distributed()` says whether a step runs under either engine;
+`should_synchronize(synchronized)` whether a layer's statistics need the all-reduce now.
 `check_layout_map(layout_map, model)` checks a `keras.distribution.LayoutMap` against a
 model's weights before a `ModelParallel` run, naming the weight whose axis the mesh does not
 divide.
@@ -73,9 +73,13 @@ def check_synchronized(synchronized):
     return synchronized
 
 
-def resolve_synchronized(synchronized):
-    """The effective setting of a layer's `synchronized` argument for the current step."""
-    return is_distributed() if synchronized is None else synchronized
+def should_synchronize(synchronized):
+    """Whether a layer with this `synchronized` argument all-reduces in the current step.
+
+    Only where replicas run the step separately (tf.distribute with several replicas) and
+    the argument is not `False`: elsewhere the local batch is the global one.
+    """
+    return synchronized is not False and num_replicas() > 1
 
 
 def cross_replica_sum(*tensors):

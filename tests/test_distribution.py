@@ -97,6 +97,7 @@ def test_data_parallel_rejects_a_batch_the_devices_do_not_divide(jax_results):
 def test_not_distributed_by_default():
     assert not dist.is_distributed()
     assert dist.num_replicas() == 1
+    assert not any(dist.should_synchronize(s) for s in (None, True, False))
     a, b = np.ones((2, 3)), np.zeros((3,))
     assert dist.cross_replica_sum(a) is a
     assert dist.cross_replica_sum(a, b) == (a, b)

@@ -149,7 +149,7 @@ class DomainBatchNormalization(keras.layers.Layer, DomainLayer):
         domain = routing.canonicalize_domain(domain, self.num_domains)
         routing.check_batch(domain, inputs)
         training = bool(training) and self.trainable
-        synchronized = training and distribution.resolve_synchronized(self.synchronized)
+        synchronized = training and distribution.should_synchronize(self.synchronized)
         if synchronized and routing.is_uniform(domain):
             # Replicas may hold different domains: reduce per domain, as for a mixed batch.
             domain = ops.full((ops.shape(inputs)[0],), domain, "int32")
