@@ -19,7 +19,7 @@ MIXED = [0, 0, 1, 1, 1, 2, 2, 2]
 UNIFORM = [1] * 8
 
 
-def build(keras, momentum=0.5, synchronized=None):
+def build(keras, momentum=0.5):
     from keras_mdn import (
         DomainBatchNormalization,
         DomainHead,
@@ -34,8 +34,7 @@ def build(keras, momentum=0.5, synchronized=None):
         return keras.layers.Conv2D(4, 3, padding="same", use_bias=False, name=name)
 
     def norm(name):
-        return DomainBatchNormalization(T, momentum=momentum, synchronized=synchronized,
-                                        name=name)
+        return DomainBatchNormalization(T, momentum=momentum, name=name)
 
     image = keras.Input(SHAPE, name="image")
     domain = keras.Input((), dtype="int32", name="domain")
@@ -44,7 +43,6 @@ def build(keras, momentum=0.5, synchronized=None):
     x = keras.layers.ReLU()(norm("bn1")(x, domain))
     series = ResidualAdapter(conv("conv2"), T, mode="series", norm_momentum=momentum,
                              adapter_initializer="random_normal", name="conv2")
-    series.adapter_norm.synchronized = synchronized
     x = norm("bn2")(series(x, domain), domain)
     x = FactorizedConv2D(4, 3, num_tasks=T, rank=2, padding="same", name="fconv")(x, task=domain)
     x = keras.layers.GlobalAveragePooling2D()(x)
