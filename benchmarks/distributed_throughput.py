@@ -52,7 +52,9 @@ def worker(backend, devices, width, size, batch, steps):
     if devices > 1 and backend == "jax":
         import jax
 
-        keras.distribution.set_distribution(keras.distribution.DataParallel(jax.devices()))
+        keras.distribution.set_distribution(
+            keras.distribution.DataParallel(devices=jax.devices())
+        )
     elif devices > 1:
         import tensorflow as tf
 
@@ -85,6 +87,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="width 0.25, 32 px only")
     parser.add_argument("--steps", type=int, default=None, help="timed steps per setting")
+    parser.add_argument("--backends", nargs="+", choices=BACKENDS, default=list(BACKENDS),
+                        help="backends to run; the other backends' rows are kept from the "
+                             "results JSON of an earlier run")
     parser.add_argument("--worker", nargs=6, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -94,10 +99,17 @@ def main():
         return
     shapes = [(0.25, 32, 64)] if args.quick else [(0.25, 32, 64), (0.5, 64, 64)]
     steps = args.steps or (5 if args.quick else 20)
+    suffix = "_quick" if args.quick else ""
+    json_path = os.path.join(RESULTS, f"distributed_throughput{suffix}.json")
     load_start = loadavg()
-    rows = []
+    rows, kept = [], {}
+    if os.path.exists(json_path):
+        with open(json_path) as f:
+            kept = json.load(f)
+        rows = [r for r in kept["rows"] if r["backend"] not in args.backends]
+        kept = {"loadavg": kept["loadavg"]} if rows else {}
     for width, size, batch in shapes:
-        for backend in BACKENDS:
+        for backend in args.backends:
             for devices in DEVICES:
                 env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "KERAS_BACKEND": backend}
                 env.pop("XLA_FLAGS", None)
@@ -112,11 +124,15 @@ def main():
                 rows.append(row)
                 print(row, flush=True)
     load_end = loadavg()
-    suffix = "_quick" if args.quick else ""
+    loads = {**kept.get("loadavg", {}),
+             " ".join(args.backends): {"start": load_start, "end": load_end}}
+    rows.sort(key=lambda r: (r["width"], BACKENDS.index(r["backend"]), r["devices"]))
     os.makedirs(RESULTS, exist_ok=True)
-    with open(os.path.join(RESULTS, f"distributed_throughput{suffix}.json"), "w") as f:
-        json.dump({"rows": rows, "loadavg_start": load_start, "loadavg_end": load_end,
-                   "steps": steps, "cpus": os.cpu_count()}, f, indent=2)
+    with open(json_path, "w") as f:
+        json.dump({"rows": rows, "loadavg": loads, "steps": steps, "cpus": os.cpu_count()},
+                  f, indent=2)
+    load_text = "; ".join(f"{k}: {v['start']} at start, {v['end']} at end"
+                          for k, v in loads.items())
     lines = [
         "# Data-parallel throughput on virtual CPU devices",
         "",
@@ -124,7 +140,7 @@ def main():
         f"ResNet-26, parallel adapters, {NUM_DOMAINS} domains, mixed-domain global batches, "
         f"SGD momentum 0.9, {steps} timed `fit` steps after a 2-step warm-up epoch. "
         f"{os.cpu_count()} CPU cores shared by all virtual devices: no speed-up is expected. "
-        f"Load average at start {load_start}, at end {load_end}.",
+        f"Load averages (1, 5, 15 min) by run: {load_text}.",
         "",
         "| backend | width | px | global batch | devices | examples/s | step (s) | "
         "vs 1 device | first epoch (s) |",
