@@ -254,7 +254,7 @@ class SwappablePlan:
         layer = op.layer
         if op.mode == "parallel":
             base = _pre_activation(layer, x)
-            x_tap = op.tap_input(x)
+            x_tap = _tap_input(op, x)
             if op.adapter_projection is not None:
                 x_tap = _pointwise(x_tap, op.adapter_projection)
             outputs = base * p("scale") + _pointwise(x_tap, p("adapter")) + p("offset")
@@ -303,11 +303,31 @@ def _reads_key(structure, key):
 def _pointwise(x, matrix):
     """`x @ matrix` on the channel axis, `matrix` `(in, out)`: one TFLite BATCH_MATMUL.
 
-    XNNPACK runs BATCH_MATMUL with a runtime float32 right-hand side; a CONV_2D only with a
-    constant filter, and (in LiteRT 2.x) FULLY_CONNECTED only with a constant one too.
+    XNNPACK runs BATCH_MATMUL with a runtime float32 right-hand side (a CONV_2D only with a
+    constant filter, and in LiteRT 2.x FULLY_CONNECTED too). `tf.linalg.matmul` broadcasts
+    the matrix over the leading axes, so no reshape surrounds it.
     """
-    letters = "abcdefgh"[: len(x.shape) - 1]
-    return ops.einsum(f"{letters}i,io->{letters}o", x, matrix)
+    import tensorflow as tf
+
+    return tf.linalg.matmul(x, matrix)
+
+
+def _tap_input(op, x):
+    """`op.tap_input(x)` with ops XNNPACK delegates.
+
+    A strided slice (TFLite STRIDED_SLICE with a step > 1, on every strided conv) is not
+    delegated and splits the graph; a 1x1 depthwise conv with a constant filter of ones and
+    the conv's stride picks the same positions, delegated, for a negligible cost.
+    """
+    slices = op._slices  # the tap's input positions (start, stop, step) per spatial axis
+    if slices is None:
+        return x
+    x = x[(slice(None),) + tuple(slice(sl.start, sl.stop) for sl in slices) + (slice(None),)]
+    strides = tuple(sl.step or 1 for sl in slices)
+    if all(step == 1 for step in strides):
+        return x
+    ones = np.ones((1,) * len(slices) + (x.shape[-1], 1), "float32")
+    return ops.depthwise_conv(x, ones, strides, "valid")
 
 
 def _pre_activation(layer, x):
