@@ -15,13 +15,22 @@ from keras import ops
 
 from keras_mdn import factorizations
 from keras_mdn.factorizations.base import _is_int
+from keras_mdn.layers.domain_layer import (
+    DomainLayer,
+    DomainVariable,
+    as_float32,
+    build_input_shape,
+    built_layer,
+    check_affine,
+    check_domain,
+)
 from keras_mdn.ops import decomposition
 from keras_mdn.ops.routing import canonicalize_domain, gather_domain, is_uniform
 
 _VARIANCES = ("glorot", "he")
 
 
-class BaseFactorized(keras.layers.Layer):
+class BaseFactorized(keras.layers.Layer, DomainLayer):
     """Shared logic of `FactorizedDense` and the factorised convolutions (private)."""
 
     def __init__(
@@ -96,6 +105,21 @@ class BaseFactorized(keras.layers.Layer):
             outputs = outputs + ops.cast(bias, outputs.dtype)
         return self.activation(outputs) if self.activation is not None else outputs
 
+    def quantize(self, mode=None, type_check=True, config=None):
+        """Refuses: the kernel is a product of factors, which Keras' quantizers do not cover.
+
+        Raises a `ValueError` naming the layer, so `model.quantize(...)` never leaves a
+        factorised layer silently in float next to quantized ones.
+        """
+        raise ValueError(
+            f"{type(self).__name__} {self.name!r} cannot be quantized: its kernel is a product "
+            f"of factors ({self.factorization.name}), which Keras' quantization does not "
+            "cover. Quantize the other layers with `model.quantize(mode, filters=lambda layer: "
+            "not hasattr(layer, 'factorization'))`, or fold a domain into plain layers first "
+            "(`keras_mdn.surgery.fold_domain(model, domain, factorized='reconstruct')`). "
+            f"Received: mode={mode!r}"
+        )
+
     # --- public helpers ---
 
     def sharing_strength(self):
@@ -115,10 +139,6 @@ class BaseFactorized(keras.layers.Layer):
     def task_kernel(self, domain):
         """Domain `domain`'s reconstructed kernel (the weight of the equivalent plain layer)."""
         return self.factorization.task_weight(self._domain(domain, None))
-
-    def contraction_paths(self):
-        """The forward paths chosen at build time and their flops (for benchmarks)."""
-        return self.factorization.paths()
 
     def get_config(self):
         return {
@@ -156,6 +176,56 @@ class BaseFactorized(keras.layers.Layer):
         if layer.bias is not None:
             layer.bias.assign(np.asarray(biases, dtype=layer.bias.dtype))
         return layer
+
+    # === Domain-layer interface (keras_mdn.layers.domain_layer) ===
+
+    factorized = True
+    domain_argument_aliases = ("task",)
+
+    def domain_variables(self):
+        per_domain = {}
+        network = self.factorization.network_
+        index = network.task_operand
+        if index is not None:
+            variable = self.factorization.variables[index]
+            per_domain[id(variable)] = network.labels[index].index(network.task_label)
+        if self.bias is not None and self.num_domains > 1:
+            per_domain[id(self.bias)] = 0
+        return [
+            DomainVariable.rows(v, self.num_domains, axis=per_domain[id(v)])
+            if id(v) in per_domain
+            else DomainVariable.shared_weight(v)
+            for v in self.weights
+        ]
+
+    def fold(self, domain):
+        """The plain `Dense` / `Conv*D` holding the domain's reconstructed kernel."""
+        domain = check_domain(domain, self.num_domains)
+        cls, config = self._plain_layer()
+        kernel = self.task_kernel(domain)
+        config = {**config, "activation": keras.activations.serialize(self.activation),
+                  "use_bias": self.bias is not None, "name": self.name}
+        weights = [kernel] if self.bias is None else [kernel, self.bias[domain]]
+        return [built_layer(cls, config, build_input_shape(self), weights)]
+
+    def merges_affine(self):
+        return self.activation in (None, keras.activations.linear)
+
+    def swappable_tensors(self, domain, affine=None):
+        """`kernel` (the domain's reconstructed kernel) and `bias`, a following affine merged."""
+        domain = check_domain(domain, self.num_domains)
+        affine = check_affine(self, affine)
+        kernel = as_float32(self.task_kernel(domain))
+        units = kernel.shape[-1]
+        bias = np.zeros((units,), "float32") if self.bias is None else as_float32(
+            self.bias[domain])
+        if affine is not None:
+            kernel, bias = kernel * affine[0], bias * affine[0] + affine[1]
+        return {"kernel": kernel, "bias": bias}
+
+    def swappable_call(self, inputs, tensors):
+        outputs = self._plain_call(inputs, tensors["kernel"]) + tensors["bias"]
+        return self.activation(outputs) if self.activation is not None else outputs
 
 
 def stack_layer_weights(layers, kind, min_layers):
