@@ -57,8 +57,8 @@ def export_all(model, directory, domains=None, domain_names=None, quantizations=
     >>> keras_mdn.export.load("saved_models/digits_export").predict(images, domain=2)
     """
     from keras_mdn.export.savedmodel import check_domains, input_spec
-    from keras_mdn.layers.domain_head import DomainHead
-    from keras_mdn.surgery.fold import FunctionalGraph
+    from keras_mdn.layers.domain_layer import domain_layers
+    from keras_mdn.surgery.graph import FunctionalGraph
 
     if domains is not None and not isinstance(domains, int) and domains and all(
         isinstance(d, str) for d in domains
@@ -76,7 +76,8 @@ def export_all(model, directory, domains=None, domain_names=None, quantizations=
             )
     graph = FunctionalGraph(model)
     domains = check_domains(domains, graph.num_domains)
-    heads = [op for op in model.operations if isinstance(op, DomainHead)]
+    heads = [layer for layer in domain_layers(model)
+             if isinstance(getattr(layer, "num_classes", None), (list, tuple))]
     name, spec = input_spec(graph)
     os.makedirs(directory, exist_ok=True)
     manifest = {

@@ -30,7 +30,8 @@ from keras_mdn.export.savedmodel import (
     write_endpoints,
 )
 from keras_mdn.export.swappable import SwappablePlan
-from keras_mdn.surgery.fold import FunctionalGraph, fold_domain
+from keras_mdn.surgery.fold import fold_domain
+from keras_mdn.surgery.graph import FunctionalGraph
 
 SWAPPABLE_SIGNATURE = "swappable"
 SET_DOMAIN_SIGNATURE = "set_domain"
