@@ -12,6 +12,8 @@ from keras_mdn.export.quantization import QUANTIZATIONS
 from keras_mdn.export.savedmodel import export_saved_model
 from keras_mdn.export.swappable import SwappablePlan
 from keras_mdn.export.tflite import (
+    SET_DOMAIN_SIGNATURE,
+    SWAPPABLE_SIGNATURE,
     export_folded_tflite,
     export_multi_signature_tflite,
     export_swappable_tflite,
@@ -31,7 +33,7 @@ def export_all(model, directory, domains=None, domain_names=None, quantizations=
         saved_model/                      endpoints domain_<d> and domain_index
         folded/domain_<d>[.<q>].tflite    one folded model per domain
         multi_signature[.<q>].tflite      one file, a signature per domain
-        swappable/swappable[.<q>].tflite  the base model, per-domain parameters as inputs
+        swappable/swappable[.<q>].tflite  the base model: signatures set_domain and swappable
         swappable/domain_<d>.mdnpack      one pack per domain
 
     Args:
@@ -128,6 +130,9 @@ def export_all(model, directory, domains=None, domain_names=None, quantizations=
                 "packs": pack_paths,
                 "pack_dtype": pack_dtype,
                 "model_id": written["model_id"],
+                "reference_domain": plan.reference_domain,
+                "signatures": {"set_domain": SET_DOMAIN_SIGNATURE,
+                               "inference": SWAPPABLE_SIGNATURE},
             }
     with open(os.path.join(directory, MANIFEST), "w") as f:
         json.dump(manifest, f, indent=2)
