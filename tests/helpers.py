@@ -1,5 +1,6 @@
 """Small test helpers on the public API (no keras.src)."""
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -73,3 +74,14 @@ def np_conv(x, kernel, strides=1, padding="same", dilation=1):
         )
         y += xp[(slice(None),) + index + (slice(None),)] @ kernel[tap]
     return y
+
+
+@contextlib.contextmanager
+def dtype_policy(policy):
+    """Sets Keras' global dtype policy for the block, then restores the previous one."""
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(policy)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)

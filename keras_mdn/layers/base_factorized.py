@@ -105,6 +105,21 @@ class BaseFactorized(keras.layers.Layer, DomainLayer):
             outputs = outputs + ops.cast(bias, outputs.dtype)
         return self.activation(outputs) if self.activation is not None else outputs
 
+    def quantize(self, mode=None, type_check=True, config=None):
+        """Refuses: the kernel is a product of factors, which Keras' quantizers do not cover.
+
+        Raises a `ValueError` naming the layer, so `model.quantize(...)` never leaves a
+        factorised layer silently in float next to quantized ones.
+        """
+        raise ValueError(
+            f"{type(self).__name__} {self.name!r} cannot be quantized: its kernel is a product "
+            f"of factors ({self.factorization.name}), which Keras' quantization does not "
+            "cover. Quantize the other layers with `model.quantize(mode, filters=lambda layer: "
+            "not hasattr(layer, 'factorization'))`, or fold a domain into plain layers first "
+            "(`keras_mdn.surgery.fold_domain(model, domain, factorized='reconstruct')`). "
+            f"Received: mode={mode!r}"
+        )
+
     # --- public helpers ---
 
     def sharing_strength(self):
@@ -124,10 +139,6 @@ class BaseFactorized(keras.layers.Layer, DomainLayer):
     def task_kernel(self, domain):
         """Domain `domain`'s reconstructed kernel (the weight of the equivalent plain layer)."""
         return self.factorization.task_weight(self._domain(domain, None))
-
-    def contraction_paths(self):
-        """The forward paths chosen at build time and their flops (for benchmarks)."""
-        return self.factorization.paths()
 
     def get_config(self):
         return {
