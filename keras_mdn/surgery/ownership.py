@@ -66,6 +66,13 @@ def layer_ownership(layer):
     """`WeightOwnership` of every weight of one layer (nested weights included)."""
     if is_domain_layer(layer):
         entries = layer.domain_variables()
+        missing = {id(w) for w in layer.weights} - {id(e.variable) for e in entries}
+        if missing:
+            names = [w.path for w in layer.weights if id(w) in missing]
+            raise ValueError(
+                f"{type(layer).__name__}.domain_variables() must list every weight of the "
+                f"layer. Received: layer {layer.name!r} leaving out {names}"
+            )
     else:
         entries = [
             DomainVariable.shared_weight(v, statistic=v.path.split("/")[-1] in STATISTICS)

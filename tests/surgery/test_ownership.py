@@ -1,5 +1,6 @@
 import keras
 import numpy as np
+import pytest
 
 from keras_mdn.surgery.ownership import (
     layer_ownership,
@@ -52,3 +53,14 @@ def test_a_user_layer_answers_for_its_weights_and_nested_models_expand():
     assert model_num_domains(model) == 2
     assert len(model_ownership(model)) == 4
     assert np.all(entries[0].domain_mask([1])[1]) and not entries[0].domain_mask([1])[0].any()
+
+
+def test_a_domain_layer_must_list_every_weight():
+    class Forgetful(DomainScale):
+        def domain_variables(self):
+            return super().domain_variables()[:1]
+
+    layer = Forgetful(2, name="forgetful")
+    layer.build((None, 3))
+    with pytest.raises(ValueError, match=r"leaving out \['forgetful/offset'\]"):
+        layer_ownership(layer)
