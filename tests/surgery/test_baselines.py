@@ -3,6 +3,7 @@ import pytest
 
 from keras_mdn import DomainBatchNormalization, DomainHead
 from keras_mdn.models import resnet26
+from keras_mdn.report import parameter_report
 from keras_mdn.surgery import batch_norms_only, frozen_features
 from tests.helpers import rng, to_numpy
 from tests.surgery.toy import infer, randomize_batch_norms, toy_cnn
@@ -41,6 +42,10 @@ def test_frozen_features_train_only_the_heads():
     baseline = frozen_features(_pretrained(), CLASSES)
     assert _trainable_layers(baseline) == {"head"}
     assert baseline.get_layer("stem_bn").num_domains == 1  # one shared, frozen batch norm
+    report = parameter_report(baseline)  # the one-domain batch norms count as shared
+    features = baseline.get_layer("head").kernel.shape[0]
+    assert [d["parameters"] for d in report.domains] == [(features + 1) * n for n in CLASSES]
+    assert report.trainable == sum(d["parameters"] for d in report.domains)
 
 
 def test_batch_norms_only_train_per_domain_batch_norms_and_heads():
