@@ -5,7 +5,7 @@ import pytest
 from keras_mdn import DomainBatchNormalization, DomainHead, FactorizedDense, ResidualAdapter
 from keras_mdn.surgery import FrozenEntries, add_domain, add_domains, train_only_domains
 from tests.helpers import rng, save_and_load, to_numpy
-from tests.surgery.toy import infer, toy_multi_domain
+from tests.surgery.toy import assert_same_outputs, infer, toy_multi_domain
 
 CLASSES = (3, 4, 2)
 
@@ -28,15 +28,8 @@ def test_existing_domains_are_bit_identical(mode):
     assert all(layer.trainable for layer in model.layers)
     fresh = toy_multi_domain(mode=mode, rank=2 if mode == "series" else None)
     assert len(model.trainable_weights) == len(fresh.trainable_weights)
-    # The old rows of every per-domain table are copied bit for bit; the outputs agree to
-    # rounding only, since the grown head's wider padded GEMM may sum in another order.
-    old_adapter = to_numpy(model.get_layer("conv1").adapter_kernel)
-    np.testing.assert_array_equal(to_numpy(grown.get_layer("conv1").adapter_kernel)[:3],
-                                  old_adapter)
-    old_head = to_numpy(model.get_layer("head").kernel)
-    np.testing.assert_array_equal(to_numpy(grown.get_layer("head").kernel)[:, :9], old_head)
     for d in range(3):
-        np.testing.assert_allclose(infer(grown, x, d)[:, :4], before[d], rtol=1e-6, atol=1e-6)
+        assert_same_outputs(infer(grown, x, d)[:, :4], before[d])
     assert infer(grown, x, 3).shape == (4, 5)
 
 
@@ -49,7 +42,7 @@ def test_new_domain_from_initializers_or_from_an_existing_domain():
     np.testing.assert_array_equal(to_numpy(fresh.get_layer("bn1").moving_variance)[3], 1.0)
     copied = add_domain(model, num_classes=4, init_from=1, freeze_existing=False)
     # Domain 1 has 4 classes too: the copy computes exactly what domain 1 computes.
-    np.testing.assert_array_equal(infer(copied, x, 3), infer(model, x, 1))
+    assert_same_outputs(infer(copied, x, 3), infer(model, x, 1))
 
 
 def test_training_the_new_domain_leaves_old_domains_bit_identical():
@@ -138,9 +131,9 @@ def test_models_without_domains_or_head():
 def test_add_domains_adds_several_trainable_domains_at_once():
     model = toy_multi_domain()
     x = _x(8)
+    before = [infer(model, x, d) for d in range(3)]
     weights_before = [to_numpy(w) for w in model.weights]
     grown = add_domains(model, num_classes=[2, 5], init_from=0)
-    before = [infer(grown, x, d)[:, :4] for d in range(3)]
     assert grown.get_layer("head").num_classes == [3, 4, 2, 2, 5]
     # Both new domains train (chained add_domain would freeze the first one).
     adapter = grown.get_layer("conv1").adapter_kernel
@@ -152,14 +145,14 @@ def test_add_domains_adds_several_trainable_domains_at_once():
     new_before = [infer(grown, x, 3), infer(grown, x, 4)]
     grown.fit([x, domain], rng(2).integers(0, 2, size=8), batch_size=8, epochs=1, verbose=0)
     for d in range(3):
-        np.testing.assert_array_equal(infer(grown, x, d)[:, :4], before[d])
+        assert_same_outputs(infer(grown, x, d)[:, :4], before[d])
     assert not np.allclose(infer(grown, x, 3), new_before[0])
     assert not np.allclose(infer(grown, x, 4), new_before[1])
     # The original model is untouched by the surgery and by training the new model.
     for weight, value in zip(model.weights, weights_before):
         np.testing.assert_array_equal(to_numpy(weight), value)
     for d in range(3):
-        np.testing.assert_allclose(infer(model, x, d), before[d], rtol=1e-6, atol=1e-6)
+        np.testing.assert_array_equal(infer(model, x, d), before[d])
 
 
 def test_add_domains_without_heads_takes_a_count():
