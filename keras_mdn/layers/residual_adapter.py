@@ -177,6 +177,7 @@ class ResidualAdapter(keras.layers.Layer, DomainLayer):
             in_channels = out_channels
             self.tap, self._slices = (), None
             self.adapter_norm.build(output_shape)
+        self.input_spec = _input_spec(self, input_shape)
         # The adapters of all domains stacked side by side, (C_in, T * C_out), have rank at
         # most C_in: a shared projection wider than the input holds nothing more.
         if self.rank is not None and self.rank > in_channels:
@@ -200,6 +201,7 @@ class ResidualAdapter(keras.layers.Layer, DomainLayer):
 
     def call(self, inputs, domain, training=None):
         domain = routing.canonicalize_domain(domain, self.num_domains)
+        routing.check_batch(domain, inputs)
         if self.mode == "parallel":
             outputs = self._base_linear(inputs) + self._adapt(self.tap_input(inputs), domain)
             return self._activation(outputs)
@@ -212,21 +214,21 @@ class ResidualAdapter(keras.layers.Layer, DomainLayer):
             # Shared down-projection once for the whole batch, then the per-domain gamma.
             inputs = self._pointwise(self.adapter_projection, inputs=inputs)
 
-        def uniform(d):
-            return self._pointwise(routing.gather_domain(self.adapter_kernel, d), inputs=inputs)
-
-        def mixed(d):
-            # Per-example kernels as one batched GEMM: (B, positions, in) @ (B, in, out).
-            # (An einsum with an ellipsis here runs about 7x slower on TensorFlow's CPU.)
-            kernels = routing.gather_domain(self.adapter_kernel, d)
-            spatial = tuple(inputs.shape[1:-1])
-            if any(size is None for size in spatial):
-                spatial = tuple(ops.shape(inputs)[1:-1])
-            flat = ops.reshape(inputs, (-1, math.prod(spatial) if spatial else 1, inputs.shape[-1]))
-            outputs = ops.matmul(flat, kernels)
-            return ops.reshape(outputs, (-1, *spatial, kernels.shape[-1]))
-
-        return routing.route(domain, uniform, mixed)
+        # The domain's form decides the path while tracing (no run-time cond: XLA).
+        kernels = routing.gather_domain(self.adapter_kernel, domain)
+        if routing.is_uniform(domain):
+            return self._pointwise(kernels, inputs=inputs)
+        # Per-example kernels as one batched GEMM: (B, positions, in) @ (B, in, out).
+        # (An einsum with an ellipsis here runs about 7x slower on TensorFlow's CPU.)
+        # Naming the batch size makes a domain vector of another length raise, not broadcast.
+        batch = inputs.shape[0] if inputs.shape[0] is not None else ops.shape(inputs)[0]
+        kernels = ops.reshape(kernels, (batch,) + tuple(kernels.shape[1:]))
+        spatial = tuple(inputs.shape[1:-1])
+        if any(size is None for size in spatial):
+            spatial = tuple(ops.shape(inputs)[1:-1])
+        flat = ops.reshape(inputs, (-1, math.prod(spatial) if spatial else 1, inputs.shape[-1]))
+        outputs = ops.matmul(flat, kernels)
+        return ops.reshape(outputs, (-1, *spatial, kernels.shape[-1]))
 
     def _pointwise(self, kernel, inputs):
         """`inputs @ kernel` on the channel axis: a 1x1 convolution for conv layers."""
@@ -420,6 +422,20 @@ class ResidualAdapter(keras.layers.Layer, DomainLayer):
                                  self.adapter_projection)
         return (y * tensors["scale"] + _channel_matmul(hidden, tensors["adapter"])
                 + tensors["offset"])
+
+
+def _input_spec(adapter, input_shape):
+    """Fixes the channels; and the spatial size where a strided parallel adapter's tap needs it.
+
+    At stride 2 the tap read depends on the size's parity (Keras' "same" padding), so a call at
+    another size than the one built for would read the wrong input positions.
+    """
+    if not adapter.is_conv:
+        return keras.layers.InputSpec(min_ndim=2, axes={-1: input_shape[-1]})
+    strided = adapter.mode == "parallel" and any(s != 1 for s in adapter.layer.strides)
+    if strided:
+        return keras.layers.InputSpec(shape=(None,) + tuple(input_shape[1:]))
+    return keras.layers.InputSpec(ndim=len(input_shape), axes={-1: input_shape[-1]})
 
 
 def _adapter_tap(conv, input_shape):

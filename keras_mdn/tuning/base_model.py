@@ -2,17 +2,15 @@
 
 Trials share the expensive part: the base's shared weights are trained once, before the search
 (or loaded), and every trial starts from a fresh copy of them and trains only domain-specific
-parameters. `clone_pretrained` is the one place a trial copies the base, so two trials never
-touch each other's weights (today `keras_mdn.surgery.add_adapters` wraps and freezes the layer
-objects of the model it is given, so it is given the copy).
+parameters. `clone_pretrained` is the one place a trial copies the base (with the surgery's
+own `LayerCopies`), so two trials never touch each other's weights.
 """
 
-import keras
 
 from keras_mdn.surgery.adapters import adaptable, add_adapters
-from keras_mdn.surgery.fold import FunctionalGraph
+from keras_mdn.surgery.graph import FunctionalGraph
 from keras_mdn.surgery.ownership import layer_ownership, model_num_domains
-from keras_mdn.surgery.rebuild import as_functional, graph_layers
+from keras_mdn.surgery.rebuild import LayerCopies, as_functional, graph_layers, rebuild
 
 
 def clone_pretrained(model):
@@ -24,10 +22,8 @@ def clone_pretrained(model):
     Returns:
         A new `keras.Model`; changing it (wrapping, freezing, training) leaves `model` as is.
     """
-    model = as_functional(model)
-    clone = keras.models.clone_model(model)
-    clone.set_weights(model.get_weights())
-    return clone
+    copies = LayerCopies()
+    return rebuild(model, lambda op, args, kwargs, domain: copies(op, args, kwargs))
 
 
 def multi_domain_base(model, num_classes, name=None):
@@ -47,19 +43,18 @@ def multi_domain_base(model, num_classes, name=None):
     Returns:
         A `keras.Model` with inputs `[*base inputs, "domain"]`.
     """
-    clone = clone_pretrained(model)
-    if FunctionalGraph(clone).domain_input is not None:
-        num_domains = model_num_domains(clone)
+    if FunctionalGraph(as_functional(model)).domain_input is not None:
+        num_domains = model_num_domains(model)
         if num_domains != len(num_classes):
             raise ValueError(
                 f"The multi-domain base has {num_domains} domains but the data has "
                 f"{len(num_classes)}. Received: model={model.name!r}, "
                 f"num_classes={list(num_classes)}"
             )
-        multi = clone
-    else:
+        multi = clone_pretrained(model)
+    else:  # `add_adapters` works on copies of the layers
         multi = add_adapters(
-            clone, len(num_classes), where=[], num_classes=list(num_classes), name=name
+            model, len(num_classes), where=[], num_classes=list(num_classes), name=name
         )
     for layer in graph_layers(multi):
         entries = layer_ownership(layer) if layer.weights else []
