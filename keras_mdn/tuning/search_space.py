@@ -197,7 +197,7 @@ class SearchSpace:
                     kept.append(str(rank))
             ranks[group] = kept or [FULL_RANK]
         for _, _, reason in pruned:
-            warnings.warn(f"Rank choice pruned: {reason}", stacklevel=2)
+            warnings.warn(f"Rank choice pruned: {reason}", stacklevel=3)
         return ResolvedSpace(groups, _norm_groups(model, groups), channels, ranks, pruned)
 
     def _group(self, candidates):
