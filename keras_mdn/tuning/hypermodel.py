@@ -143,6 +143,12 @@ class MultiDomainHyperModel(kt.HyperModel):
                 "MultiDomainHyperModel trains on its own `data`: pass no x/y to "
                 f"`tuner.search`. Received: {len(args)} positional arguments"
             )
+        unknown = sorted(set(kwargs) - {"verbose"})
+        if unknown:
+            raise TypeError(
+                "MultiDomainHyperModel.fit takes `epochs`, `initial_epoch`, `callbacks` and "
+                f"`verbose` from `tuner.search`. Received: {unknown}"
+            )
         start = time.perf_counter()
         data = self.data
         # The budget is checked here, not in `build`: KerasTuner also calls `build` to
