@@ -87,6 +87,8 @@ def test_bad_inputs():
     base = tiny_base(data, epochs=1)
     with pytest.raises(TypeError, match="search_space"):
         MultiDomainHyperModel(base, data, search_space="parallel")
+    with pytest.raises(TypeError, match="MultiDomainData"):
+        MultiDomainHyperModel(base, data.arrays("train", 0))
     with pytest.raises(TypeError, match="budget"):
         MultiDomainHyperModel(base, data, budget=1000)
     with pytest.raises(ValueError, match="learning_rate"):
