@@ -105,7 +105,7 @@ def _search(net, labels, output, sizes, selector, mode):
 def matmul(plan, factorization, x, domain):
     """`x @ W_domain` for `x` `(batch, prod(in_dims))`; `domain` canonicalised by routing."""
     net = factorization.network_
-    x = ops.reshape(x, (-1,) + tuple(net.sizes[lab] for lab in net.in_labels))
+    x = contraction.reshape(x, (-1,) + tuple(net.sizes[lab] for lab in net.in_labels))
     variables = list(factorization.variables)
 
     def uniform(d):
@@ -118,7 +118,7 @@ def matmul(plan, factorization, x, domain):
         result = contraction.contract(plan.uniform, variables + [x])
     else:
         result = route(domain, uniform, mixed)
-    return ops.reshape(result, (-1, math.prod(factorization.out_dims)))
+    return contraction.reshape(result, (-1, math.prod(factorization.out_dims)))
 
 
 def describe_dense(plan, factorization):
@@ -220,12 +220,12 @@ def conv(plan, factorization, inputs, domain, conv_fn):
     def factored(step, operands, extra):
         kernel = contraction.contract(step.kernel_path, [operands[i] for i in step.inner])
         width = math.prod(net.sizes[lab] for lab in step.bonds)
-        z = conv_fn(inputs, ops.reshape(kernel, factorization.in_dims + (width,)))
+        z = conv_fn(inputs, contraction.reshape(kernel, factorization.in_dims + (width,)))
         shape = ops.shape(z)
-        z = ops.reshape(z, (-1, step.post.sizes["P"]) + tuple(net.sizes[lab]
+        z = contraction.reshape(z, (-1, step.post.sizes["P"]) + tuple(net.sizes[lab]
                                                                for lab in step.bonds))
         result = contraction.contract(step.post, [operands[i] for i in step.outer] + [z] + extra)
-        return ops.reshape(result, tuple(shape[:-1]) + (out_channels,))
+        return contraction.reshape(result, tuple(shape[:-1]) + (out_channels,))
 
     def uniform(d):
         if plan.uniform is not None:
@@ -237,13 +237,13 @@ def conv(plan, factorization, inputs, domain, conv_fn):
             return factored(plan.mixed, list(factorization.variables), [domains])
         kernel, codes = factorization.coded_weight()
         code_size = codes.shape[-1]
-        kernel = ops.reshape(kernel, factorization.in_dims + (out_channels * code_size,))
+        kernel = contraction.reshape(kernel, factorization.in_dims + (out_channels * code_size,))
         outputs = conv_fn(inputs, kernel)
         shape = ops.shape(outputs)
-        outputs = ops.reshape(outputs, tuple(shape[:-1]) + (out_channels, code_size))
+        outputs = contraction.reshape(outputs, tuple(shape[:-1]) + (out_channels, code_size))
         one_hot = ops.one_hot(domains, factorization.num_domains, dtype=outputs.dtype)
         mix = ops.matmul(one_hot, ops.cast(codes, outputs.dtype))  # (B, E)
-        mix = ops.reshape(mix, (-1,) + (1,) * (len(outputs.shape) - 2) + (code_size,))
+        mix = contraction.reshape(mix, (-1,) + (1,) * (len(outputs.shape) - 2) + (code_size,))
         return ops.sum(outputs * mix, axis=-1)
 
     if net.task_label is None:

@@ -23,7 +23,6 @@ from keras_mdn.layers.domain_layer import (
     built_layer,
     check_affine,
     check_domain,
-    layer_num_domains,
 )
 from keras_mdn.ops import decomposition
 from keras_mdn.ops.routing import canonicalize_domain, gather_domain, is_uniform
@@ -106,6 +105,21 @@ class BaseFactorized(keras.layers.Layer, DomainLayer):
             outputs = outputs + ops.cast(bias, outputs.dtype)
         return self.activation(outputs) if self.activation is not None else outputs
 
+    def quantize(self, mode=None, type_check=True, config=None):
+        """Refuses: the kernel is a product of factors, which Keras' quantizers do not cover.
+
+        Raises a `ValueError` naming the layer, so `model.quantize(...)` never leaves a
+        factorised layer silently in float next to quantized ones.
+        """
+        raise ValueError(
+            f"{type(self).__name__} {self.name!r} cannot be quantized: its kernel is a product "
+            f"of factors ({self.factorization.name}), which Keras' quantization does not "
+            "cover. Quantize the other layers with `model.quantize(mode, filters=lambda layer: "
+            "not hasattr(layer, 'factorization'))`, or fold a domain into plain layers first "
+            "(`keras_mdn.surgery.fold_domain(model, domain, factorized='reconstruct')`). "
+            f"Received: mode={mode!r}"
+        )
+
     # --- public helpers ---
 
     def sharing_strength(self):
@@ -164,31 +178,29 @@ class BaseFactorized(keras.layers.Layer, DomainLayer):
         return layer
 
     # === Domain-layer interface (keras_mdn.layers.domain_layer) ===
-    # `num_tasks` and the call argument `task` are this family's names for `num_domains` and
-    # `domain`.
 
     factorized = True
+    domain_argument_aliases = ("task",)
 
     def domain_variables(self):
-        tasks = layer_num_domains(self)
-        per_task = {}
+        per_domain = {}
         network = self.factorization.network_
         index = network.task_operand
         if index is not None:
             variable = self.factorization.variables[index]
-            per_task[id(variable)] = network.labels[index].index(network.task_label)
-        if self.bias is not None and tasks > 1:
-            per_task[id(self.bias)] = 0
+            per_domain[id(variable)] = network.labels[index].index(network.task_label)
+        if self.bias is not None and self.num_domains > 1:
+            per_domain[id(self.bias)] = 0
         return [
-            DomainVariable.rows(v, tasks, axis=per_task[id(v)])
-            if id(v) in per_task
+            DomainVariable.rows(v, self.num_domains, axis=per_domain[id(v)])
+            if id(v) in per_domain
             else DomainVariable.shared_weight(v)
             for v in self.weights
         ]
 
     def fold(self, domain):
-        """The plain `Dense` / `Conv*D` holding task `domain`'s reconstructed kernel."""
-        domain = check_domain(domain, layer_num_domains(self))
+        """The plain `Dense` / `Conv*D` holding the domain's reconstructed kernel."""
+        domain = check_domain(domain, self.num_domains)
         cls, config = self._plain_layer()
         kernel = self.task_kernel(domain)
         config = {**config, "activation": keras.activations.serialize(self.activation),
@@ -200,8 +212,8 @@ class BaseFactorized(keras.layers.Layer, DomainLayer):
         return self.activation in (None, keras.activations.linear)
 
     def swappable_tensors(self, domain, affine=None):
-        """`kernel` (the task's reconstructed kernel) and `bias`, a following affine merged."""
-        domain = check_domain(domain, layer_num_domains(self))
+        """`kernel` (the domain's reconstructed kernel) and `bias`, a following affine merged."""
+        domain = check_domain(domain, self.num_domains)
         affine = check_affine(self, affine)
         kernel = as_float32(self.task_kernel(domain))
         units = kernel.shape[-1]

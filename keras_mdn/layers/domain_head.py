@@ -107,19 +107,35 @@ class DomainHead(keras.layers.Layer, DomainLayer):
 
     def call(self, inputs, domain):
         domain = routing.canonicalize_domain(domain, self.num_domains)
+        routing.check_batch(domain, inputs)
         if isinstance(domain, int):
             return self._static_logits(inputs, domain)
-        valid = routing.gather_domain(ops.convert_to_tensor(self._valid), domain)
-        columns = routing.gather_domain(ops.convert_to_tensor(self._columns), domain)
+        selection = routing.select(domain, self.num_domains)
+        # Every domain's padded logits in one GEMM, (batch, domains, max_classes); each example
+        # keeps its domain's block by a `where` (NaN-safe) and a sum over the domain axis.
+        padded_kernel = ops.take(self.kernel, self._columns.reshape(-1), axis=1)
+        logits = ops.matmul(inputs, padded_kernel)
+        if self.bias is not None:
+            logits = logits + ops.take(self.bias, self._columns.reshape(-1), axis=0)
+        logits = ops.reshape(logits, (-1, self.num_domains, self.max_classes))
+        valid = self._valid
         if routing.is_uniform(domain):
-            logits = ops.matmul(inputs, ops.take(self.kernel, columns, axis=1))
-            if self.bias is not None:
-                logits = logits + ops.take(self.bias, columns, axis=0)
+            keep = ops.equal(ops.arange(self.num_domains, dtype="int32"), selection.ids)
+            keep = ops.reshape(keep, (1, self.num_domains, 1))
         else:
-            # Every domain's logits in one GEMM, then each example picks its domain's columns.
-            logits = self._all_logits(inputs)
-            logits = ops.take_along_axis(logits, columns, axis=1)
-        return ops.where(valid, logits, self._padding_logit(logits.dtype))
+            keep = ops.equal(
+                ops.expand_dims(selection.ids, -1),
+                ops.arange(self.num_domains, dtype="int32"),
+            )
+            keep = ops.expand_dims(keep, -1)
+        logits = ops.sum(ops.where(keep, logits, ops.zeros_like(logits)), axis=1)
+        valid_classes = ops.any(ops.logical_and(keep, valid), axis=1)
+        logits = ops.where(valid_classes, logits, self._padding_logit(logits.dtype))
+        # An invalid run-time id gives NaN logits (and a NaN loss), never a domain's answer.
+        example_valid = selection.valid
+        if not routing.is_uniform(domain):
+            example_valid = ops.expand_dims(example_valid, -1)
+        return ops.where(example_valid, logits, ops.cast(float("nan"), logits.dtype))
 
     def _static_logits(self, inputs, domain):
         start, n = self.offsets[domain], self.num_classes[domain]
@@ -134,10 +150,6 @@ class DomainHead(keras.layers.Layer, DomainLayer):
             dtype=logits.dtype,
         )
         return ops.concatenate([logits, padding], axis=-1)
-
-    def _all_logits(self, inputs):
-        logits = ops.matmul(inputs, self.kernel)
-        return logits if self.bias is None else logits + self.bias
 
     def domain_weights(self, domain):
         """`(kernel, bias)` of one domain: shapes `(features, n)` and `(n,)` (bias may be None)."""

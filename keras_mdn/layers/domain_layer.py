@@ -21,7 +21,6 @@ with all of them once it implements the interface:
 domains: the one way to do both.
 """
 
-import inspect
 from typing import NamedTuple
 
 import keras
@@ -145,11 +144,9 @@ class DomainLayer:
     # `fold_domain(factorized=...)` chooses between the two.
     factorized = False
 
-    @property
-    def domain_argument(self):
-        """The name of the call argument carrying the domain (`"domain"` or `"task"`)."""
-        parameters = inspect.signature(self.call).parameters
-        return "domain" if "domain" in parameters or "task" not in parameters else "task"
+    # The keyword of `call` that takes the domain, and other keywords accepted for it.
+    domain_argument = "domain"
+    domain_argument_aliases = ()
 
     def domain_variables(self):
         """Every weight of the layer, as `DomainVariable`s, each variable once.
@@ -180,7 +177,7 @@ class DomainLayer:
         Returns:
             The new layer, built (with the same input shape) when this one is built.
         """
-        current = layer_num_domains(self)
+        current = self.num_domains
         num_domains = _check_growth(num_domains, current)
         if init_from is not None:
             init_from = check_domain(init_from, current, "init_from")
@@ -192,19 +189,18 @@ class DomainLayer:
         return grown
 
     def _grown_config(self, config, num_domains, init_from=None, **kwargs):
-        """The config of the grown layer (the default sets `num_domains` or `num_tasks`)."""
+        """The config of the grown layer (the default sets `num_domains`)."""
         if kwargs:
             raise TypeError(
                 f"{type(self).__name__}.with_num_domains takes no extra arguments. "
                 f"Received: {sorted(kwargs)}"
             )
-        key = "num_domains" if "num_domains" in config else "num_tasks"
-        if key not in config:
+        if "num_domains" not in config:
             raise NotImplementedError(
                 f"{type(self).__name__}'s config has no `num_domains`: override "
                 "DomainLayer._grown_config."
             )
-        return {**config, key: num_domains}
+        return {**config, "num_domains": num_domains}
 
     def fold(self, domain):
         """The plain Keras layers computing `domain`'s inference output, in order.
@@ -278,7 +274,7 @@ def count_domains(model):
         ValueError: when its domain layers disagree. Layers with a single domain (a
             single-task factorised layer compressing a dense layer) agree with any count.
     """
-    counts = {int(layer_num_domains(layer)) for layer in domain_layers(model)}
+    counts = {int(layer.num_domains) for layer in domain_layers(model)}
     if len(counts) > 1:
         counts.discard(1)
     if len(counts) > 1:
@@ -287,12 +283,6 @@ def count_domains(model):
             f"Received: model={model.name!r} with num_domains in {sorted(counts)}"
         )
     return counts.pop() if counts else 0
-
-
-def layer_num_domains(layer):
-    """`layer.num_domains` (`num_tasks`, the factorised layers' alias, as a fallback)."""
-    value = getattr(layer, "num_domains", None)
-    return getattr(layer, "num_tasks", None) if value is None else value
 
 
 def copy_domains(source, target, init_from=None):

@@ -92,18 +92,22 @@ class BaseFactorizedConv(BaseFactorized):
         in_dims, out_dims = self._factor_dims(input_shape)
         fan_in, fan_out = fans(in_dims, out_dims, math.prod(self.kernel_size))
         self._build_factors(in_dims, out_dims, fan_in, fan_out, self.filters)
-        positions = 1
+        spatial = self.compute_output_shape(input_shape)[1:-1]
+        positions = None if None in spatial else math.prod(spatial)
+        batch = input_shape[0] or self.batch_size_hint or _DEFAULT_BATCH_HINT
+        self._plan = planning.plan_conv(self.factorization, batch, positions, self.contraction)
+
+    def compute_output_shape(self, input_shape):
+        spatial = []
         for size, kernel, stride, dilation in zip(input_shape[1:-1], self.kernel_size,
                                                   self.strides, self.dilation_rate):
             if size is None:
-                positions = None
-                break
-            if self.padding == "same":
-                positions *= -(-size // stride)
+                spatial.append(None)
+            elif self.padding == "same":
+                spatial.append(-(-size // stride))
             else:
-                positions *= (size - dilation * (kernel - 1) - 1) // stride + 1
-        batch = input_shape[0] or self.batch_size_hint or _DEFAULT_BATCH_HINT
-        self._plan = planning.plan_conv(self.factorization, batch, positions, self.contraction)
+                spatial.append((size - dilation * (kernel - 1) - 1) // stride + 1)
+        return (input_shape[0],) + tuple(spatial) + (self.filters,)
 
     def _conv(self, inputs, kernel):
         return ops.conv(inputs, kernel, strides=self.strides, padding=self.padding,

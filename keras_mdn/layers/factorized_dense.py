@@ -132,16 +132,21 @@ class FactorizedDense(BaseFactorized):
     def call(self, inputs, domain=None, task=None):
         task = self._domain(domain, task)
         inputs = ops.cast(inputs, self.compute_dtype)
-        in_dim = inputs.shape[-1]
-        flat = ops.reshape(inputs, (-1, in_dim))
+        if len(inputs.shape) == 2:
+            outputs = planning.matmul(self._plan, self.factorization, inputs, task)
+            return self._finish(outputs, task)
+        flat = ops.reshape(inputs, (-1, inputs.shape[-1]))
         flat_task = task
-        if not is_uniform(task) and len(inputs.shape) > 2:
+        if not is_uniform(task):
             positions = ops.shape(flat)[0] // ops.shape(inputs)[0]
             flat_task = ops.repeat(task, positions, axis=0)
         outputs = planning.matmul(self._plan, self.factorization, flat, flat_task)
         shape = ops.shape(inputs)
         outputs = ops.reshape(outputs, tuple(shape[:-1]) + (self.units,))
         return self._finish(outputs, task)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[:-1]) + (self.units,)
 
     def contraction_paths(self):
         """The forward paths chosen at build time and their flops (for benchmarks)."""
@@ -174,6 +179,29 @@ class FactorizedDense(BaseFactorized):
         """
         kernels, biases, first = stack_layer_weights(layers, keras.layers.Dense, 2)
         return cls._from_dense_stack(kernels, biases, first, factorization, rank, eps, kwargs)
+
+    @classmethod
+    def from_t3f(cls, tt_matrix, bias=None, activation=None, **kwargs):
+        """A single-domain TT-matrix `FactorizedDense` computing `x @ tt_matrix (+ bias)`.
+
+        TensorFlow only (t3f). See `keras_mdn.interop.t3f.from_t3f`; to migrate a model built
+        with `t3f.nn.KerasDense`, use `keras_mdn.interop.t3f.convert_model`.
+
+        Args:
+            tt_matrix: a `t3f.TensorTrain` TT-matrix, or its cores `(r_{k-1}, n_k, m_k, r_k)`.
+            bias: optional bias `(units,)`. Defaults to None.
+            activation: activation function. Defaults to None.
+            **kwargs: other `FactorizedDense` arguments.
+        """
+        from keras_mdn.interop import t3f as t3f_interop
+
+        return t3f_interop.from_t3f(tt_matrix, bias=bias, activation=activation, **kwargs)
+
+    def to_t3f(self, domain=None):
+        """This TT-matrix layer's weight (domain `domain`) as a `t3f.TensorTrain` snapshot."""
+        from keras_mdn.interop import t3f as t3f_interop
+
+        return t3f_interop.to_t3f(self, domain)
 
     @classmethod
     def from_dense(cls, layer, factorization="tt_matrix", rank=None, eps=None, **kwargs):

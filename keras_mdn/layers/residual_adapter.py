@@ -200,6 +200,7 @@ class ResidualAdapter(keras.layers.Layer, DomainLayer):
 
     def call(self, inputs, domain, training=None):
         domain = routing.canonicalize_domain(domain, self.num_domains)
+        routing.check_batch(domain, inputs)
         if self.mode == "parallel":
             outputs = self._base_linear(inputs) + self._adapt(self.tap_input(inputs), domain)
             return self._activation(outputs)
@@ -212,21 +213,21 @@ class ResidualAdapter(keras.layers.Layer, DomainLayer):
             # Shared down-projection once for the whole batch, then the per-domain gamma.
             inputs = self._pointwise(self.adapter_projection, inputs=inputs)
 
-        def uniform(d):
-            return self._pointwise(routing.gather_domain(self.adapter_kernel, d), inputs=inputs)
-
-        def mixed(d):
-            # Per-example kernels as one batched GEMM: (B, positions, in) @ (B, in, out).
-            # (An einsum with an ellipsis here runs about 7x slower on TensorFlow's CPU.)
-            kernels = routing.gather_domain(self.adapter_kernel, d)
-            spatial = tuple(inputs.shape[1:-1])
-            if any(size is None for size in spatial):
-                spatial = tuple(ops.shape(inputs)[1:-1])
-            flat = ops.reshape(inputs, (-1, math.prod(spatial) if spatial else 1, inputs.shape[-1]))
-            outputs = ops.matmul(flat, kernels)
-            return ops.reshape(outputs, (-1, *spatial, kernels.shape[-1]))
-
-        return routing.route(domain, uniform, mixed)
+        # The domain's form decides the path while tracing (no run-time cond: XLA).
+        kernels = routing.gather_domain(self.adapter_kernel, domain)
+        if routing.is_uniform(domain):
+            return self._pointwise(kernels, inputs=inputs)
+        # Per-example kernels as one batched GEMM: (B, positions, in) @ (B, in, out).
+        # (An einsum with an ellipsis here runs about 7x slower on TensorFlow's CPU.)
+        # Naming the batch size makes a domain vector of another length raise, not broadcast.
+        batch = inputs.shape[0] if inputs.shape[0] is not None else ops.shape(inputs)[0]
+        kernels = ops.reshape(kernels, (batch,) + tuple(kernels.shape[1:]))
+        spatial = tuple(inputs.shape[1:-1])
+        if any(size is None for size in spatial):
+            spatial = tuple(ops.shape(inputs)[1:-1])
+        flat = ops.reshape(inputs, (-1, math.prod(spatial) if spatial else 1, inputs.shape[-1]))
+        outputs = ops.matmul(flat, kernels)
+        return ops.reshape(outputs, (-1, *spatial, kernels.shape[-1]))
 
     def _pointwise(self, kernel, inputs):
         """`inputs @ kernel` on the channel axis: a 1x1 convolution for conv layers."""

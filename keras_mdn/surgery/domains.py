@@ -9,7 +9,6 @@ from keras_mdn.layers.domain_layer import (
     check_domain,
     count_domains,
     is_domain_layer,
-    layer_num_domains,
 )
 from keras_mdn.surgery.freezing import train_only_domains
 from keras_mdn.surgery.rebuild import LayerCopies, graph_layers, rebuild
@@ -70,7 +69,7 @@ def add_domains(model, count=None, num_classes=None, init_from=None, freeze_exis
         raise ValueError(f"`count` must be a positive int. Received: count={count!r}")
     growing = [
         layer for layer in graph_layers(model)
-        if is_domain_layer(layer) and layer_num_domains(layer) == num_domains
+        if is_domain_layer(layer) and layer.num_domains == num_domains
     ]
     takes_classes = [layer for layer in growing if _takes_num_classes(layer)]
     if takes_classes and num_classes is None:

@@ -136,7 +136,9 @@ class _Folder:
 
     def _domain_argument(self, op, args, kwargs):
         """The domain a domain layer is called with (the model's, a Python int, or None)."""
-        domain = kwargs.get(op.domain_argument, args[1] if len(args) > 1 else None)
+        domain = args[1] if len(args) > 1 else None
+        for keyword in (op.domain_argument, *op.domain_argument_aliases):
+            domain = kwargs.get(keyword, domain)
         if domain is _DOMAIN:
             return self.domain
         if isinstance(domain, (int, np.integer)) and not isinstance(domain, bool):
@@ -174,7 +176,8 @@ class _Folder:
             if self.factorized == "keep" or (
                 self.factorized == "auto" and op.count_params() < folded
             ):
-                kwargs = {k: v for k, v in kwargs.items() if k != op.domain_argument}
+                keywords = (op.domain_argument, *op.domain_argument_aliases)
+                kwargs = {k: v for k, v in kwargs.items() if k not in keywords}
                 return self._copy(op, name, args[:1], {**kwargs, op.domain_argument: domain})
         value = args[0]
         for index, layer in enumerate(layers):

@@ -17,7 +17,7 @@ from keras_mdn.layers import (
     domain_layers,
     is_domain_layer,
 )
-from keras_mdn.layers.domain_layer import copy_domains, layer_num_domains
+from keras_mdn.layers.domain_layer import copy_domains
 from tests.helpers import rng, to_numpy
 from tests.user_domain_layer import DomainScale
 
@@ -86,7 +86,7 @@ def _built(name, seed=0):
 def test_domain_variables_cover_every_weight_once(name):
     layer, _ = _built(name)
     assert is_domain_layer(layer) and isinstance(layer, DomainLayer)
-    assert layer_num_domains(layer) == T
+    assert layer.num_domains == T
     entries = layer.domain_variables()
     assert all(isinstance(e, DomainVariable) for e in entries)
     assert sorted(id(e.variable) for e in entries) == sorted(id(w) for w in layer.weights)
@@ -161,7 +161,7 @@ def test_with_num_domains_keeps_domains_and_owns_its_variables(name, init_from):
     layer, x = _built(name)
     kwargs = {"num_classes": [5, 2]} if isinstance(layer, DomainHead) else {}
     grown = layer.with_num_domains(T + 2, init_from=init_from, **kwargs)
-    assert type(grown) is type(layer) and layer_num_domains(grown) == T + 2
+    assert type(grown) is type(layer) and grown.num_domains == T + 2
     assert not {id(w) for w in grown.weights} & {id(w) for w in layer.weights}
     for domain in range(T):
         np.testing.assert_array_equal(_call(grown, x, domain)[..., : _width(layer, domain)],
@@ -223,7 +223,7 @@ def test_grown_layer_round_trips_through_config():
 
 def test_domain_argument_names_the_call_argument():
     assert DomainHead([2, 3]).domain_argument == "domain"
-    assert FactorizedDense(3, num_tasks=2, rank=1).domain_argument == "task"
+    assert FactorizedDense(3, num_domains=2, rank=1).domain_argument == "domain"
     assert DomainScale(2).domain_argument == "domain"
 
 

@@ -8,7 +8,7 @@ from keras import ops
 import keras_mdn
 from keras_mdn import FactorizedConv, FactorizedConv1D, FactorizedConv2D
 from tests.helpers import assert_close, rng, save_and_load, to_numpy
-from tests.layers.factorized_helpers import gradients
+from tests.layers.factorized_helpers import check_mixed_precision, gradients
 
 KINDS = ["laf", "tucker", "tt", "tt_matrix"]
 TASKS = 3
@@ -192,3 +192,35 @@ def test_bad_input():
 def test_exported_from_package():
     assert keras_mdn.FactorizedConv is FactorizedConv2D
     assert keras_mdn.FactorizedConv1D is FactorizedConv1D
+
+
+# Both policies and both placements, across the dense and conv modules (CI time).
+@pytest.mark.parametrize("policy,where", [("mixed_bfloat16", "global"), ("mixed_float16", "layer")])
+def test_mixed_precision(policy, where, tmp_path):
+    def make_layers(**kwargs):
+        return [FactorizedConv2D(4, 3, num_domains=TASKS, factorization=kind, rank=2,
+                                 padding="same", name=f"mp_{kind}", **kwargs)
+                for kind in ("laf", "tucker", "tt")]
+
+    check_mixed_precision(make_layers, (None, 6, 6, 3), policy, where, tmp_path)
+
+
+@pytest.mark.parametrize("cls,shape,kwargs,expected", [
+    (FactorizedConv2D, (None, 7, 9, 3), {"strides": 2, "padding": "same"}, (None, 4, 5, 4)),
+    (FactorizedConv2D, (2, 7, 7, 3), {"padding": "valid", "dilation_rate": 2}, (2, 3, 3, 4)),
+    (FactorizedConv1D, (None, None, 3), {"padding": "valid"}, (None, None, 4)),
+])
+def test_compute_output_shape_and_spec(cls, shape, kwargs, expected):
+    layer = cls(4, 3, num_domains=TASKS, rank=2, **kwargs)
+    assert layer.compute_output_shape(shape) == expected
+    if None not in shape[1:]:
+        spec = layer.compute_output_spec(keras.KerasTensor((2,) + shape[1:]), domain=1)
+        assert spec.shape == (2,) + expected[1:]
+        x = np.ones((2,) + shape[1:], "float32")
+        assert tuple(layer(x, domain=1).shape) == (2,) + expected[1:]
+
+
+def test_quantize_refuses_clearly():
+    layer = make("tt")
+    with pytest.raises(ValueError, match=r"FactorizedConv2D .* cannot be quantized"):
+        layer.quantize("int8")

@@ -9,7 +9,7 @@ import keras_mdn
 from keras_mdn import FactorizedDense
 from keras_mdn.factorizations import TTMatrix
 from tests.helpers import assert_close, rng, save_and_load, skip_unless_tensorflow, to_numpy
-from tests.layers.factorized_helpers import gradients
+from tests.layers.factorized_helpers import check_mixed_precision, gradients
 
 KINDS = ["laf", "tucker", "tt", "tt_matrix"]
 TASKS = 3
@@ -256,3 +256,44 @@ def test_num_tasks_and_task_are_aliases_of_num_domains_and_domain():
         layer(x, domain=1, task=1)
     with pytest.raises(ValueError, match="not both"):
         FactorizedDense(8, num_domains=2, num_tasks=2, rank=1)
+
+
+# Both policies and both placements, across the dense and conv modules (CI time).
+@pytest.mark.parametrize("policy,where", [("mixed_float16", "global"), ("mixed_bfloat16", "layer")])
+def test_mixed_precision(policy, where, tmp_path):
+    def make_layers(**kwargs):
+        kinds = ["laf", "tucker", "tt", TTMatrix(rank=2, input_modes=(3, 4),
+                                                 output_modes=(4, 3))]
+        return [FactorizedDense(12, num_domains=TASKS, factorization=kind,
+                                rank=None if isinstance(kind, TTMatrix) else 2,
+                                name=f"mp_{index}", **kwargs)
+                for index, kind in enumerate(kinds)]
+
+    check_mixed_precision(make_layers, (None, 12), policy, where, tmp_path)
+
+
+def test_compute_output_shape_and_spec():
+    layer = FactorizedDense(8, num_domains=TASKS, factorization="tt", rank=2)
+    assert layer.compute_output_shape((None, 5, 12)) == (None, 5, 8)
+    spec = layer.compute_output_spec(keras.KerasTensor((4, 12)), domain=1)
+    assert spec.shape == (4, 8)
+
+
+def test_quantize_refuses_clearly_and_filters_let_the_rest_quantize():
+    features = keras.Input((12,), name="features")
+    domain = keras.Input((), dtype="int32", name="domain")
+    hidden = FactorizedDense(16, num_domains=TASKS, factorization="tucker", rank=2,
+                             name="shared")(features, domain=domain)
+    model = keras.Model([features, domain], keras.layers.Dense(4, name="head")(hidden))
+    x = rng(0).normal(size=(6, 12)).astype("float32")
+    domains = np.array([0, 1, 2, 0, 1, 2], dtype="int32")
+    before = to_numpy(model.predict_on_batch([x, domains]))
+    with pytest.raises(ValueError, match=r"FactorizedDense 'shared' cannot be quantized.*"
+                                         r"Received: mode='int8'"):
+        model.quantize("int8")
+    assert model.get_layer("head").quantization_mode is None
+    model.quantize("int8", filters=lambda layer: not hasattr(layer, "factorization"))
+    assert model.get_layer("head").quantization_mode == "int8"
+    after = to_numpy(model.predict_on_batch([x, domains]))
+    # Keras' own Dense int8 tolerance is loose; only the head is quantized.
+    np.testing.assert_allclose(after, before, atol=0.1 * np.abs(before).max() + 1e-3)
