@@ -142,11 +142,11 @@ def mlp(method, num_tasks, hidden, stl=None, eps=None, batch_size=64):
         name = f"dense_{depth}"
         activation = "relu" if depth < len(hidden) else None
         if method == "stl" or (method == "hard" and depth == len(hidden)):
-            x = PerTaskDense(units, num_tasks, activation=activation, name=name)(x, task=domain)
+            x = PerTaskDense(units, num_tasks, activation=activation, name=name)(x, domain=domain)
         elif method == "hard":
             x = keras.layers.Dense(units, activation=activation, name=name)(x)
         else:
-            x = factorize(stl.get_layer(name), method, eps, name, batch_size)(x, task=domain)
+            x = factorize(stl.get_layer(name), method, eps, name, batch_size)(x, domain=domain)
     return keras.Model({"features": features, "domain": domain}, x)
 
 
@@ -233,22 +233,22 @@ def cnn(method, num_classes, filters, stl=None, eps=None, batch_size=64):
     for depth, count in enumerate(filters):
         name = f"conv_{depth}"
         if method == "stl":
-            x = PerTaskConv2D(count, 3, num_tasks, activation="relu", name=name)(x, task=domain)
+            x = PerTaskConv2D(count, 3, num_tasks, activation="relu", name=name)(x, domain=domain)
         elif method == "hard":
             x = keras.layers.Conv2D(count, 3, padding="same", activation="relu", name=name)(x)
         else:
-            x = factorize(stl.get_layer(name), method, eps, name, batch_size)(x, task=domain)
+            x = factorize(stl.get_layer(name), method, eps, name, batch_size)(x, domain=domain)
         x = keras.layers.MaxPooling2D(2)(x)
     x = keras.layers.Flatten()(x)
     for depth, (units, activation) in enumerate(((64, "relu"), (width, None))):
         name = f"dense_{depth}"
         if method == "stl" or (method == "hard" and depth == 1):
-            x = PerTaskDense(units, num_tasks, activation=activation, name=name)(x, task=domain)
+            x = PerTaskDense(units, num_tasks, activation=activation, name=name)(x, domain=domain)
         elif method == "hard":
             x = keras.layers.Dense(units, activation=activation, name=name)(x)
         else:
-            x = factorize(stl.get_layer(name), method, eps, name, batch_size)(x, task=domain)
-    logits = TaskLogitMask(num_classes, name="mask")(x, task=domain)
+            x = factorize(stl.get_layer(name), method, eps, name, batch_size)(x, domain=domain)
+    logits = TaskLogitMask(num_classes, name="mask")(x, domain=domain)
     return keras.Model({"image": image, "domain": domain}, logits)
 
 

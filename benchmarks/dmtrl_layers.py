@@ -32,8 +32,8 @@ class PerTaskDense(keras.layers.Layer):
         self.bias = self.add_weight(name="bias", shape=(self.num_tasks, self.units),
                                     initializer="zeros")
 
-    def call(self, inputs, task):
-        task = canonicalize_domain(task, self.num_tasks, name="task")
+    def call(self, inputs, domain):
+        task = canonicalize_domain(domain, self.num_tasks, name="domain")
 
         def uniform(t):
             return ops.matmul(inputs, ops.take(self.kernel, t, axis=0))
@@ -86,9 +86,9 @@ class PerTaskConv2D(keras.layers.Layer):
         self.bias = self.add_weight(name="bias", shape=(self.num_tasks, self.filters),
                                     initializer="zeros")
 
-    def call(self, inputs, task):
+    def call(self, inputs, domain):
         k, t, f = self.kernel_size, self.num_tasks, self.filters
-        task = canonicalize_domain(task, t, name="task")
+        task = canonicalize_domain(domain, t, name="domain")
 
         def uniform(index):
             return ops.conv(inputs, ops.take(self.kernel, index, axis=0), padding="same")
@@ -136,8 +136,8 @@ class TaskLogitMask(keras.layers.Layer):
             mask[task, count:] = -1e9
         self.mask = mask
 
-    def call(self, logits, task):
-        task = canonicalize_domain(task, len(self.num_classes), name="task")
+    def call(self, logits, domain):
+        task = canonicalize_domain(domain, len(self.num_classes), name="domain")
         return logits + ops.take(ops.convert_to_tensor(self.mask), task, axis=0)
 
 

@@ -6,17 +6,22 @@ small network (ResNet-26 at width 0.25 on 16x16x1 digits), with 5 and 10 domains
 - sizes: base network (same architecture without adapters, folded), folded domain model,
   multi-signature file with T signatures, swappable base, one pack (float32 full-rank adapters,
   and float16 packs of a rank-r ResidualAdapter model: the SVD-compressed form);
-- LiteRT latency at batch 1 with 1 and 2 threads of base, folded and swappable (packs fed once,
-  as an app does; per call only the image), interleaved per repetition, medians;
+- LiteRT latency at batch 1 with 1 and 2 threads of base, folded and swappable, interleaved
+  per repetition, medians, at two levels side by side: the interpreter (per call: set the
+  image, invoke; the swappable model's domain written once through its `set_domain`
+  signature) and the package's runners (`FoldedModel.predict` for base and folded,
+  `SwappableModel.predict` for swappable, a domain already loaded);
 - quantisation (small network, 5 domains): size, max abs logit error relative to the logit
   spread, and top-1 agreement with the Keras model for every layout and option.
 
-The issue's targets are reported pass/fail. Weights are random (sizes and latency do not
-depend on them; the parity numbers are on random images).
+The issues' targets are reported pass/fail. Weights are random (sizes and latency do not
+depend on them; the parity numbers are on random images). The load average is recorded at
+the start and the end: on a shared machine only the ratios mean much.
 
     KERAS_BACKEND=tensorflow timeout 3000 python benchmarks/export_benchmark.py
+    KERAS_BACKEND=tensorflow python benchmarks/export_benchmark.py --quick  # a few minutes
 
-writes `benchmarks/results/export.{md,json,png}`.
+write `benchmarks/results/export.{md,json,png}` (`export_quick.*`).
 """
 
 import argparse
@@ -35,7 +40,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 
 from keras_mdn.export import (  # noqa: E402
+    FoldedModel,
     Pack,
+    SwappableModel,
     SwappablePlan,
     export_folded_tflite,
     export_multi_signature_tflite,
@@ -43,6 +50,7 @@ from keras_mdn.export import (  # noqa: E402
     op_counts,
     packs,
 )
+from keras_mdn.export.tflite import SET_DOMAIN_SIGNATURE  # noqa: E402
 from keras_mdn.models import resnet26  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -56,7 +64,10 @@ def parse_args():
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--quantization-domains", type=int, default=3,
                         help="domains of the small network in the quantisation table")
-    parser.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke run")
+    parser.add_argument("--quick", action="store_true",
+                        help="small networks, 5 domains, no quantisation table")
+    parser.add_argument("--no-quantization", action="store_true",
+                        help="skip the quantisation table")
     parser.add_argument("--quantization-from", default=None,
                         help="reuse the quantisation table of an earlier results JSON")
     parser.add_argument("--output", default="export")
@@ -85,38 +96,67 @@ def size(path):
 
 
 class Timer:
-    """Batch-1 invoke latency of a single-signature model.
+    """Batch-1 invoke latency of one signature, at the interpreter level.
 
-    Pack inputs are set once (as an app does when it switches domain); each call sets only
-    the image and invokes.
+    Per call: set the image, invoke (the signature's subgraph). The swappable model's domain is
+    written once before, through its `set_domain` signature, as an app does on a switch.
     """
 
-    def __init__(self, path, threads, signature, fixed_inputs=None):
+    def __init__(self, path, threads, signature, set_domain=None):
         from ai_edge_litert.interpreter import Interpreter
 
         self.interpreter = Interpreter(model_path=str(path), num_threads=threads)
-        details = self.interpreter.get_signature_runner(signature).get_input_details()
-        self.interpreter.allocate_tensors()
-        fixed_inputs = fixed_inputs or {}
-        for name, value in fixed_inputs.items():
-            self.interpreter.set_tensor(details[name]["index"], value)
-        (image_name,) = [n for n in details if n not in fixed_inputs]
-        self.image_index = details[image_name]["index"]
-        shape = details[image_name]["shape"]
-        self.image = np.random.default_rng(0).normal(size=shape).astype("float32")
+        if set_domain is not None:
+            self.interpreter.get_signature_runner(SET_DOMAIN_SIGNATURE)(**set_domain)
+        runner = self.interpreter.get_signature_runner(signature)
+        (image_name,) = runner.get_input_details()
+        shape = runner.get_input_details()[image_name]["shape"]
+        image = np.random.default_rng(0).normal(size=shape).astype("float32")
+        runner(**{image_name: image})  # allocates
+        # The signature runner resizes and allocates on every call; the bare set/invoke is
+        # the interpreter's own cost (private wrapper: benchmark only).
+        wrapper, subgraph = runner._interpreter_wrapper, runner._subgraph_index
+        index = runner._inputs[image_name]
+
+        def invoke():
+            wrapper.SetTensor(index, image, subgraph)
+            wrapper.Invoke(subgraph)
+
+        self.invoke = invoke
         for _ in range(3):
             self.invoke()
 
-    def invoke(self):
-        self.interpreter.set_tensor(self.image_index, self.image)
-        self.interpreter.invoke()
+    def measure(self, seconds=0.3):
+        return _measure(self.invoke, seconds)
+
+
+class RunnerTimer:
+    """Batch-1 latency of a keras_mdn runner's `predict(image, domain)` (domain loaded)."""
+
+    def __init__(self, runner, shape, domain=0):
+        image = np.random.default_rng(0).normal(size=(1,) + tuple(shape)).astype("float32")
+        self.invoke = lambda: runner.predict(image, domain)
+        for _ in range(3):
+            self.invoke()
 
     def measure(self, seconds=0.3):
-        start, count = time.perf_counter(), 0
-        while time.perf_counter() - start < seconds or count < 3:
-            self.invoke()
-            count += 1
-        return (time.perf_counter() - start) / count
+        return _measure(self.invoke, seconds)
+
+
+def _measure(invoke, seconds):
+    start, count = time.perf_counter(), 0
+    while time.perf_counter() - start < seconds or count < 3:
+        invoke()
+        count += 1
+    return (time.perf_counter() - start) / count
+
+
+def load_average():
+    try:
+        with open("/proc/loadavg") as f:
+            return " ".join(f.read().split()[:3])
+    except OSError:
+        return "unknown"
 
 
 def build_resnet(width_factor, input_shape):
@@ -180,12 +220,19 @@ def network(name, build, domain_counts, args, tmp):
             == op_counts(open(base, "rb").read()),
             "export_seconds": time.time() - t0,
         }
+        shape = tuple(model.inputs[0].shape[1:])
         timers = {}
         for threads in (1, 2):
             timers[("base", threads)] = Timer(base, threads, "domain_0")
             timers[("folded", threads)] = Timer(folded, threads, "domain_0")
             timers[("swappable", threads)] = Timer(swap["base"], threads, "swappable",
                                                    pack.tensors)
+            timers[("runner_base", threads)] = RunnerTimer(
+                FoldedModel({0: base}, num_threads=threads), shape)
+            timers[("runner_folded", threads)] = RunnerTimer(
+                FoldedModel({0: folded}, num_threads=threads), shape)
+            timers[("runner_swappable", threads)] = RunnerTimer(
+                SwappableModel(swap["base"], swap["packs"], num_threads=threads), shape)
         samples = {key: [] for key in timers}
         for _ in range(args.repeats):
             for key, timer in timers.items():  # interleaved: drift hits every variant alike
@@ -261,38 +308,46 @@ def log(message):
 
 def targets(row):
     base = row["base_bytes"]
-    checks = {
-        "folded size <= 1.02 base": row["folded_bytes"] / base,
-        "folded latency <= 1.02 base (2 threads)": row["folded_latency_ms_2t"]
-        / row["base_latency_ms_2t"],
-        "folded latency <= 1.02 base (1 thread)": row["folded_latency_ms_1t"]
-        / row["base_latency_ms_1t"],
-        "swappable latency <= 1.15 base (2 threads)": row["swappable_latency_ms_2t"]
-        / row["base_latency_ms_2t"],
-        "swappable latency <= 1.15 base (1 thread)": row["swappable_latency_ms_1t"]
-        / row["base_latency_ms_1t"],
-        "pack float32 <= 12 % base": row["pack_float32_bytes"] / base,
-        f"pack rank {row['compressed_rank']} float16 <= 3 % base":
-            row["compressed_pack_float16_bytes"] / base,
-        "multi-signature <= (base + T packs) * 1.02": row["multi_signature_bytes"]
-        / (base + row["domains"] * row["pack_float32_bytes"]),
-    }
-    limits = [1.02, 1.02, 1.02, 1.15, 1.15, 0.12, 0.03, 1.02]
-    return [(name, value, value <= limit) for (name, value), limit in zip(checks.items(), limits)]
+
+    def latency(variant, reference, threads):
+        return row[f"{variant}_latency_ms_{threads}t"] / row[f"{reference}_latency_ms_{threads}t"]
+
+    checks = [
+        ("folded size <= 1.02 base", row["folded_bytes"] / base, 1.02),
+    ]
+    for threads in (1, 2):
+        checks += [
+            (f"folded latency <= 1.02 base ({threads}t)", latency("folded", "base", threads),
+             1.02),
+            (f"swappable latency <= 1.05 base ({threads}t)",
+             latency("swappable", "base", threads), 1.05),
+            (f"runner: swappable <= 1.05 folded ({threads}t)",
+             latency("runner_swappable", "runner_folded", threads), 1.05),
+        ]
+    checks += [
+        ("pack float32 <= 12 % base", row["pack_float32_bytes"] / base, 0.12),
+        (f"pack rank {row['compressed_rank']} float16 <= 3 % base",
+         row["compressed_pack_float16_bytes"] / base, 0.03),
+        ("multi-signature <= (base + T packs) * 1.02", row["multi_signature_bytes"]
+         / (base + row["domains"] * row["pack_float32_bytes"]), 1.02),
+    ]
+    return [(name, value, value <= limit) for name, value, limit in checks]
 
 
-def write(rows, quant_rows, args, command, seconds):
+def write(rows, quant_rows, args, command, seconds, loads):
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / args.output
     payload = {"command": command, "seconds": seconds, "machine": platform.platform(),
-               "cpus": os.cpu_count(), "networks": rows, "quantization": quant_rows}
+               "cpus": os.cpu_count(), "load_average": loads, "networks": rows,
+               "quantization": quant_rows}
     out.with_suffix(".json").write_text(json.dumps(payload, indent=2))
     lines = [
         "# Export benchmark",
         "",
         f"Command: `{command}` ({seconds / 60:.1f} min, {platform.platform()}, "
         f"{os.cpu_count()} CPUs shared with other jobs; latencies are medians of "
-        f"{args.repeats} interleaved repetitions, batch 1, LiteRT with XNNPACK).",
+        f"{args.repeats} interleaved repetitions, batch 1, LiteRT with XNNPACK; load average "
+        f"{loads['start']} at the start, {loads['end']} at the end).",
         "",
         "## Sizes (bytes) and latency (ms)",
         "",
@@ -311,6 +366,17 @@ def write(rows, quant_rows, args, command, seconds):
             f"{r['swappable_latency_ms_1t']:.2f} | {r['base_latency_ms_2t']:.2f} | "
             f"{r['folded_latency_ms_2t']:.2f} | {r['swappable_latency_ms_2t']:.2f} |"
         )
+    lines += [
+        "", "## Latency through the package's runners (ms, batch 1, `predict`)", "",
+        "| network | T | base 1t | folded 1t | swappable 1t | base 2t | folded 2t | "
+        "swappable 2t |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['network']} | {r['domains']} | "
+            + " | ".join(f"{r[f'runner_{v}_latency_ms_{t}t']:.3f}"
+                         for t in (1, 2) for v in ("base", "folded", "swappable")) + " |")
     lines += ["", "## Targets", "", "| network | T | target | measured | pass |",
               "|---|---:|---|---:|---|"]
     for r in rows:
@@ -321,6 +387,10 @@ def write(rows, quant_rows, args, command, seconds):
         lines.append(f"| {r['network']} | {r['domains']} | folded TFLite ops == base ops | "
                      f"{r['folded_ops_equal_base']} | "
                      f"{'pass' if r['folded_ops_equal_base'] else 'FAIL'} |")
+    if not quant_rows:
+        out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+        plot(rows, out.with_suffix(".png"))
+        return
     lines += ["", f"## Quantisation (small network, {args.quantization_domains} domains)", "",
               "Error: max abs logit error / spread of the Keras logits, worst domain; top-1: "
               "agreement with the Keras model on random images (32 per domain). Folded: "
@@ -365,7 +435,7 @@ def plot(rows, path):
         values = [r[f"{variant}_latency_ms_{threads}t"] / r[f"base_latency_ms_{threads}t"]
                   for r in rows]
         axes[1].bar(x + (i - 1.5) * width, values, width, label=f"{variant}, {threads} thread(s)")
-    axes[1].axhline(1.15, color="red", linestyle="--", linewidth=1, label="swappable target")
+    axes[1].axhline(1.05, color="red", linestyle="--", linewidth=1, label="swappable target")
     axes[1].axhline(1.02, color="gray", linestyle=":", linewidth=1, label="folded target")
     axes[1].set_xticks(x, labels)
     axes[1].set_title("latency / base network (batch 1)")
@@ -379,27 +449,33 @@ def main():
     command = "KERAS_BACKEND=tensorflow python benchmarks/export_benchmark.py " + " ".join(
         sys.argv[1:])
     start = time.time()
+    loads = {"start": load_average()}
     small = build_resnet(0.25, (16, 16, 1))
     if args.quick:
-        args.repeats = 3
-        networks = [("resnet26-w0.25-32px", build_resnet(0.25, (32, 32, 3)))]
+        args.domains = [5]
+        args.no_quantization = True
+        if args.output == "export":
+            args.output = "export_quick"
+        networks = [("resnet26-w0.5-32px", build_resnet(0.5, (32, 32, 3)))]
     else:
         networks = [(f"resnet26-w{args.width_factor:g}-64px",
                      build_resnet(args.width_factor, (64, 64, 3)))]
     networks.append(("small (example, resnet26-w0.25-16px)", small))
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
+        quant_rows = []
         if args.quantization_from:
             previous = json.loads((RESULTS / args.quantization_from).read_text())
             quant_rows = previous["quantization"]
             args.quantization_source = previous["command"]
-        else:
+        elif not args.no_quantization:
             quant_rows = quantization_table("small", small, args.quantization_domains, args,
                                             tmp)
         for name, build in networks:
             key = name.split(" ")[0]
             rows += network(key, build, args.domains, args, tmp)
-    write(rows, quant_rows, args, command, time.time() - start)
+    loads["end"] = load_average()
+    write(rows, quant_rows, args, command, time.time() - start, loads)
     log(f"done in {(time.time() - start) / 60:.1f} min")
 
 

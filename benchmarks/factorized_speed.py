@@ -208,7 +208,7 @@ def tt_matrix_case(n, rank, batch, opts):
     x = tf.constant(RNG.normal(size=(batch, n)).astype("float32"))
     layers = {}
     for mode in ("auto", "flops", "reconstruct"):
-        layer = FactorizedDense(n, num_tasks=1, factorization=TTMatrix(rank=rank),
+        layer = FactorizedDense(n, num_domains=1, factorization=TTMatrix(rank=rank),
                                 use_bias=False, contraction=mode, batch_size_hint=batch)
         layer.build((batch, n))
         layers[mode] = layer
@@ -260,7 +260,7 @@ def multitask_dense_case(kind, num_tasks, rank, n, batch, opts):
     mixed = tf.constant(RNG.permutation(np.arange(batch) % num_tasks).astype("int32"))
     layers = {}
     for mode in ("auto", "flops", "reconstruct"):
-        layer = FactorizedDense(n, num_tasks=num_tasks, factorization=kind, rank=rank,
+        layer = FactorizedDense(n, num_domains=num_tasks, factorization=kind, rank=rank,
                                 use_bias=False, contraction=mode, batch_size_hint=batch)
         layer.build((batch, n))
         layers[mode] = layer
@@ -290,10 +290,10 @@ def multitask_dense_case(kind, num_tasks, rank, n, batch, opts):
         return tf.reduce_sum(out * tf.one_hot(tasks, num_tasks)[:, None, :], axis=-1)
 
     applies = {
-        "layer": (lambda y, t: layers["auto"](y, task=t), variables, uniform),
-        "layer_mixed": (lambda y, t: layers["auto"](y, task=t), variables, mixed),
-        "layer_flops": (lambda y, t: layers["flops"](y, task=t), variables, uniform),
-        "layer_reconstruct": (lambda y, t: layers["reconstruct"](y, task=t), variables,
+        "layer": (lambda y, t: layers["auto"](y, domain=t), variables, uniform),
+        "layer_mixed": (lambda y, t: layers["auto"](y, domain=t), variables, mixed),
+        "layer_flops": (lambda y, t: layers["flops"](y, domain=t), variables, uniform),
+        "layer_reconstruct": (lambda y, t: layers["reconstruct"](y, domain=t), variables,
                               uniform),
         "dense": (lambda y, t: dense(y), [dense.kernel], uniform),
         "reconstruct": (lambda y, t: tf.matmul(
@@ -316,7 +316,7 @@ def multitask_conv_case(kind, num_tasks, rank, channels, size, batch, opts):
     x = tf.constant(RNG.normal(size=(batch, size, size, channels)).astype("float32"))
     uniform = tf.zeros((batch,), "int32")
     mixed = tf.constant(RNG.permutation(np.arange(batch) % num_tasks).astype("int32"))
-    layer = FactorizedConv2D(channels, 3, num_tasks=num_tasks, factorization=kind, rank=rank,
+    layer = FactorizedConv2D(channels, 3, num_domains=num_tasks, factorization=kind, rank=rank,
                              padding="same", use_bias=False, batch_size_hint=batch)
     layer.build(x.shape)
     conv = keras.layers.Conv2D(channels, 3, padding="same", use_bias=False)
@@ -341,8 +341,8 @@ def multitask_conv_case(kind, num_tasks, rank, channels, size, batch, opts):
         return tf.reduce_sum(out * tf.one_hot(tasks, num_tasks)[:, None, None, None, :], -1)
 
     applies = {
-        "layer": (lambda y, t: layer(y, task=t), variables, uniform),
-        "layer_mixed": (lambda y, t: layer(y, task=t), variables, mixed),
+        "layer": (lambda y, t: layer(y, domain=t), variables, uniform),
+        "layer_mixed": (lambda y, t: layer(y, domain=t), variables, mixed),
         "dense": (lambda y, t: conv(y), [conv.kernel], uniform),
         "reconstruct": (lambda y, t: tf.nn.conv2d(
             y, tf.reshape(factorization.task_weight(t[0]), (3, 3, channels, channels)), 1,
@@ -368,18 +368,18 @@ def conv_paths(layer, batch, positions):
     """
     factorization = layer.factorization
     chosen = layer.contraction_paths()
-    plans = getattr(factorization, "_conv_plans", {})
+    plan = layer._plan
     in_size = math.prod(factorization.in_dims)
     out_size = math.prod(factorization.out_dims)
     calls = batch * positions
     result = {"uniform_kind": chosen["uniform"]}
     for key in ("uniform", "mixed"):
-        if key in plans:
-            _, _, kernel_path, post, bonds = plans[key]
-            width = math.prod(factorization.network_.sizes[lab] for lab in bonds)
-            result[key] = (f"factored: conv to {width} channels ({', '.join(bonds)}), then "
-                           f"{post.describe()}")
-            result[f"{key}_flops"] = kernel_path.flops + 2 * calls * in_size * width + post.flops
+        step = getattr(plan, key)
+        if step is not None:
+            width = math.prod(factorization.network_.sizes[lab] for lab in step.bonds)
+            result[key] = f"factored: {chosen[key + '_detail']}"
+            result[f"{key}_flops"] = (step.kernel_path.flops + 2 * calls * in_size * width
+                                      + step.post.flops)
         elif key == "uniform":
             result[key] = "task kernel, then conv"
             result[f"{key}_flops"] = weight_flops(factorization) + 2 * calls * in_size * out_size
@@ -426,6 +426,127 @@ def _print_case(info):
     head = {key: info[key] for key in ("family", "kind", "tasks", "n", "rank", "batch")
             if key in info}
     print(head, info["path_kind"], " ".join(parts), flush=True)
+
+
+# === Compile paths: TF graph, TF XLA, JAX jit (issue 8) ===
+
+COMPILE_SHAPES = [("dense", "laf", 5), ("dense", "tucker", 5), ("dense", "tt", 10),
+                  ("conv", "laf", 10), ("conv", "tucker", 2), ("conv", "tt", 2)]
+
+
+def _compile_layers(family, kind, tasks):
+    rank = _rank(kind, tasks)
+    if family == "dense":
+        layer = FactorizedDense(DENSE_N, num_domains=tasks, factorization=kind, rank=rank)
+        plain = keras.layers.Dense(DENSE_N)
+        shape = (DENSE_BATCH, DENSE_N)
+    else:
+        layer = FactorizedConv2D(CONV_CHANNELS, 3, num_domains=tasks, factorization=kind,
+                                 rank=rank, padding="same")
+        plain = keras.layers.Conv2D(CONV_CHANNELS, 3, padding="same")
+        shape = (CONV_BATCH, CONV_SIZE, CONV_SIZE, CONV_CHANNELS)
+    layer.build(shape)
+    plain.build(shape)
+    return layer, plain, shape
+
+
+def _compiled(fn, layer_weights, backend, jit, backward):
+    """A compiled `fn(x, domain)` (forward, or forward+backward w.r.t. the weights)."""
+    if backend == "tensorflow":
+        def run(x, domain):
+            if not backward:
+                return fn(x, domain)
+            with tf.GradientTape() as tape:
+                loss = tf.reduce_sum(fn(x, domain))
+            return tape.gradient(loss, [w.value for w in layer_weights])
+
+        compiled = tf.function(run, jit_compile=jit, autograph=False)
+        return lambda x, d: tf.nest.map_structure(lambda t: t.numpy(), compiled(x, d))
+    import jax
+
+    def pure(values, x, domain):
+        with keras.StatelessScope(state_mapping=list(zip(layer_weights, values))):
+            return jax.numpy.sum(fn(x, domain)) if backward else fn(x, domain)
+
+    compiled = jax.jit(jax.grad(pure) if backward else pure)
+    values = [w.value for w in layer_weights]
+    return lambda x, d: jax.block_until_ready(compiled(values, x, d))
+
+
+def compile_path_rows(backend, jit, reps=11):
+    """Uniform / mixed / plain-layer times of `COMPILE_SHAPES` on one compile path."""
+    rows = []
+    for family, kind, tasks in COMPILE_SHAPES:
+        layer, plain, shape = _compile_layers(family, kind, tasks)
+        x = keras.ops.convert_to_tensor(RNG.normal(size=shape).astype("float32"))
+        batch = shape[0]
+        uniform = keras.ops.convert_to_tensor(np.int32(1))
+        mixed = keras.ops.convert_to_tensor(
+            RNG.permutation(np.arange(batch) % tasks).astype("int32"))
+        row = {"shape": f"{family} {kind} T{tasks}", "backend": backend, "jit": jit}
+        for backward in (False, True):
+            tag = "fwd_bwd_" if backward else ""
+            def apply(y, d, layer=layer):
+                return layer(y, domain=d)
+
+            def apply_plain(y, d, plain=plain):
+                return plain(y)
+
+            methods = {
+                "uniform": (_compiled(apply, layer.weights, backend, jit, backward), uniform),
+                "mixed": (_compiled(apply, layer.weights, backend, jit, backward), mixed),
+                "plain": (_compiled(apply_plain, plain.weights, backend, jit, backward),
+                          uniform),
+            }
+            for fn, domain in methods.values():
+                fn(x, domain)
+                fn(x, domain)
+            samples = {name: [] for name in methods}
+            for _ in range(reps):
+                for name in RNG.permutation(list(methods)):
+                    fn, domain = methods[name]
+                    start = time.perf_counter()
+                    fn(x, domain)
+                    samples[name].append(time.perf_counter() - start)
+            for name, values in samples.items():
+                row[f"{tag}{name}_ms"] = 1e3 * statistics.median(values)
+            row[f"{tag}mixed_over_uniform"] = row[f"{tag}mixed_ms"] / row[f"{tag}uniform_ms"]
+            row[f"{tag}uniform_over_plain"] = row[f"{tag}uniform_ms"] / row[f"{tag}plain_ms"]
+        rows.append(row)
+    return rows
+
+
+def measure_compile_paths():
+    """TF graph and TF XLA in this process, JAX jit in a child process (one backend each)."""
+    load_start = [round(v, 2) for v in os.getloadavg()]
+    rows = compile_path_rows("tensorflow", False) + compile_path_rows("tensorflow", True)
+    env = dict(os.environ, KERAS_BACKEND="jax")
+    child = subprocess.run([sys.executable, os.path.abspath(__file__), "--compile-paths-json"],
+                           env=env, capture_output=True, text=True, timeout=900)
+    if child.returncode == 0:
+        rows += json.loads(child.stdout.strip().splitlines()[-1])
+    else:
+        print("JAX compile paths failed:", child.stderr[-2000:], file=sys.stderr)
+    return {"rows": rows, "load_average_start": load_start,
+            "load_average_end": [round(v, 2) for v in os.getloadavg()]}
+
+
+def _compile_paths_markdown(result):
+    lines = ["", "## Compile paths: TF graph, TF XLA, JAX jit", "",
+             "Forward and forward+backward (gradients of the weights) of one layer, compiled "
+             "whole; `uniform` = a 0-d domain tensor, `mixed` = a shuffled domain vector, "
+             "`plain` = `keras.layers.Dense` / `Conv2D` of the same shape, interleaved in one "
+             f"process per backend. Load average {result['load_average_start']} at start, "
+             f"{result['load_average_end']} at end.", "",
+             "| shape | path | uniform ms | mixed/uniform | uniform/plain | fwd+bwd mixed/uniform"
+             " | fwd+bwd uniform/plain |", "|---|---|---|---|---|---|---|"]
+    for row in result["rows"]:
+        path = "JAX jit" if row["backend"] == "jax" else ("TF XLA" if row["jit"] else "TF graph")
+        lines.append(
+            f"| {row['shape']} | {path} | {row['uniform_ms']:.3f} | "
+            f"{row['mixed_over_uniform']:.2f} | {row['uniform_over_plain']:.2f} | "
+            f"{row['fwd_bwd_mixed_over_uniform']:.2f} | {row['fwd_bwd_uniform_over_plain']:.2f} |")
+    return lines
 
 
 # === Grid ===
@@ -502,7 +623,14 @@ def main(argv=None):
     parser.add_argument("--add", choices=("conv",), default=None,
                         help="time only this family's shapes and add them to the last results "
                              "(replacing their 'skipped' entries)")
+    parser.add_argument("--compile-paths-json", action="store_true",
+                        help="(internal) print this backend's compile-path rows as JSON")
+    parser.add_argument("--no-compile-paths", action="store_true",
+                        help="skip the TF XLA / JAX jit section")
     args = parser.parse_args(argv)
+    if args.compile_paths_json:
+        print(json.dumps(compile_path_rows(keras.backend.backend(), True)))
+        return
     if keras.backend.backend() != "tensorflow":
         sys.exit("Run with KERAS_BACKEND=tensorflow (t3f and tf.function timing).")
     opts = Options(args.quick)
@@ -538,6 +666,8 @@ def main(argv=None):
         if index % 10 == 9:
             gemm.append(measure_gemm())
     gemm.append(measure_gemm())
+    if not args.no_compile_paths and previous is None:
+        note["compile_paths"] = measure_compile_paths()
     note["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
     note["wall_s"] = round(time.time() - started, 1)
     note["skipped"] = skipped
@@ -793,6 +923,8 @@ def _markdown(cases, rows, note, overall, path, suffix):
             f"{_pf(row['targets']['not_slower'])} | {_pf(row['targets'].get('half_dense'))} | "
             f"{_pf(row['targets'].get('mixed_1p5'))} | {_fmt(row.get('bwd_layer_over_dense'))} | "
             f"{_fmt(row.get('bwd_mixed_over_uniform'))} |")
+    if "compile_paths" in note:
+        lines += _compile_paths_markdown(note["compile_paths"])
     lines += ["", "## Chosen paths", ""]
     for case in cases:
         extra = f"; mixed: `{case['mixed_path']}`" if "mixed_path" in case else ""

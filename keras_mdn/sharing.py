@@ -26,7 +26,7 @@ def sharing_strengths(model):
     found = {}
 
     def visit(layer):
-        if hasattr(layer, "sharing_strength") and getattr(layer, "num_tasks", 1) > 1:
+        if hasattr(layer, "sharing_strength") and getattr(layer, "num_domains", 1) > 1:
             found[layer.name] = layer.sharing_strength()
         for child in getattr(layer, "layers", []) or []:
             visit(child)

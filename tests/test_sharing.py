@@ -20,8 +20,8 @@ def test_rho_reference_values():
 def test_plot_per_layer(tmp_path):
     features = keras.Input((6,), name="features")
     domain = keras.Input((), dtype="int32", name="domain")
-    hidden = FactorizedDense(5, 3, "tucker", rank=2, name="lower")(features, task=domain)
-    outputs = FactorizedDense(2, 3, "tt", rank=2, name="upper")(hidden, task=domain)
+    hidden = FactorizedDense(5, 3, "tucker", rank=2, name="lower")(features, domain=domain)
+    outputs = FactorizedDense(2, 3, "tt", rank=2, name="upper")(hidden, domain=domain)
     model = keras.Model([features, domain], outputs)
     strengths = sharing_strengths(model)
     assert list(strengths) == ["lower", "upper"]

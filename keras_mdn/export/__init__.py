@@ -10,13 +10,10 @@
 Importing this module imports TensorFlow lazily (at the first export or load).
 """
 
-import json
-import os
-
+from keras_mdn.export.bundle import LAYOUTS, MANIFEST, export_all, read_manifest
 from keras_mdn.export.packs import FORMAT_VERSION, Pack, PackError, read_pack, write_pack
 from keras_mdn.export.quantization import QUANTIZATIONS, TOLERANCES
 from keras_mdn.export.runner import (
-    MANIFEST,
     FoldedModel,
     MultiSignatureModel,
     SwappableModel,
@@ -31,125 +28,11 @@ from keras_mdn.export.tflite import (
     op_counts,
 )
 
-LAYOUTS = ("saved_model", "folded", "multi_signature", "swappable")
-
-
-def export_all(model, directory, domains=None, domain_names=None, quantizations=(None,),
-               representative_data=None, pack_dtype="float32", layouts=LAYOUTS):
-    """Writes every export of a multi-domain model into `directory`, with a manifest.
-
-    Layout of `directory`:
-
-        manifest.json                     what is where (read by `keras_mdn.export.load`)
-        saved_model/                      endpoints domain_<d> and domain_index
-        folded/domain_<d>[.<q>].tflite    one folded model per domain
-        multi_signature[.<q>].tflite      one file, a signature per domain
-        swappable/swappable[.<q>].tflite  the base model, per-domain parameters as inputs
-        swappable/domain_<d>.mdnpack      one pack per domain
-
-    Args:
-        model: functional multi-domain model (inputs `"image"` and `"domain"`).
-        directory: output directory (created).
-        domains: domains to export (ints). Defaults to all. A list of strings is read as
-            `domain_names` (all domains exported).
-        domain_names: optional list of names, one per domain of the model (stored in the
-            packs and the manifest).
-        quantizations: TFLite quantisations to write, each of `None`, `"float16"`,
-            `"dynamic_range"`, `"int8"`. Defaults to `(None,)` (float32 only).
-        representative_data: images `(N, H, W, C)` or `{domain: images}`; needed for `"int8"`.
-        pack_dtype: storage dtype of the pack matrices: `"float32"`, `"float16"` or `"int8"`.
-            Defaults to `"float32"`.
-        layouts: which of `"saved_model"`, `"folded"`, `"multi_signature"`, `"swappable"`.
-
-    Returns:
-        The manifest (dict), also written to `directory/manifest.json`.
-
-    Example:
-
-    >>> export_all(model, "saved_models/digits_export", quantizations=(None, "float16"))
-    >>> keras_mdn.export.load("saved_models/digits_export").predict(images, domain=2)
-    """
-    from keras_mdn.export.savedmodel import check_domains, input_spec
-    from keras_mdn.layers.domain_head import DomainHead
-    from keras_mdn.surgery.fold import FunctionalGraph
-
-    if domains is not None and not isinstance(domains, int) and domains and all(
-        isinstance(d, str) for d in domains
-    ):
-        domain_names, domains = list(domains), None
-    unknown = set(layouts) - set(LAYOUTS)
-    if unknown:
-        raise ValueError(f"`layouts` must be among {LAYOUTS}. Received: layouts={layouts!r}")
-    quantizations = list(quantizations)
-    for quantization in quantizations:
-        if quantization not in QUANTIZATIONS:
-            raise ValueError(
-                f"`quantizations` must be among {QUANTIZATIONS}. "
-                f"Received: quantizations={quantizations!r}"
-            )
-    graph = FunctionalGraph(model)
-    domains = check_domains(domains, graph.num_domains)
-    heads = [op for op in model.operations if isinstance(op, DomainHead)]
-    name, spec = input_spec(graph)
-    os.makedirs(directory, exist_ok=True)
-    manifest = {
-        "format": FORMAT_VERSION,
-        "model": model.name,
-        "num_domains": graph.num_domains,
-        "domains": domains,
-        "domain_names": None if domain_names is None else [str(n) for n in domain_names],
-        "num_classes": list(heads[0].num_classes) if len(heads) == 1 else None,
-        "input": {"name": name, "shape": list(spec.shape[1:]), "dtype": spec.dtype.name},
-        "layouts": {},
-    }
-
-    def relative(path):
-        return os.path.relpath(path, directory)
-
-    saved_model_dir = None
-    if "saved_model" in layouts or "multi_signature" in layouts:
-        saved_model_dir = export_saved_model(model, os.path.join(directory, "saved_model"),
-                                             domains)
-        if "saved_model" in layouts:
-            manifest["saved_model"] = "saved_model"
-    plan = SwappablePlan(model) if "swappable" in layouts else None
-    for index, quantization in enumerate(quantizations):
-        key = str(quantization)
-        suffix = "" if quantization is None else f".{quantization}"
-        if "folded" in layouts:
-            paths = export_folded_tflite(model, os.path.join(directory, "folded"), domains,
-                                         quantization, representative_data)
-            manifest["layouts"].setdefault("folded", {})[key] = {
-                "paths": {str(d): relative(p) for d, p in paths.items()}
-            }
-        if "multi_signature" in layouts:
-            path = export_multi_signature_tflite(
-                model, os.path.join(directory, f"multi_signature{suffix}.tflite"), domains,
-                quantization, representative_data, saved_model_dir=saved_model_dir,
-            )
-            manifest["layouts"].setdefault("multi_signature", {})[key] = {"path": relative(path)}
-        if "swappable" in layouts:
-            written = export_swappable_tflite(
-                model, os.path.join(directory, "swappable"), domains, quantization,
-                representative_data, pack_dtype, domain_names, plan, write_packs=index == 0,
-            )
-            if index == 0:
-                pack_paths = {str(d): relative(p) for d, p in written["packs"].items()}
-            manifest["layouts"].setdefault("swappable", {})[key] = {
-                "base": relative(written["base"]),
-                "packs": pack_paths,
-                "pack_dtype": pack_dtype,
-                "model_id": written["model_id"],
-            }
-    with open(os.path.join(directory, MANIFEST), "w") as f:
-        json.dump(manifest, f, indent=2)
-    return manifest
-
-
 __all__ = [
     "FORMAT_VERSION",
     "GENERIC_ENDPOINT",
     "LAYOUTS",
+    "MANIFEST",
     "QUANTIZATIONS",
     "TOLERANCES",
     "FoldedModel",
@@ -166,6 +49,7 @@ __all__ = [
     "export_swappable_tflite",
     "load",
     "op_counts",
+    "read_manifest",
     "read_pack",
     "write_pack",
 ]

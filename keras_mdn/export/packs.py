@@ -1,7 +1,11 @@
 """The domain pack file: one domain's runtime parameters for a swappable TFLite model.
 
 A pack holds the tensors that the swappable base model (`swappable.tflite`) takes as inputs
-besides the image: adapter matrices, batch-norm scales and offsets, the head's kernel and bias.
+of its `set_domain` signature: adapter matrices, batch-norm scales and offsets, the head's
+kernel and bias, each as the difference from the model's reference values (version 2), so an
+all-zero pack gives the base network: no adapters, the reference domain's batch norms and
+head (see `keras_mdn.export.swappable`).
+
 The header names the model the pack belongs to, so loading a pack for another model, another
 export of it or another format version fails loudly instead of giving wrong outputs.
 
@@ -10,7 +14,7 @@ Binary layout (all integers little-endian, no padding unless stated):
 | offset | size | field                                                               |
 |-------:|-----:|---------------------------------------------------------------------|
 | 0      | 8    | magic `b"MDNPACK\\0"`                                                |
-| 8      | 2    | uint16 format version (`FORMAT_VERSION`, now 1)                     |
+| 8      | 2    | uint16 format version (`FORMAT_VERSION`, now 2)                     |
 | 10     | 2    | uint16 pack dtype code: dtype of the matrices (0 f32, 1 f16, 2 i8)  |
 | 12     | 32   | model id: SHA-256 of the base model's architecture and shared weights |
 | 44     | 4    | uint32 domain index                                                 |
@@ -49,7 +53,7 @@ import zlib
 import numpy as np
 
 MAGIC = b"MDNPACK\x00"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 DTYPE_CODES = {"float32": 0, "float16": 1, "int8": 2}
 DTYPES = {code: name for name, code in DTYPE_CODES.items()}
 _HEADER = struct.Struct("<8sHH32sIII")
@@ -90,34 +94,46 @@ class Pack:
         self.dtype = dtype
         self.format_version = format_version
 
-    def check(self, model_id, input_specs=None):
+    def check(self, model_id, input_specs=None, domain=None, source="pack"):
         """Raises `PackError` unless the pack fits a model with `model_id` and inputs.
 
         Args:
             model_id: the base model's id (bytes or hex string).
-            input_specs: optional dict name -> shape of the base model's pack inputs.
+            input_specs: optional dict name -> shape of the base model's pack inputs: the
+                pack must hold exactly these tensors (each one consumed by the model).
+            domain: optional int, the domain the pack must hold.
+            source: how to name the pack in errors (its file). Defaults to `"pack"`.
         """
         if isinstance(model_id, str):
             model_id = bytes.fromhex(model_id)
         if self.model_id != model_id:
             raise PackError(
-                f"Pack for domain {self.domain} ({self.domain_name!r}) belongs to model "
-                f"{self.model_id.hex()[:16]}..., not to this model {model_id.hex()[:16]}...: "
-                "export the packs and the base model together."
+                f"{source}: pack for domain {self.domain} ({self.domain_name!r}) belongs to "
+                f"model {self.model_id.hex()[:16]}..., not to this model "
+                f"{model_id.hex()[:16]}...: export the packs and the base model together."
+            )
+        if domain is not None and self.domain != domain:
+            raise PackError(
+                f"{source} holds domain {self.domain} ({self.domain_name!r}), not the domain "
+                f"asked for. Received: domain={domain!r}"
             )
         if input_specs is not None:
             missing = sorted(set(input_specs) - set(self.tensors))
             extra = sorted(set(self.tensors) - set(input_specs))
             if missing or extra:
                 raise PackError(
-                    f"Pack tensors do not match the model: missing {missing}, extra {extra}"
+                    f"{source}: pack tensors do not match the model: missing {missing}, "
+                    f"extra {extra}"
                 )
             for name, shape in input_specs.items():
                 if tuple(self.tensors[name].shape) != tuple(shape):
                     raise PackError(
-                        f"Pack tensor {name!r} has shape {self.tensors[name].shape}, the model "
-                        f"expects {tuple(shape)}"
+                        f"{source}: pack tensor {name!r} has shape {self.tensors[name].shape}, "
+                        f"the model expects {tuple(shape)}"
                     )
+            for name, value in self.tensors.items():
+                if not np.all(np.isfinite(value)):
+                    raise PackError(f"{source}: pack tensor {name!r} holds NaN or inf values.")
 
     def nbytes(self):
         return len(encode(self))

@@ -8,31 +8,58 @@ object with `predict(images, domain)` -> logits `(batch, num_classes[domain])` a
 - a multi-signature `.tflite`, a swappable base `.tflite` (with a directory of packs), or a
   directory of folded `domain_<d>.tflite` files.
 
-The swappable runner keeps one interpreter and switches domain by feeding another pack, as an
-app does; a pack whose header names another model or format version raises `PackError`.
+The swappable runner keeps one interpreter and switches domain by writing another pack through
+the model's `set_domain` signature, once per switch, as an app does; each `predict` then feeds
+only the images. A pack whose header names another model, another format version or another
+domain than the one asked for raises `PackError`.
+
+Nothing is trusted: `domain` must be an int of the export (not a bool or a float), `images` a
+batch `(batch,) + input shape`, and an unreadable manifest or model file raises an error
+naming the file.
 """
 
-import json
 import os
 
 import numpy as np
 
 from keras_mdn.export import packs
+from keras_mdn.export.bundle import MANIFEST, read_manifest
 from keras_mdn.export.savedmodel import endpoint_name
-
-MANIFEST = "manifest.json"
 
 
 def _interpreter(path, num_threads=None):
     from ai_edge_litert.interpreter import Interpreter
 
-    return Interpreter(model_path=os.fspath(path), num_threads=num_threads)
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"No TFLite model file {path}.")
+    try:
+        return Interpreter(model_path=path, num_threads=num_threads)
+    except (ValueError, RuntimeError) as error:
+        raise ValueError(
+            f"{path} is not a valid TFLite model (truncated or corrupt?): {error}"
+        ) from error
 
 
 def _single_output(outputs):
     if len(outputs) != 1:
         raise ValueError(f"Expected one output. Received: {sorted(outputs)}")
     return next(iter(outputs.values()))
+
+
+def check_domain_argument(domain, domains):
+    """`domain` as a Python int if it is an int among `domains`; raises otherwise."""
+    if isinstance(domain, bool) or not isinstance(domain, (int, np.integer)):
+        raise TypeError(
+            f"`domain` must be an int. Received: domain={domain!r} of type "
+            f"{type(domain).__name__}"
+        )
+    if int(domain) not in domains:
+        raise ValueError(
+            f"This export has no domain {domain}; it has domains {list(domains)}. "
+            f"Received: domain={domain!r}"
+        )
+    return int(domain)
 
 
 class _Runner:
@@ -43,14 +70,29 @@ class _Runner:
         self.input_name = input_name or self.input_name
 
     def _check_domain(self, domain):
-        if isinstance(domain, bool) or not isinstance(domain, (int, np.integer)):
-            raise TypeError(f"`domain` must be an int. Received: domain={domain!r}")
-        if int(domain) not in self.domains:
+        return check_domain_argument(domain, self.domains)
+
+    def _images(self, images, runner):
+        """`images` as float32 after checking them against the signature's input shape."""
+        detail = runner.get_input_details()[self.input_name]
+        expected = tuple(int(d) for d in detail.get("shape_signature", detail["shape"]))
+        images = np.asarray(images, dtype="float32")
+        shown = "(batch, " + ", ".join(str(d) for d in expected[1:]) + ")"
+        if images.ndim == len(expected) - 1 and images.shape == expected[1:]:
             raise ValueError(
-                f"This export has no domain {domain}; it has domains {self.domains}. "
-                f"Received: domain={domain}"
+                f"`images` must be a batch of shape {shown}; this is one image: add a batch "
+                f"axis (`images[None]`). Received: images.shape={images.shape}"
             )
-        return int(domain)
+        if images.ndim != len(expected) or any(
+            want not in (-1, got) for want, got in zip(expected[1:], images.shape[1:])
+        ):
+            raise ValueError(
+                f"`images` must have shape {shown} for this export. "
+                f"Received: images.shape={images.shape}"
+            )
+        if images.shape[0] < 1:
+            raise ValueError(f"`images` is an empty batch. Received: images.shape={images.shape}")
+        return images
 
 
 class MultiSignatureModel(_Runner):
@@ -62,15 +104,22 @@ class MultiSignatureModel(_Runner):
         self.interpreter = _interpreter(path, num_threads)
         signatures = self.interpreter.get_signature_list()
         self.domains = sorted(
-            int(name.split("_")[1]) for name in signatures if name.startswith("domain_")
+            int(name.split("_")[1]) for name in signatures
+            if name.startswith("domain_") and name.split("_")[1].isdigit()
         )
+        if not self.domains:
+            raise ValueError(
+                f"{self.path} has no `domain_<d>` signatures: not a keras_mdn multi-signature "
+                f"model. Its signatures: {sorted(signatures)}"
+            )
         self._runners = {}
 
     def predict(self, images, domain):
         domain = self._check_domain(domain)
         if domain not in self._runners:
             self._runners[domain] = self.interpreter.get_signature_runner(endpoint_name(domain))
-        outputs = self._runners[domain](**{self.input_name: np.asarray(images, "float32")})
+        runner = self._runners[domain]
+        outputs = runner(**{self.input_name: self._images(images, runner)})
         return _single_output(outputs)  # each signature has its domain's classes only
 
 
@@ -89,7 +138,8 @@ class FoldedModel(_Runner):
         if domain not in self._runners:
             interpreter = _interpreter(self.paths[domain], self.num_threads)
             self._runners[domain] = interpreter.get_signature_runner(endpoint_name(domain))
-        outputs = self._runners[domain](**{self.input_name: np.asarray(images, "float32")})
+        runner = self._runners[domain]
+        outputs = runner(**{self.input_name: self._images(images, runner)})
         return _single_output(outputs)  # folded heads have the domain's classes only
 
 
@@ -101,53 +151,72 @@ class SwappableModel(_Runner):
         packs_by_domain: optional dict domain -> pack path (loaded lazily by `predict`).
         num_classes: optional list, to trim the padded logits to each domain's classes.
         num_threads: interpreter threads.
+        input_name: name of the image input. Defaults to `"image"`.
     """
 
     def __init__(self, path, packs_by_domain=None, num_classes=None, num_threads=None,
                  input_name=None):
-        from keras_mdn.export.tflite import MODEL_ID_METADATA, SWAPPABLE_SIGNATURE, read_metadata
+        from keras_mdn.export.tflite import (
+            MODEL_ID_METADATA,
+            SET_DOMAIN_SIGNATURE,
+            SWAPPABLE_SIGNATURE,
+            read_metadata,
+        )
 
         super().__init__(num_classes, input_name)
         self.path = os.fspath(path)
+        self.interpreter = _interpreter(self.path, num_threads)
+        signatures = self.interpreter.get_signature_list()
         with open(self.path, "rb") as f:
             model_id = read_metadata(f.read(), MODEL_ID_METADATA)
-        if model_id is None:
-            raise packs.PackError(f"{self.path} is not a keras_mdn swappable model (no model id).")
+        if model_id is None or {SWAPPABLE_SIGNATURE, SET_DOMAIN_SIGNATURE} - set(signatures):
+            raise packs.PackError(
+                f"{self.path} is not a keras_mdn swappable model (model id metadata and "
+                f"signatures {SWAPPABLE_SIGNATURE!r}, {SET_DOMAIN_SIGNATURE!r} expected; it has "
+                f"signatures {sorted(signatures)})."
+            )
         self.model_id = bytes.fromhex(model_id.decode("ascii"))
-        self.interpreter = _interpreter(self.path, num_threads)
         self.runner = self.interpreter.get_signature_runner(SWAPPABLE_SIGNATURE)
-        details = self.runner.get_input_details()
+        self.set_domain_runner = self.interpreter.get_signature_runner(SET_DOMAIN_SIGNATURE)
         self.input_specs = {
-            name: tuple(detail["shape"]) for name, detail in details.items()
-            if name != self.input_name
+            name: tuple(detail["shape"])
+            for name, detail in self.set_domain_runner.get_input_details().items()
         }
-        self.pack_paths = dict(packs_by_domain or {})
+        self.pack_paths = {}
+        for domain, pack_path in (packs_by_domain or {}).items():
+            self.pack_paths[check_domain_argument(domain, [domain])] = os.fspath(pack_path)
         self.domains = sorted(self.pack_paths)
         self.pack = None
 
-    def load_pack(self, pack):
-        """Makes `pack` (a `Pack` or a path) the current domain; checks its header first."""
+    def load_pack(self, pack, domain=None):
+        """Makes `pack` (a `Pack` or a path) the current domain; checks it first.
+
+        Args:
+            pack: a `Pack` or the path of a pack file.
+            domain: optional int: the domain the pack must hold (a pack of another domain,
+                e.g. copied under this domain's file name, raises `PackError`).
+
+        Returns:
+            The `Pack`.
+        """
+        source = "pack" if isinstance(pack, packs.Pack) else os.fspath(pack)
         if not isinstance(pack, packs.Pack):
             pack = packs.read_pack(pack)
-        pack.check(self.model_id, self.input_specs)
+        pack.check(self.model_id, self.input_specs, domain=domain, source=source)
+        self.set_domain_runner(**pack.tensors)  # written once; every predict reads it
         self.pack = pack
         return pack
 
     def predict(self, images, domain=None):
         """Logits for `images`; `domain` switches to that domain's pack first (if given)."""
         if domain is not None:
-            domain = int(domain) if isinstance(domain, (int, np.integer)) else domain
+            loaded = [] if self.pack is None else [self.pack.domain]
+            domain = check_domain_argument(domain, sorted(set(self.domains + loaded)))
             if self.pack is None or self.pack.domain != domain:
-                if domain not in self.pack_paths:
-                    raise ValueError(
-                        f"No pack for domain {domain}; packs exist for domains {self.domains}. "
-                        f"Received: domain={domain}"
-                    )
-                self.load_pack(self.pack_paths[domain])
+                self.load_pack(self.pack_paths[domain], domain=domain)
         if self.pack is None:
             raise ValueError("No pack loaded: call load_pack(path) or pass `domain`.")
-        outputs = self.runner(**{self.input_name: np.asarray(images, "float32")},
-                              **self.pack.tensors)
+        outputs = self.runner(**{self.input_name: self._images(images, self.runner)})
         logits = _single_output(outputs)
         return logits[:, : self.pack.num_classes] if self.pack.num_classes else logits
 
@@ -167,11 +236,8 @@ def load(path, layout="swappable", num_threads=None, quantization=None):
     """
     path = os.fspath(path)
     if os.path.isdir(path):
+        manifest = read_manifest(path)
         manifest_path = os.path.join(path, MANIFEST)
-        if not os.path.exists(manifest_path):
-            raise FileNotFoundError(f"No {MANIFEST} in {path}: not written by export_all.")
-        with open(manifest_path) as f:
-            manifest = json.load(f)
         variants = manifest["layouts"].get(layout)
         if variants is None:
             raise ValueError(
@@ -188,15 +254,27 @@ def load(path, layout="swappable", num_threads=None, quantization=None):
         kwargs = dict(num_classes=manifest.get("num_classes"), num_threads=num_threads,
                       input_name=manifest["input"]["name"])
 
-        def resolve(p):
-            return os.path.join(path, p)
+        def resolve(field):
+            if field not in entry:
+                raise ValueError(
+                    f"{manifest_path}: layout {layout!r} ({key}) has no {field!r} entry."
+                )
+            value = entry[field]
+            try:
+                if isinstance(value, dict):
+                    return {int(d): os.path.join(path, p) for d, p in value.items()}
+                return os.path.join(path, value)
+            except (TypeError, ValueError) as error:
+                raise ValueError(
+                    f"{manifest_path}: layout {layout!r} ({key}) has a malformed {field!r} "
+                    f"entry {value!r}."
+                ) from error
 
         if layout == "swappable":
-            packs_by_domain = {int(d): resolve(p) for d, p in entry["packs"].items()}
-            return SwappableModel(resolve(entry["base"]), packs_by_domain, **kwargs)
+            return SwappableModel(resolve("base"), resolve("packs"), **kwargs)
         if layout == "multi_signature":
-            return MultiSignatureModel(resolve(entry["path"]), **kwargs)
-        return FoldedModel({int(d): resolve(p) for d, p in entry["paths"].items()}, **kwargs)
+            return MultiSignatureModel(resolve("path"), **kwargs)
+        return FoldedModel(resolve("paths"), **kwargs)
     from keras_mdn.export.tflite import SWAPPABLE_SIGNATURE
 
     signatures = _interpreter(path).get_signature_list()

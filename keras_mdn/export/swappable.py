@@ -53,7 +53,7 @@ class SwappablePlan:
         input_name: name of the (non-domain) input.
     """
 
-    def __init__(self, model):
+    def __init__(self, model, reference_domain=0):
         self.model = model
         self.graph = graph = FunctionalGraph(model)
         self.num_domains = graph.num_domains
@@ -102,7 +102,16 @@ class SwappablePlan:
                     f"({type(op).__name__}): it reads the domain input. Supported domain "
                     "layers: ResidualAdapter, DomainBatchNormalization, DomainHead."
                 )
-        self.specs = {name: value.shape for name, value in self.pack_tensors(0).items()}
+        if isinstance(reference_domain, bool) or not isinstance(reference_domain, int) or not (
+            0 <= reference_domain < self.num_domains
+        ):
+            raise ValueError(
+                f"`reference_domain` must be an int in [0, {self.num_domains}). "
+                f"Received: reference_domain={reference_domain!r}"
+            )
+        self.reference_domain = reference_domain
+        self._reference = None
+        self.specs = {name: value.shape for name, value in self.reference_tensors().items()}
         self.model_id = packs.model_digest(self._architecture(), self._shared_weights())
 
     def _only_norm_consumer(self, op, key, domain_key):
@@ -122,8 +131,12 @@ class SwappablePlan:
 
     # === Pack contents ===
 
-    def pack_tensors(self, domain):
-        """dict name -> float32 array: the inputs of the base model for `domain`."""
+    def domain_tensors(self, domain, adapters=True):
+        """dict name -> float32 array: the values of the swapped tensors for `domain`.
+
+        With `adapters=False` the adapters of `domain` count as zero: the base network with
+        the domain's batch norms and head.
+        """
         if isinstance(domain, bool) or not isinstance(domain, (int, np.integer)):
             raise TypeError(f"`domain` must be an int. Received: domain={domain!r}")
         if not 0 <= int(domain) < self.num_domains:
@@ -134,7 +147,7 @@ class SwappablePlan:
         tensors = {}
         for kind, op, name, norm in self.units.values():
             if kind == "adapter":
-                values = self._adapter_tensors(op, norm, domain)
+                values = self._adapter_tensors(op, norm, domain, adapters)
             elif kind == "affine":
                 scale, offset = op.affine(domain)
                 values = {"scale": scale, "offset": offset}
@@ -146,9 +159,28 @@ class SwappablePlan:
                 )
         return tensors
 
-    def _adapter_tensors(self, op, norm, domain):
-        kernel = op.adapter_kernel[domain]
-        channels = op.adapter_kernel.shape[-1]
+    def reference_tensors(self):
+        """The values an all-zero pack stands for: domain `reference_domain` without adapters."""
+        if self._reference is None:
+            self._reference = self.domain_tensors(self.reference_domain, adapters=False)
+        return self._reference
+
+    def pack_tensors(self, domain):
+        """dict name -> float32 array: what `domain`'s pack holds, `domain_tensors - reference`.
+
+        Adapter matrices have reference 0, so they are stored as they are; an all-zero pack
+        gives the base network (no adapters) with the reference domain's batch norms and head.
+        """
+        reference = self.reference_tensors()
+        return {name: value - reference[name]
+                for name, value in self.domain_tensors(domain).items()}
+
+    def _adapter_tensors(self, op, norm, domain, adapters=True):
+        """The unit's tensors (matrices `(in, out)`)."""
+        kernel = ops.convert_to_numpy(op.adapter_kernel[domain])
+        if not adapters:
+            kernel = np.zeros_like(kernel)
+        channels = kernel.shape[-1]
         if norm is None:
             scale, offset = np.ones((channels,), "float32"), np.zeros((channels,), "float32")
         else:
@@ -158,10 +190,11 @@ class SwappablePlan:
             return {"adapter": adapter, "scale": scale, "offset": offset}
         norm_scale, norm_offset = op.adapter_norm.affine(domain)
         if op.rank is None:
-            identity = np.eye(channels, dtype="float32")
-            mixing, bias = folding.fold_series(identity, None, kernel, norm_scale, norm_offset)
-            mixing, bias = folding.fold_affine(mixing, bias, scale, offset)
-            return {"adapter": mixing, "offset": bias}
+            # z = (y + (y * a + b) A) * s + t = y * s + y (diag(a) A diag(s)) + (b A s + t)
+            adapter = ops.expand_dims(norm_scale, -1) * kernel
+            bias = ops.matmul(ops.expand_dims(norm_offset, 0), kernel)[0]
+            adapter, offset = folding.fold_affine(adapter, bias, scale, offset)
+            return {"adapter": adapter, "scale": scale, "offset": offset}
         adapter, offset = folding.fold_affine(kernel, None, scale, offset)
         return {
             "norm_scale": norm_scale,
@@ -209,7 +242,7 @@ class SwappablePlan:
             if kind == "affine":
                 return x * p("scale") + p("offset")
             if kind == "head":
-                return ops.matmul(x, p("kernel")) + p("bias")
+                return _pointwise(x, p("kernel")) + p("bias")
             return self._adapter_call(op, x, p)
 
         values = {self.input_name: inputs}
@@ -233,8 +266,9 @@ class SwappablePlan:
         if layer.activation not in (None, keras.activations.linear):
             y = layer.activation(y)
         if op.rank is None:
-            return _pointwise(y, p("adapter")) + p("offset")
-        hidden = _pointwise(y * p("norm_scale") + p("norm_offset"), op.adapter_projection)
+            return y * p("scale") + _pointwise(y, p("adapter")) + p("offset")
+        hidden = _pointwise(y * p("norm_scale") + p("norm_offset"),
+                            op.adapter_projection)
         return y * p("scale") + _pointwise(hidden, p("adapter")) + p("offset")
 
     # === Identity ===
@@ -242,9 +276,13 @@ class SwappablePlan:
     def _architecture(self):
         spec = [(name, list(shape)) for name, shape in self.specs.items()]
         config = json.dumps(self.model.get_config(), sort_keys=True, default=str)
-        return json.dumps({"format": packs.FORMAT_VERSION, "inputs": spec, "model": config})
+        return json.dumps({"format": packs.FORMAT_VERSION, "inputs": spec, "model": config,
+                           "reference_domain": self.reference_domain})
 
     def _shared_weights(self):
+        # The reference values are constants of the base model: packs are deltas from them.
+        for name, value in self.reference_tensors().items():
+            yield f"reference/{name}", value
         for op in self.model.operations:
             if isinstance(op, ResidualAdapter):
                 weights = list(op.layer.weights)
@@ -263,7 +301,11 @@ def _reads_key(structure, key):
 
 
 def _pointwise(x, matrix):
-    """`x @ matrix` on the channel axis (TFLite BATCH_MATMUL for a runtime matrix)."""
+    """`x @ matrix` on the channel axis, `matrix` `(in, out)`: one TFLite BATCH_MATMUL.
+
+    XNNPACK runs BATCH_MATMUL with a runtime float32 right-hand side; a CONV_2D only with a
+    constant filter, and (in LiteRT 2.x) FULLY_CONNECTED only with a constant one too.
+    """
     letters = "abcdefgh"[: len(x.shape) - 1]
     return ops.einsum(f"{letters}i,io->{letters}o", x, matrix)
 

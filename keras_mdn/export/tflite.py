@@ -33,6 +33,7 @@ from keras_mdn.export.swappable import SwappablePlan
 from keras_mdn.surgery.fold import FunctionalGraph, fold_domain
 
 SWAPPABLE_SIGNATURE = "swappable"
+SET_DOMAIN_SIGNATURE = "set_domain"
 MODEL_ID_METADATA = "keras_mdn_model_id"
 
 
@@ -40,13 +41,15 @@ MODEL_ID_METADATA = "keras_mdn_model_id"
 
 
 def convert_saved_model(saved_model_dir, signature_keys, quantization=None,
-                        representative_dataset=None):
+                        representative_dataset=None, resource_variables=False):
     """Converts signatures of a SavedModel to TFLite bytes with built-in ops only."""
     import tensorflow as tf
 
     converter = tf.lite.TFLiteConverter.from_saved_model(
         os.fspath(saved_model_dir), signature_keys=list(signature_keys)
     )
+    # Variables assigned by a signature stay variables; read-only ones become constants.
+    converter.experimental_enable_resource_variables = resource_variables
     quantization_lib.configure(converter, quantization, representative_dataset)
     data = converter.convert()
     check_builtin_only(data)
@@ -139,10 +142,11 @@ def _domain_images(representative_data, domain):
     return np.asarray(images, dtype="float32")
 
 
-def _representative(representative_data, domains, feeds):
+def _representative(representative_data, domains, feeds, many=False):
     """A converter representative dataset drawing from every domain in turn.
 
-    `feeds(domain, image)` returns `(signature_key, inputs_dict)` for one example.
+    `feeds(domain, image)` returns `(signature_key, inputs_dict)` for one example (with
+    `many=True`, an iterable of them).
     """
     if representative_data is None:
         return None
@@ -153,7 +157,8 @@ def _representative(representative_data, domains, feeds):
         for index in range(longest):
             for domain, images in per_domain.items():
                 if index < len(images):
-                    yield feeds(domain, images[index : index + 1])
+                    example = feeds(domain, images[index : index + 1])
+                    yield from (example if many else [example])
 
     return dataset
 
@@ -250,6 +255,7 @@ def export_swappable_tflite(model, directory, domains=None, quantization=None,
     Returns:
         dict with `"base"` (path), `"packs"` (domain -> path) and `"model_id"` (hex).
     """
+    import numpy as np
     import tensorflow as tf
 
     _check_quantization(quantization, representative_data)
@@ -262,21 +268,44 @@ def export_swappable_tflite(model, directory, domains=None, quantization=None,
         )
     names = _domain_names(domain_names, plan.num_domains)
     name, spec = input_spec(plan.graph)
-    signature = {name: spec}
-    for tensor, shape in plan.specs.items():
-        signature[tensor] = tf.TensorSpec(shape, tf.float32, name=tensor)
+    reference = plan.reference_tensors()
+    # The swapped tensors live in resource variables: `set_domain` writes them once per
+    # domain switch, the inference signature reads them (LiteRT shares variables across the
+    # signatures of one interpreter). They start at the reference values (an all-zero pack),
+    # so before any `set_domain` the model computes the base network.
+    variables = {
+        tensor: tf.Variable(value, trainable=False, name=tensor)
+        for tensor, value in reference.items()
+    }
+    pack_signature = {
+        tensor: tf.TensorSpec(shape, tf.float32, name=tensor)
+        for tensor, shape in plan.specs.items()
+    }
 
-    def serve(inputs):
-        params = {k: v for k, v in inputs.items() if k != name}
-        return plan.call(inputs[name], params)
+    def set_domain(deltas):
+        for tensor, variable in variables.items():
+            value = deltas[tensor]
+            if np.any(reference[tensor]):  # adapters' reference is 0: no constant stored
+                value = tf.constant(reference[tensor]) + value
+            variable.assign(value)
+        return {"num_tensors": tf.constant(len(variables), tf.int32)}
 
-    saved = write_endpoints(model, {SWAPPABLE_SIGNATURE: (serve, [signature])})
-    dataset = _representative(
-        representative_data,
-        domains,
-        lambda d, x: (SWAPPABLE_SIGNATURE, {name: x, **plan.pack_tensors(d)}),
-    )
-    data = convert_saved_model(saved, [SWAPPABLE_SIGNATURE], quantization, dataset)
+    def serve(image):
+        return plan.call(image, {k: v.read_value() for k, v in variables.items()})
+
+    saved = write_endpoints(model, {
+        SWAPPABLE_SIGNATURE: (serve, [spec]),
+        SET_DOMAIN_SIGNATURE: (set_domain, [pack_signature]),
+    })
+
+    def feeds(domain, image):
+        # The calibration of an int8 base reads the variables: each domain's pack goes first.
+        yield SET_DOMAIN_SIGNATURE, plan.pack_tensors(domain)
+        yield SWAPPABLE_SIGNATURE, {name: image}
+
+    dataset = _representative(representative_data, domains, feeds, many=True)
+    data = convert_saved_model(saved, [SWAPPABLE_SIGNATURE, SET_DOMAIN_SIGNATURE], quantization,
+                               dataset, resource_variables=True)
     data = add_metadata(data, MODEL_ID_METADATA, plan.model_id.hex().encode("ascii"))
     base = _write(os.path.join(directory, f"swappable{_suffix(quantization)}.tflite"), data)
     pack_paths = {}

@@ -1,13 +1,13 @@
-"""The base of every factorisation kind: weights, reconstruction and contraction in one place.
+"""The base of every factorisation kind: its weights and their reconstruction.
 
-A kind describes the stacked weight `(*in_dims, *out_dims, T)` as a small tensor network (its
-`network` method: operand names, shapes and labels); everything else is generic and lives
-here: creating the factors on the owning layer with the variance-preserving initialisation,
-reconstructing the full or per-task weight, the forward contraction `x @ W_task` for a uniform
-or a mixed-task batch with the path chosen at build time, and the per-task codes used for rho.
-A new kind is one new file with `rank_limits`, `network` and `decompose`.
+A kind describes the stacked weight `(*in_dims, *out_dims, T)` (T domains, the paper's tasks)
+as a small tensor network (its `network` method: operand names, shapes and labels); everything
+else is generic and lives here: creating the factors on the owning layer with the
+variance-preserving initialisation, reconstructing the full, per-domain or coded weight, and
+the per-domain codes used for rho. How the factors meet an input at run time (the contraction
+paths chosen at build time) is `keras_mdn.factorizations.planning`. A new kind is one new file
+with `rank_limits`, `network` and `decompose`.
 """
-
 import math
 
 import keras
@@ -15,12 +15,10 @@ import numpy as np
 from keras import ops
 
 from keras_mdn.ops import contraction
-from keras_mdn.ops.routing import route
 
 TASK = "t"
 # Reconstructions above this many elements are not done at build time (variance rescaling).
 _RESCALE_LIMIT = 1 << 24
-_CONTRACTIONS = ("auto", "flops", "reconstruct")
 
 
 class Network:
@@ -74,19 +72,19 @@ class Factorization:
         self.rank = _validate_rank(rank)
         self.network_ = None
         self.variables = []
-        self._paths = {}
+        self._paths = {}  # reconstruction paths, found on first use
 
     # --- kind-specific ---
 
-    def rank_limits(self, in_dims, out_dims, num_tasks):
+    def rank_limits(self, in_dims, out_dims, num_domains):
         """The largest meaningful rank of each rank slot (a tuple)."""
         raise NotImplementedError
 
-    def network(self, in_dims, out_dims, num_tasks, ranks):
+    def network(self, in_dims, out_dims, num_domains, ranks):
         """The `Network` for resolved `ranks`."""
         raise NotImplementedError
 
-    def decompose(self, stacked, in_dims, out_dims, num_tasks, ranks, eps):
+    def decompose(self, stacked, in_dims, out_dims, num_domains, ranks, eps):
         """Decomposes a NumPy stacked weight; returns `(ranks, arrays in operand order)`."""
         raise NotImplementedError
 
@@ -107,10 +105,10 @@ class Factorization:
         args = ", ".join(f"{key}={value!r}" for key, value in self.get_config().items())
         return f"{self.__class__.__name__}({args})"
 
-    def resolve_ranks(self, in_dims, out_dims, num_tasks, allow_none=False):
+    def resolve_ranks(self, in_dims, out_dims, num_domains, allow_none=False):
         """Per-slot ranks from `self.rank`, checked against `rank_limits`."""
-        limits = tuple(self.rank_limits(in_dims, out_dims, num_tasks))
-        shape = tuple(in_dims) + tuple(out_dims) + (num_tasks,)
+        limits = tuple(self.rank_limits(in_dims, out_dims, num_domains))
+        shape = tuple(in_dims) + tuple(out_dims) + (num_domains,)
         where = f"the {self.name} factorisation of a stacked weight of shape {shape}"
         if self.rank is None:
             if allow_none:
@@ -141,7 +139,7 @@ class Factorization:
 
     # --- weights ---
 
-    def build(self, layer, in_dims, out_dims, num_tasks, variance, regularizer=None,
+    def build(self, layer, in_dims, out_dims, num_domains, variance, regularizer=None,
               constraint=None):
         """Creates the factors on `layer` so the reconstructed weight has variance `variance`.
 
@@ -151,10 +149,10 @@ class Factorization:
         `variance` (skipped for weights above 16 M elements).
         """
         self.in_dims, self.out_dims = tuple(in_dims), tuple(out_dims)
-        self.num_tasks = int(num_tasks)
-        ranks = self.resolve_ranks(in_dims, out_dims, num_tasks)
+        self.num_domains = int(num_domains)
+        ranks = self.resolve_ranks(in_dims, out_dims, num_domains)
         self.rank = ranks
-        net = self.network(in_dims, out_dims, num_tasks, ranks)
+        net = self.network(in_dims, out_dims, num_domains, ranks)
         self.network_ = net
         bonds = math.prod(net.sizes[lab] for lab in net.bond_labels)
         count = len(net.labels)
@@ -170,7 +168,7 @@ class Factorization:
             )
             for index, name in enumerate(net.names)
         ]
-        full_size = math.prod(self.in_dims) * math.prod(self.out_dims) * self.num_tasks
+        full_size = math.prod(self.in_dims) * math.prod(self.out_dims) * self.num_domains
         if full_size <= _RESCALE_LIMIT:
             self._rescale(variance)
 
@@ -186,7 +184,7 @@ class Factorization:
             stacked = ops.convert_to_numpy(self.stacked())
         except Exception:  # built while tracing: values unknown, keep the formula's std
             return
-        moments = np.mean(np.square(stacked.reshape(-1, self.num_tasks)), axis=0)
+        moments = np.mean(np.square(stacked.reshape(-1, self.num_domains)), axis=0)
         if np.any(moments <= 0):
             return
         scales = np.sqrt(variance / moments)
@@ -198,7 +196,7 @@ class Factorization:
             return
         variable = self.variables[index]
         shape = [1] * len(variable.shape)
-        shape[net.labels[index].index(net.task_label)] = self.num_tasks
+        shape[net.labels[index].index(net.task_label)] = self.num_domains
         variable.assign(variable * ops.cast(np.reshape(scales, shape), variable.dtype))
 
     def set_arrays(self, arrays):
@@ -209,18 +207,18 @@ class Factorization:
     # --- reconstruction ---
 
     def stacked(self):
-        """The full stacked weight, shape `(*in_dims, *out_dims, num_tasks)`."""
+        """The full stacked weight, shape `(*in_dims, *out_dims, num_domains)`."""
         net = self.network_
         output = net.in_labels + net.out_labels + ((net.task_label,) if net.task_label else ())
         path = self._path("stacked", lambda: contraction.search_path(net.labels, output,
                                                                      net.sizes, cost="flops"))
         full = contraction.contract(path, self.variables)
-        return ops.reshape(full, self.in_dims + self.out_dims + (self.num_tasks,))
+        return ops.reshape(full, self.in_dims + self.out_dims + (self.num_domains,))
 
     def task_weight(self, task):
         """Task `task`'s weight (int or 0-d tensor), shape `(*in_dims, *out_dims)`."""
         net = self.network_
-        operands, labels = self._sliced(task)
+        operands, labels = self.sliced_operands(task), self.sliced_labels()
         output = net.in_labels + net.out_labels
         path = self._path("task", lambda: contraction.search_path(labels, output, net.sizes,
                                                                   cost="flops"))
@@ -243,7 +241,7 @@ class Factorization:
             code_labels = tuple(lab for lab in task_labels if lab != net.task_label
                                 and lab in rest_labels)
             code_size = math.prod(net.sizes[lab] for lab in code_labels)
-            if code_size < self.num_tasks:
+            if code_size < self.num_domains:
                 others = [i for i in range(len(net.labels)) if i != index]
                 output = net.in_labels + net.out_labels + code_labels
                 path = self._path("coded", lambda: contraction.search_path(
@@ -252,8 +250,8 @@ class Factorization:
                 kernel = ops.reshape(kernel, (flat_in, flat_out, code_size))
                 codes = self._task_codes(index, code_labels)
                 return kernel, codes
-        kernel = ops.reshape(self.stacked(), (flat_in, flat_out, self.num_tasks))
-        return kernel, ops.eye(self.num_tasks, dtype=kernel.dtype)
+        kernel = ops.reshape(self.stacked(), (flat_in, flat_out, self.num_domains))
+        return kernel, ops.eye(self.num_domains, dtype=kernel.dtype)
 
     def task_factors(self):
         """The per-task codes `(T, E)` whose pairwise cosines define the sharing strength."""
@@ -271,182 +269,31 @@ class Factorization:
         tensor = contraction._transpose_to(self.variables[index], labels,
                                            (net.task_label,) + tuple(
                                                lab for lab in labels if lab != net.task_label))
-        return ops.reshape(tensor, (self.num_tasks, -1))
+        return ops.reshape(tensor, (self.num_domains, -1))
 
-    def _sliced(self, task):
-        """Operands and labels with the task operand sliced at `task` (task label removed)."""
+    def sliced_operands(self, domain):
+        """The factors with the domain operand sliced at `domain` (int or 0-d tensor)."""
         net = self.network_
         index = net.task_operand
-        operands, labels = list(self.variables), list(net.labels)
+        operands = list(self.variables)
         if index is not None:
-            axis = labels[index].index(net.task_label)
-            operands[index] = ops.take(operands[index], task, axis=axis)
-        return operands, self._sliced_labels()
+            axis = net.labels[index].index(net.task_label)
+            if isinstance(domain, int):
+                operands[index] = ops.take(operands[index], domain, axis=axis)
+            else:
+                # A one-hot product rather than a gather: dense gradients (fast under XLA with
+                # momentum optimizers).
+                one_hot = ops.one_hot(domain, self.num_domains, dtype=operands[index].dtype)
+                operands[index] = ops.tensordot(operands[index], one_hot, axes=[[axis], [0]])
+        return operands
 
-    def _sliced_labels(self):
+    def sliced_labels(self):
+        """The operands' labels with the domain label removed (as `sliced_operands`)."""
         net = self.network_
         return [tuple(lab for lab in labels if lab != net.task_label) for labels in net.labels]
 
-    # --- forward ---
-
-    def plan(self, batch_size, contraction_mode="auto"):
-        """Chooses the forward paths for a uniform and a mixed-task batch (build time)."""
-        if contraction_mode not in _CONTRACTIONS:
-            raise ValueError(
-                f"`contraction` must be one of {_CONTRACTIONS}. "
-                f"Received: contraction={contraction_mode!r}"
-            )
-        net = self.network_
-        sizes = dict(net.sizes)
-        sizes[contraction.BATCH] = max(int(batch_size), 1)
-        x_labels = (contraction.BATCH,) + net.in_labels
-        output = (contraction.BATCH,) + net.out_labels
-        uniform_labels = self._sliced_labels() + [x_labels]
-        self._paths["uniform"] = self._search(uniform_labels, output, sizes, None,
-                                              contraction_mode)
-        if net.task_label is not None:
-            mixed_labels = list(net.labels) + [x_labels, (contraction.BATCH, net.task_label)]
-            self._paths["mixed"] = self._search(mixed_labels, output, sizes, net.task_label,
-                                                contraction_mode)
-
-    def _search(self, labels, output, sizes, selector, mode):
-        if mode != "reconstruct":
-            return contraction.search_path(labels, output, sizes, selector=selector,
-                                           cost="flops" if mode == "flops" else "model")
-        count = len(self.network_.labels)
-        weight_output = set(output) | {lab for labs in labels[count:] for lab in labs}
-        weights = contraction.search_path(
-            labels[:count], [lab for labs in labels[:count] for lab in labs
-                             if lab in weight_output], sizes, cost="flops")
-        tree = contraction.reconstruct_first_tree([weights.tree], range(count, len(labels)))
-        return contraction.search_path(labels, output, sizes, selector=selector,
-                                       forced=tree)
-
-    def paths(self):
-        """The chosen forward paths, readable: `{"uniform": ..., "mixed": ...}` and flops."""
-        names = list(self.network_.names) + ["x", "task_one_hot"]
-        summary = {}
-        for key, path in self._paths.items():
-            if key in ("uniform", "mixed"):
-                summary[key] = path.describe(names)
-                summary[f"{key}_flops"] = path.flops
-        return summary
-
-    def matmul(self, x, task):
-        """`x @ W_task` for `x` `(batch, prod(in_dims))`; `task` canonicalised by routing."""
-        net = self.network_
-        x = ops.reshape(x, (-1,) + tuple(net.sizes[lab] for lab in net.in_labels))
-
-        def uniform(t):
-            operands, _ = self._sliced(t)
-            return contraction.contract(self._paths["uniform"], operands + [x])
-
-        def mixed(tasks):
-            return contraction.contract(self._paths["mixed"], list(self.variables) + [x, tasks])
-
-        if net.task_label is None:
-            result = contraction.contract(self._paths["uniform"], list(self.variables) + [x])
-        else:
-            result = route(task, uniform, mixed)
-        return ops.reshape(result, (-1, math.prod(self.out_dims)))
-
-    # --- convolution ---
-
-    def plan_conv(self, batch_size, positions, contraction_mode="auto"):
-        """Chooses how a convolution runs, per uniform / mixed batch (build time).
-
-        Either the task's (or, mixed, the coded) kernel is reconstructed and convolved, or
-        only the operands that touch the input modes (spatial and `C_in`) form a kernel with
-        the bond labels `X` as output channels, and the rest of the network (output factors,
-        task codes) is contracted with the convolution's output like a dense layer. Tucker:
-        conv to `r_out * r_T` channels, mix, then `U_out`; TT: conv to the rank before the
-        output core. `positions` is the output's spatial size (None when not static).
-        """
-        net = self.network_
-        in_set = set(net.in_labels)
-        inner = [i for i, labels in enumerate(net.labels) if in_set & set(labels)]
-        outer = [i for i in range(len(net.labels)) if i not in inner]
-        self._conv_plans = {}
-        if contraction_mode == "reconstruct" or not outer or positions is None:
-            return
-        sizes = dict(net.sizes)
-        sizes[contraction.BATCH] = max(int(batch_size), 1)
-        sizes["P"] = int(positions)
-        outer_labels = {lab for i in outer for lab in net.labels[i]} | set(net.out_labels)
-        # Open labels of the input-side kernel (its output channels), in a fixed order.
-        bonds = tuple(lab for i in inner for lab in net.labels[i]
-                      if lab in outer_labels and lab not in net.in_labels)
-        bonds = tuple(dict.fromkeys(bonds))
-        width = math.prod(sizes[lab] for lab in bonds)
-        in_size = math.prod(self.in_dims)
-        out_size = math.prod(self.out_dims)
-        calls = sizes[contraction.BATCH] * sizes["P"]
-        kernel_path = contraction.search_path([net.labels[i] for i in inner],
-                                              net.in_labels + bonds, net.sizes, cost="flops")
-        z_labels = (contraction.BATCH, "P") + bonds
-        output = (contraction.BATCH, "P") + net.out_labels
-        sliced = self._sliced_labels()
-        for key in ("uniform", "mixed"):
-            if key == "mixed" and net.task_label is None:
-                continue
-            if key == "uniform":
-                labels = [sliced[i] for i in outer] + [z_labels]
-                selector = None
-            else:
-                labels = [net.labels[i] for i in outer] + [z_labels,
-                                                           (contraction.BATCH, net.task_label)]
-                selector = net.task_label
-            post = contraction.search_path(labels, output, sizes, selector=selector)
-            factored = 2 * calls * in_size * width + post.cost
-            if key == "uniform":
-                baseline = 2 * calls * in_size * out_size
-            else:
-                kernel_width = out_size * min(self._code_size(), self.num_tasks)
-                baseline = 2 * calls * in_size * kernel_width + 2 * calls * kernel_width
-            if factored < baseline:
-                self._conv_plans[key] = (inner, outer, kernel_path, post, bonds)
-
-    def conv(self, inputs, task, conv_fn):
-        """`conv_fn(inputs, kernel)` with task `task`'s weights, by the plan of `plan_conv`."""
-        plans = getattr(self, "_conv_plans", {})
-        out_channels = math.prod(self.out_dims)
-
-        def factored(plan, operands, extra):
-            inner, outer, kernel_path, post, bonds = plan
-            kernel = contraction.contract(kernel_path, [operands[i] for i in inner])
-            width = math.prod(self.network_.sizes[lab] for lab in bonds)
-            kernel = ops.reshape(kernel, self.in_dims + (width,))
-            z = conv_fn(inputs, kernel)
-            shape = ops.shape(z)
-            z = ops.reshape(z, (-1, post.sizes["P"]) + tuple(
-                self.network_.sizes[lab] for lab in bonds))
-            result = contraction.contract(post, [operands[i] for i in outer] + [z] + extra)
-            return ops.reshape(result, tuple(shape[:-1]) + (out_channels,))
-
-        def uniform(t):
-            if "uniform" in plans:
-                operands, _ = self._sliced(t)
-                return factored(plans["uniform"], operands, [])
-            return conv_fn(inputs, self.task_weight(t))
-
-        def mixed(tasks):
-            if "mixed" in plans:
-                return factored(plans["mixed"], list(self.variables), [tasks])
-            kernel, codes = self.coded_weight()
-            code_size = codes.shape[-1]
-            kernel = ops.reshape(kernel, self.in_dims + (out_channels * code_size,))
-            outputs = conv_fn(inputs, kernel)
-            shape = ops.shape(outputs)
-            outputs = ops.reshape(outputs, tuple(shape[:-1]) + (out_channels, code_size))
-            mix = ops.take(ops.cast(codes, outputs.dtype), tasks, axis=0)
-            mix = ops.reshape(mix, (-1,) + (1,) * (len(outputs.shape) - 2) + (code_size,))
-            return ops.sum(outputs * mix, axis=-1)
-
-        if self.network_.task_label is None:
-            return uniform(0)
-        return route(task, uniform, mixed)
-
-    def _code_size(self):
+    def code_size(self):
+        """Size `E` of a domain's code: the domain operand's labels shared with the rest."""
         net = self.network_
         index = net.task_operand
         if index is None:
@@ -454,12 +301,6 @@ class Factorization:
         rest = {lab for i, labels in enumerate(net.labels) if i != index for lab in labels}
         return math.prod(net.sizes[lab] for lab in net.labels[index]
                          if lab != net.task_label and lab in rest)
-
-    def conv_paths(self):
-        """Which convolution path runs: `"factored"` (input-side kernel) or `"reconstruct"`."""
-        plans = getattr(self, "_conv_plans", {})
-        return {key: ("factored" if key in plans else "reconstruct")
-                for key in ("uniform", "mixed")}
 
     def _path(self, key, make):
         if key not in self._paths:

@@ -25,16 +25,17 @@ class LAF(Factorization):
 
     name = "laf"
 
-    def rank_limits(self, in_dims, out_dims, num_tasks):
-        return (min(math.prod(in_dims) * math.prod(out_dims), num_tasks),)
+    def rank_limits(self, in_dims, out_dims, num_domains):
+        return (min(math.prod(in_dims) * math.prod(out_dims), num_domains),)
 
-    def network(self, in_dims, out_dims, num_tasks, ranks):
-        sizes = {"i": math.prod(in_dims), "o": math.prod(out_dims), "k": ranks[0], TASK: num_tasks}
+    def network(self, in_dims, out_dims, num_domains, ranks):
+        sizes = {"i": math.prod(in_dims), "o": math.prod(out_dims), "k": ranks[0],
+                 TASK: num_domains}
         return Network(["factor_shared", "factor_task"], [("i", "o", "k"), ("k", TASK)], sizes,
                        ("i",), ("o",))
 
-    def decompose(self, stacked, in_dims, out_dims, num_tasks, ranks, eps):
-        matrix = stacked.reshape(-1, num_tasks)
+    def decompose(self, stacked, in_dims, out_dims, num_domains, ranks, eps):
+        matrix = stacked.reshape(-1, num_domains)
         # Singular values go to S, so the cosines of S's columns are those of the task weights.
         left, right, _ = decomposition.truncated_svd(matrix, ranks[0], eps)
         return (left.shape[1],), [left, right]

@@ -27,12 +27,12 @@ class TensorTrain(Factorization):
 
     name = "tt"
 
-    def rank_limits(self, in_dims, out_dims, num_tasks):
-        return _tt_limits(tuple(in_dims) + tuple(out_dims) + (num_tasks,))
+    def rank_limits(self, in_dims, out_dims, num_domains):
+        return _tt_limits(tuple(in_dims) + tuple(out_dims) + (num_domains,))
 
-    def network(self, in_dims, out_dims, num_tasks, ranks):
+    def network(self, in_dims, out_dims, num_domains, ranks):
         mode_labels = _mode_labels(in_dims, out_dims)
-        dims = tuple(in_dims) + tuple(out_dims) + (num_tasks,)
+        dims = tuple(in_dims) + tuple(out_dims) + (num_domains,)
         count = len(dims)
         bond_labels = [f"r{k}" for k in range(count + 1)]
         sizes = dict(zip(mode_labels, dims))
@@ -42,7 +42,7 @@ class TensorTrain(Factorization):
         return Network(names, labels, sizes, mode_labels[: len(in_dims)],
                        mode_labels[len(in_dims) : -1])
 
-    def decompose(self, stacked, in_dims, out_dims, num_tasks, ranks, eps):
+    def decompose(self, stacked, in_dims, out_dims, num_domains, ranks, eps):
         cores = decomposition.tt_svd(stacked, ranks, eps)
         return tuple(core.shape[-1] for core in cores[:-1]), cores
 

@@ -15,7 +15,7 @@ class TTMatrix(Factorization):
     """TT-matrix (tensorised dense) factorisation, for compressing one big layer.
 
     The `N x M` weight with `N = prod n_k`, `M = prod m_k` is stored as cores `"core_k"` of
-    shape `(r_{k-1}, n_k, m_k, r_k)`. With `num_tasks > 1` a task core `"core_task"`
+    shape `(r_{k-1}, n_k, m_k, r_k)`. With `num_domains > 1` a task core `"core_task"`
     `(r_d, T)` closes the train, so tasks share all matrix cores.
 
     Args:
@@ -74,35 +74,35 @@ class TTMatrix(Factorization):
                 )
         return tuple(input_modes), tuple(output_modes)
 
-    def _dims(self, in_dims, out_dims, num_tasks):
+    def _dims(self, in_dims, out_dims, num_domains):
         input_modes, output_modes = self.modes(in_dims, out_dims)
         pairs = tuple(n * m for n, m in zip(input_modes, output_modes))
-        return input_modes, output_modes, pairs + ((num_tasks,) if num_tasks > 1 else ())
+        return input_modes, output_modes, pairs + ((num_domains,) if num_domains > 1 else ())
 
-    def rank_limits(self, in_dims, out_dims, num_tasks):
-        return _tt_limits(self._dims(in_dims, out_dims, num_tasks)[2])
+    def rank_limits(self, in_dims, out_dims, num_domains):
+        return _tt_limits(self._dims(in_dims, out_dims, num_domains)[2])
 
-    def network(self, in_dims, out_dims, num_tasks, ranks):
-        input_modes, output_modes, dims = self._dims(in_dims, out_dims, num_tasks)
+    def network(self, in_dims, out_dims, num_domains, ranks):
+        input_modes, output_modes, dims = self._dims(in_dims, out_dims, num_domains)
         self.input_modes, self.output_modes = input_modes, output_modes
         d = len(input_modes)
-        bonds = (1,) + tuple(ranks) + ((1,) if num_tasks == 1 else ())
+        bonds = (1,) + tuple(ranks) + ((1,) if num_domains == 1 else ())
         sizes = {f"r{k}": size for k, size in enumerate(bonds)}
         sizes.update({f"i{k}": n for k, n in enumerate(input_modes)})
         sizes.update({f"o{k}": m for k, m in enumerate(output_modes)})
         labels = [(f"r{k}", f"i{k}", f"o{k}", f"r{k + 1}") for k in range(d)]
         names = [f"core_{k}" for k in range(d)]
-        if num_tasks > 1:
-            sizes[TASK] = num_tasks
+        if num_domains > 1:
+            sizes[TASK] = num_domains
             labels.append((f"r{d}", TASK))
             names.append("core_task")
         return Network(names, labels, sizes, [f"i{k}" for k in range(d)],
                        [f"o{k}" for k in range(d)])
 
-    def decompose(self, stacked, in_dims, out_dims, num_tasks, ranks, eps):
-        input_modes, output_modes, dims = self._dims(in_dims, out_dims, num_tasks)
+    def decompose(self, stacked, in_dims, out_dims, num_domains, ranks, eps):
+        input_modes, output_modes, dims = self._dims(in_dims, out_dims, num_domains)
         d = len(input_modes)
-        tensor = stacked.reshape(input_modes + output_modes + (num_tasks,))
+        tensor = stacked.reshape(input_modes + output_modes + (num_domains,))
         order = [axis for k in range(d) for axis in (k, d + k)] + [2 * d]
         tensor = tensor.transpose(order).reshape(dims)
         cores = decomposition.tt_svd(tensor, ranks, eps)
@@ -110,7 +110,7 @@ class TTMatrix(Factorization):
             core.reshape(core.shape[0], n, m, core.shape[-1])
             for core, n, m in zip(cores[:d], input_modes, output_modes)
         ]
-        if num_tasks > 1:
+        if num_domains > 1:
             arrays.append(cores[-1][..., 0])
         ranks = tuple(core.shape[-1] for core in cores[:-1])
         return ranks, arrays

@@ -25,14 +25,14 @@ class Tucker(Factorization):
 
     name = "tucker"
 
-    def rank_limits(self, in_dims, out_dims, num_tasks):
-        dims = tuple(in_dims) + tuple(out_dims) + (num_tasks,)
+    def rank_limits(self, in_dims, out_dims, num_domains):
+        dims = tuple(in_dims) + tuple(out_dims) + (num_domains,)
         total = math.prod(dims)
         return tuple(min(dim, total // dim) for dim in dims)
 
-    def network(self, in_dims, out_dims, num_tasks, ranks):
+    def network(self, in_dims, out_dims, num_domains, ranks):
         mode_labels = _mode_labels(in_dims, out_dims)
-        dims = tuple(in_dims) + tuple(out_dims) + (num_tasks,)
+        dims = tuple(in_dims) + tuple(out_dims) + (num_domains,)
         sizes = dict(zip(mode_labels, dims))
         rank_labels = [f"r{k}" for k in range(len(dims))]
         sizes.update(zip(rank_labels, ranks))
@@ -44,7 +44,7 @@ class Tucker(Factorization):
         return Network(names, labels, sizes, mode_labels[:count],
                        mode_labels[count:-1])
 
-    def decompose(self, stacked, in_dims, out_dims, num_tasks, ranks, eps):
+    def decompose(self, stacked, in_dims, out_dims, num_domains, ranks, eps):
         core, factors = decomposition.hosvd(stacked, ranks, eps)
         return tuple(core.shape), [core] + factors
 

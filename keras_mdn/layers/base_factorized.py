@@ -1,4 +1,7 @@
-"""Private base of the factorised layers: task routing, per-task bias, init and rho.
+"""Private base of the factorised layers: domain routing, per-domain bias, init and rho.
+
+The DMTRL paper calls the domains "tasks": `num_tasks=` / `task=` and the `num_tasks` property
+are kept as aliases of `num_domains` / `domain` (configs saved with `num_tasks` still load).
 
 The factorisation kind does all tensor math (`keras_mdn.factorizations`); this base owns what
 every factorised layer shares and never branches on the kind.
@@ -12,18 +15,27 @@ from keras import ops
 
 from keras_mdn import factorizations
 from keras_mdn.factorizations.base import _is_int
+from keras_mdn.layers.domain_layer import (
+    DomainLayer,
+    DomainVariable,
+    as_float32,
+    build_input_shape,
+    built_layer,
+    check_affine,
+    check_domain,
+)
 from keras_mdn.ops import decomposition
 from keras_mdn.ops.routing import canonicalize_domain, gather_domain, is_uniform
 
 _VARIANCES = ("glorot", "he")
 
 
-class BaseFactorized(keras.layers.Layer):
+class BaseFactorized(keras.layers.Layer, DomainLayer):
     """Shared logic of `FactorizedDense` and the factorised convolutions (private)."""
 
     def __init__(
         self,
-        num_tasks,
+        num_domains=None,
         factorization="laf",
         rank=None,
         activation=None,
@@ -33,14 +45,18 @@ class BaseFactorized(keras.layers.Layer):
         factor_regularizer=None,
         bias_regularizer=None,
         factor_constraint=None,
+        num_tasks=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
-        if not _is_int(num_tasks) or num_tasks < 1:
+        num_domains = _alias(num_domains, num_tasks, "num_domains", "num_tasks")
+        if num_domains is None:
+            raise ValueError("`num_domains` is required. Received: num_domains=None")
+        if not _is_int(num_domains) or num_domains < 1:
             raise ValueError(
-                f"`num_tasks` must be a positive int. Received: num_tasks={num_tasks!r}"
+                f"`num_domains` must be a positive int. Received: num_domains={num_domains!r}"
             )
-        self.num_tasks = int(num_tasks)
+        self.num_domains = int(num_domains)
         self.factorization = factorizations.get(factorization, rank)
         self.activation = keras.activations.get(activation)
         self.use_bias = bool(use_bias)
@@ -57,30 +73,52 @@ class BaseFactorized(keras.layers.Layer):
             variance = 2.0 / fan_in
         else:
             variance = float(self.kernel_variance)
-        self.factorization.build(self, in_dims, out_dims, self.num_tasks, variance,
+        self.factorization.build(self, in_dims, out_dims, self.num_domains, variance,
                                  self.factor_regularizer, self.factor_constraint)
         self.bias = None
         if self.use_bias:
             self.bias = self.add_weight(
                 name="bias",
-                shape=(self.num_tasks, units),
+                shape=(self.num_domains, units),
                 initializer=self.bias_initializer,
                 regularizer=self.bias_regularizer,
             )
 
-    def _task(self, task):
-        if task is None and self.num_tasks == 1:
-            return 0
-        return canonicalize_domain(task, self.num_tasks, name="task")
+    @property
+    def num_tasks(self):
+        """Alias of `num_domains` (the DMTRL paper's name)."""
+        return self.num_domains
 
-    def _finish(self, outputs, task):
+    def _domain(self, domain, task):
+        """The call's domain (`domain=` or its alias `task=`), canonicalised by routing."""
+        domain = _alias(domain, task, "domain", "task")
+        if domain is None and self.num_domains == 1:
+            return 0
+        return canonicalize_domain(domain, self.num_domains, name="domain")
+
+    def _finish(self, outputs, domain):
         if self.bias is not None:
-            bias = gather_domain(self.bias, task)
-            if not is_uniform(task):
+            bias = gather_domain(self.bias, domain)
+            if not is_uniform(domain):
                 bias = ops.reshape(bias, (-1,) + (1,) * (len(outputs.shape) - 2)
                                    + (bias.shape[-1],))
             outputs = outputs + ops.cast(bias, outputs.dtype)
         return self.activation(outputs) if self.activation is not None else outputs
+
+    def quantize(self, mode=None, type_check=True, config=None):
+        """Refuses: the kernel is a product of factors, which Keras' quantizers do not cover.
+
+        Raises a `ValueError` naming the layer, so `model.quantize(...)` never leaves a
+        factorised layer silently in float next to quantized ones.
+        """
+        raise ValueError(
+            f"{type(self).__name__} {self.name!r} cannot be quantized: its kernel is a product "
+            f"of factors ({self.factorization.name}), which Keras' quantization does not "
+            "cover. Quantize the other layers with `model.quantize(mode, filters=lambda layer: "
+            "not hasattr(layer, 'factorization'))`, or fold a domain into plain layers first "
+            "(`keras_mdn.surgery.fold_domain(model, domain, factorized='reconstruct')`). "
+            f"Received: mode={mode!r}"
+        )
 
     # --- public helpers ---
 
@@ -95,21 +133,17 @@ class BaseFactorized(keras.layers.Layer):
         return sharing_strength(self.factorization.task_factors())
 
     def stacked_kernel(self):
-        """The reconstructed stacked kernel, shape `(*kernel_shape, num_tasks)`."""
+        """The reconstructed stacked kernel, shape `(*kernel_shape, num_domains)`."""
         return self.factorization.stacked()
 
-    def task_kernel(self, task):
-        """Task `task`'s reconstructed kernel (the weight of the equivalent plain layer)."""
-        return self.factorization.task_weight(self._task(task))
-
-    def contraction_paths(self):
-        """The forward paths chosen at build time and their flops (for benchmarks)."""
-        return self.factorization.paths()
+    def task_kernel(self, domain):
+        """Domain `domain`'s reconstructed kernel (the weight of the equivalent plain layer)."""
+        return self.factorization.task_weight(self._domain(domain, None))
 
     def get_config(self):
         return {
             **super().get_config(),
-            "num_tasks": self.num_tasks,
+            "num_domains": self.num_domains,
             "factorization": keras.saving.serialize_keras_object(self.factorization),
             "activation": keras.activations.serialize(self.activation),
             "use_bias": self.use_bias,
@@ -129,19 +163,69 @@ class BaseFactorized(keras.layers.Layer):
         kind = factorizations.get(factorization, rank)
         layer = cls(factorization=kind, **kwargs)
         in_dims, out_dims = layer._factor_dims(input_shape)
-        num_tasks = stacked.shape[-1]
+        num_domains = stacked.shape[-1]
         if kind.rank is None and eps is None:
-            ranks = tuple(kind.rank_limits(in_dims, out_dims, num_tasks))
+            ranks = tuple(kind.rank_limits(in_dims, out_dims, num_domains))
         else:
-            ranks = kind.resolve_ranks(in_dims, out_dims, num_tasks, allow_none=True)
+            ranks = kind.resolve_ranks(in_dims, out_dims, num_domains, allow_none=True)
         ranks, arrays = kind.decompose(np.asarray(stacked, dtype=np.float64), in_dims, out_dims,
-                                       num_tasks, ranks, eps)
+                                       num_domains, ranks, eps)
         layer.factorization.rank = tuple(int(r) for r in ranks)
         layer.build(input_shape)
         layer.factorization.set_arrays(arrays)
         if layer.bias is not None:
             layer.bias.assign(np.asarray(biases, dtype=layer.bias.dtype))
         return layer
+
+    # === Domain-layer interface (keras_mdn.layers.domain_layer) ===
+
+    factorized = True
+    domain_argument_aliases = ("task",)
+
+    def domain_variables(self):
+        per_domain = {}
+        network = self.factorization.network_
+        index = network.task_operand
+        if index is not None:
+            variable = self.factorization.variables[index]
+            per_domain[id(variable)] = network.labels[index].index(network.task_label)
+        if self.bias is not None and self.num_domains > 1:
+            per_domain[id(self.bias)] = 0
+        return [
+            DomainVariable.rows(v, self.num_domains, axis=per_domain[id(v)])
+            if id(v) in per_domain
+            else DomainVariable.shared_weight(v)
+            for v in self.weights
+        ]
+
+    def fold(self, domain):
+        """The plain `Dense` / `Conv*D` holding the domain's reconstructed kernel."""
+        domain = check_domain(domain, self.num_domains)
+        cls, config = self._plain_layer()
+        kernel = self.task_kernel(domain)
+        config = {**config, "activation": keras.activations.serialize(self.activation),
+                  "use_bias": self.bias is not None, "name": self.name}
+        weights = [kernel] if self.bias is None else [kernel, self.bias[domain]]
+        return [built_layer(cls, config, build_input_shape(self), weights)]
+
+    def merges_affine(self):
+        return self.activation in (None, keras.activations.linear)
+
+    def swappable_tensors(self, domain, affine=None):
+        """`kernel` (the domain's reconstructed kernel) and `bias`, a following affine merged."""
+        domain = check_domain(domain, self.num_domains)
+        affine = check_affine(self, affine)
+        kernel = as_float32(self.task_kernel(domain))
+        units = kernel.shape[-1]
+        bias = np.zeros((units,), "float32") if self.bias is None else as_float32(
+            self.bias[domain])
+        if affine is not None:
+            kernel, bias = kernel * affine[0], bias * affine[0] + affine[1]
+        return {"kernel": kernel, "bias": bias}
+
+    def swappable_call(self, inputs, tensors):
+        outputs = self._plain_call(inputs, tensors["kernel"]) + tensors["bias"]
+        return self.activation(outputs) if self.activation is not None else outputs
 
 
 def stack_layer_weights(layers, kind, min_layers):
@@ -171,6 +255,18 @@ def stack_layer_weights(layers, kind, min_layers):
         for layer in layers
     ])
     return kernels, biases, layers[0]
+
+
+def _alias(value, alias_value, name, alias):
+    """`value`, or `alias_value` given under the alias name (never both)."""
+    if alias_value is None:
+        return value
+    if value is not None:
+        raise ValueError(
+            f"Pass `{name}` or its alias `{alias}`, not both. "
+            f"Received: {name}={value!r}, {alias}={alias_value!r}"
+        )
+    return alias_value
 
 
 def _validate_variance(value):

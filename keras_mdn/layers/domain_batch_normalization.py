@@ -1,12 +1,22 @@
 import keras
+import numpy as np
 from keras import ops
 
 from keras_mdn.api import register
+from keras_mdn.layers.domain_layer import (
+    DomainLayer,
+    DomainVariable,
+    as_float32,
+    build_input_shape,
+    built_layer,
+    check_affine,
+    check_domain,
+)
 from keras_mdn.ops import routing
 
 
 @register
-class DomainBatchNormalization(keras.layers.Layer):
+class DomainBatchNormalization(keras.layers.Layer, DomainLayer):
     """Batch normalization with its own gamma, beta and moving statistics per domain.
 
     The normalised axis is the last one (channels last). In training, a one-domain batch is
@@ -68,14 +78,9 @@ class DomainBatchNormalization(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        routing.check_num_domains(num_domains)
-        if not 0.0 <= momentum <= 1.0:
-            raise ValueError(f"`momentum` must be in [0, 1]. Received: momentum={momentum}")
-        if epsilon <= 0:
-            raise ValueError(f"`epsilon` must be positive. Received: epsilon={epsilon}")
-        self.num_domains = int(num_domains)
-        self.momentum = float(momentum)
-        self.epsilon = float(epsilon)
+        self.num_domains = routing.check_num_domains(num_domains)
+        self.momentum = check_momentum(momentum)
+        self.epsilon = check_epsilon(epsilon)
         self.center = center
         self.scale = scale
         self.beta_initializer = keras.initializers.get(beta_initializer)
@@ -134,18 +139,30 @@ class DomainBatchNormalization(keras.layers.Layer):
 
     def call(self, inputs, domain, training=None):
         domain = routing.canonicalize_domain(domain, self.num_domains)
+        routing.check_batch(domain, inputs)
         training = bool(training) and self.trainable
-        if training:
-            if routing.is_uniform(domain):
+        uniform = routing.is_uniform(domain)
+        if not isinstance(domain, int):
+            domain = routing.select(domain, self.num_domains)
+        if uniform:
+            if training:
                 mean, variance = self._uniform_moments(inputs, domain)
+                scale, offset = self.affine(domain, mean, variance)
             else:
-                mean, variance = self._mixed_moments(inputs, domain)
+                scale, offset = self.affine(domain)
         else:
-            mean = routing.gather_domain(self.moving_mean, domain)
-            variance = routing.gather_domain(self.moving_variance, domain)
-        scale, offset = self.affine(domain, mean, variance)
-        if not routing.is_uniform(domain):
-            scale, offset = _expand_like(scale, inputs), _expand_like(offset, inputs)
+            if training:
+                mean, variance = self._mixed_moments(inputs, domain)
+            else:
+                mean, variance = self.moving_mean, self.moving_variance
+            # Every domain's affine map (a few num_domains x channels ops), then one row per
+            # example: NaN rows for invalid ids, gradients summed per domain.
+            scale, offset = self._scale_offset(mean, variance, self.gamma, self.beta)
+            # NaN scales for invalid ids make their outputs NaN; offsets need no filling.
+            scale = routing.per_example(routing.take_domains(scale, domain), inputs)
+            offset = routing.per_example(
+                routing.take_domains(offset, domain, fill_invalid=False), inputs
+            )
         scale, offset = ops.cast(scale, inputs.dtype), ops.cast(offset, inputs.dtype)
         return ops.add(ops.multiply(inputs, scale), offset)
 
@@ -159,51 +176,70 @@ class DomainBatchNormalization(keras.layers.Layer):
             mean = routing.gather_domain(self.moving_mean, domain)
         if variance is None:
             variance = routing.gather_domain(self.moving_variance, domain)
+        gamma = None if self.gamma is None else routing.gather_domain(self.gamma, domain)
+        beta = None if self.beta is None else routing.gather_domain(self.beta, domain)
+        return self._scale_offset(mean, variance, gamma, beta)
+
+    def _scale_offset(self, mean, variance, gamma, beta):
         scale = ops.rsqrt(ops.add(variance, self.epsilon))
-        if self.gamma is not None:
-            scale = ops.multiply(scale, routing.gather_domain(self.gamma, domain))
+        if gamma is not None:
+            scale = ops.multiply(scale, gamma)
         offset = ops.negative(ops.multiply(mean, scale))
-        if self.beta is not None:
-            offset = ops.add(offset, routing.gather_domain(self.beta, domain))
+        if beta is not None:
+            offset = ops.add(offset, beta)
         return scale, offset
 
     def _uniform_moments(self, inputs, domain):
         x = ops.cast(inputs, "float32")
         axes = tuple(range(len(inputs.shape) - 1))
         mean, variance = ops.moments(x, axes=axes)
-        one_hot = ops.expand_dims(ops.one_hot(domain, self.num_domains, dtype="float32"), -1)
-        self._update_moving(mean, variance, one_hot)
+        # Only `domain` moves, and only for a non-empty batch and a valid id.
+        if isinstance(domain, int):
+            present = ops.equal(ops.arange(self.num_domains, dtype="int32"), domain)
+        else:
+            # An invalid run-time id normalises with NaN (even without gamma/beta to gather).
+            mean = ops.where(domain.valid, mean, float("nan"))
+            present = ops.logical_and(
+                ops.equal(ops.arange(self.num_domains, dtype="int32"), domain.ids), domain.valid
+            )
+        batch = ops.shape(inputs)[0]
+        present = ops.logical_and(present, ops.greater(batch, 0))
+        self._update_moving(mean, variance, present)
         return mean, variance
 
     def _mixed_moments(self, inputs, domain):
         # Every example has the same number of positions, so a domain's mean is the average
-        # of its examples' means: one (num_domains x batch) @ (batch x channels) product.
-        # A second pass about the domain means keeps the variance stable.
+        # of its examples' means: a segment sum over the batch. A second pass about the
+        # domain means keeps the variance stable. Segment sums keep a NaN in its own domain.
         x = ops.cast(inputs, "float32")
         spatial = tuple(range(1, len(inputs.shape) - 1))
-        one_hot = ops.one_hot(domain, self.num_domains, dtype="float32")
-        counts = ops.sum(one_hot, axis=0)
-        averaging = ops.transpose(one_hot / ops.maximum(counts, 1.0))
-        domain_mean = ops.matmul(averaging, ops.mean(x, axis=spatial) if spatial else x)
-        example_mean = ops.matmul(one_hot, domain_mean)
-        squares = ops.square(x - _expand_like(example_mean, x))
-        domain_variance = ops.matmul(
-            averaging, ops.mean(squares, axis=spatial) if spatial else squares
+        counts = domain.counts()
+        divisor = ops.expand_dims(ops.maximum(counts, 1.0), -1)
+        domain_mean = routing.domain_sums(ops.mean(x, axis=spatial) if spatial else x, domain)
+        domain_mean = domain_mean / divisor
+        example_mean = routing.per_example(
+            routing.take_domains(domain_mean, domain, fill_invalid=False), x
         )
-        present = ops.expand_dims(ops.cast(ops.greater(counts, 0.0), "float32"), -1)
-        self._update_moving(domain_mean, domain_variance, present)
-        return example_mean, ops.matmul(one_hot, domain_variance)
+        squares = ops.square(x - example_mean)
+        square_sums = routing.domain_sums(
+            ops.mean(squares, axis=spatial) if spatial else squares, domain
+        )
+        domain_variance = square_sums / divisor
+        self._update_moving(domain_mean, domain_variance, ops.greater(counts, 0.0))
+        return domain_mean, domain_variance
 
-    def _update_moving(self, mean, variance, mask):
-        """Moves the statistics of the domains in `mask` (num_domains, 1) towards the batch's."""
-        rate = (1.0 - self.momentum) * mask
-        self.moving_mean.assign(
-            self.moving_mean + rate * (ops.cast(mean, self.moving_mean.dtype) - self.moving_mean)
-        )
-        self.moving_variance.assign(
-            self.moving_variance
-            + rate * (ops.cast(variance, self.moving_variance.dtype) - self.moving_variance)
-        )
+    def _update_moving(self, mean, variance, present):
+        """Moves the statistics of the `present` domains (bool, `(num_domains,)`) only.
+
+        `where`, not a product with a mask: the other domains keep their values bit for bit
+        even when the batch's statistics are NaN.
+        """
+        present = ops.expand_dims(present, -1)
+        for moving, batch_value in ((self.moving_mean, mean), (self.moving_variance, variance)):
+            old = ops.convert_to_tensor(moving)
+            batch_value = ops.cast(batch_value, old.dtype)
+            moved = old * self.momentum + batch_value * (1.0 - self.momentum)
+            moving.assign(ops.where(present, moved, old))
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -228,8 +264,46 @@ class DomainBatchNormalization(keras.layers.Layer):
             "gamma_regularizer": keras.regularizers.serialize(self.gamma_regularizer),
         }
 
+    # === Domain-layer interface (keras_mdn.layers.domain_layer) ===
 
-def _expand_like(per_example, x):
-    """(batch, C) -> (batch, 1, ..., 1, C) to broadcast against `x`."""
-    return ops.reshape(per_example, (-1,) + (1,) * (len(x.shape) - 2) + (x.shape[-1],))
+    def domain_variables(self):
+        statistics = (id(self.moving_mean), id(self.moving_variance))
+        return [
+            DomainVariable.rows(v, self.num_domains, statistic=id(v) in statistics)
+            for v in self.weights
+        ]
 
+    def fold(self, domain):
+        domain = check_domain(domain, self.num_domains)
+        config = {"axis": -1, "epsilon": self.epsilon, "center": self.center,
+                  "scale": self.scale, "name": self.name}
+        weights = [w[domain] for w in (self.gamma, self.beta) if w is not None]
+        weights += [self.moving_mean[domain], self.moving_variance[domain]]
+        return [built_layer(keras.layers.BatchNormalization, config, build_input_shape(self),
+                            weights)]
+
+    def swappable_tensors(self, domain, affine=None):
+        check_affine(self, affine)
+        scale, offset = self.affine(check_domain(domain, self.num_domains))
+        return {"scale": as_float32(scale), "offset": as_float32(offset)}
+
+    def swappable_call(self, inputs, tensors):
+        return inputs * tensors["scale"] + tensors["offset"]
+
+
+def check_momentum(momentum, name="momentum"):
+    """Validates a batch-norm momentum (a finite float in [0, 1]) and returns it as a float."""
+    if isinstance(momentum, bool) or not isinstance(momentum, (int, float, np.number)):
+        raise TypeError(f"`{name}` must be a float in [0, 1]. Received: {name}={momentum!r}")
+    if not 0.0 <= float(momentum) <= 1.0:  # also False for NaN
+        raise ValueError(f"`{name}` must be in [0, 1]. Received: {name}={momentum}")
+    return float(momentum)
+
+
+def check_epsilon(epsilon, name="epsilon"):
+    """Validates a batch-norm epsilon (a finite positive float) and returns it as a float."""
+    if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float, np.number)):
+        raise TypeError(f"`{name}` must be a positive float. Received: {name}={epsilon!r}")
+    if not 0.0 < float(epsilon) < float("inf"):  # also False for NaN
+        raise ValueError(f"`{name}` must be a finite positive float. Received: {name}={epsilon}")
+    return float(epsilon)

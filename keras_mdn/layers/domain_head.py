@@ -3,11 +3,20 @@ import numpy as np
 from keras import ops
 
 from keras_mdn.api import register
+from keras_mdn.layers.domain_layer import (
+    DomainLayer,
+    DomainVariable,
+    as_float32,
+    build_input_shape,
+    built_layer,
+    check_affine,
+    check_domain,
+)
 from keras_mdn.ops import routing
 
 
 @register
-class DomainHead(keras.layers.Layer):
+class DomainHead(keras.layers.Layer, DomainLayer):
     """Per-domain linear classifiers whose domains may have different numbers of classes.
 
     The kernels of all domains are stored side by side in one `(features, sum(num_classes))`
@@ -98,19 +107,35 @@ class DomainHead(keras.layers.Layer):
 
     def call(self, inputs, domain):
         domain = routing.canonicalize_domain(domain, self.num_domains)
+        routing.check_batch(domain, inputs)
         if isinstance(domain, int):
             return self._static_logits(inputs, domain)
-        valid = routing.gather_domain(ops.convert_to_tensor(self._valid), domain)
-        columns = routing.gather_domain(ops.convert_to_tensor(self._columns), domain)
+        selection = routing.select(domain, self.num_domains)
+        # Every domain's padded logits in one GEMM, (batch, domains, max_classes); each example
+        # keeps its domain's block by a `where` (NaN-safe) and a sum over the domain axis.
+        padded_kernel = ops.take(self.kernel, self._columns.reshape(-1), axis=1)
+        logits = ops.matmul(inputs, padded_kernel)
+        if self.bias is not None:
+            logits = logits + ops.take(self.bias, self._columns.reshape(-1), axis=0)
+        logits = ops.reshape(logits, (-1, self.num_domains, self.max_classes))
+        valid = self._valid
         if routing.is_uniform(domain):
-            logits = ops.matmul(inputs, ops.take(self.kernel, columns, axis=1))
-            if self.bias is not None:
-                logits = logits + ops.take(self.bias, columns, axis=0)
+            keep = ops.equal(ops.arange(self.num_domains, dtype="int32"), selection.ids)
+            keep = ops.reshape(keep, (1, self.num_domains, 1))
         else:
-            # Every domain's logits in one GEMM, then each example picks its domain's columns.
-            logits = self._all_logits(inputs)
-            logits = ops.take_along_axis(logits, columns, axis=1)
-        return ops.where(valid, logits, self._padding_logit(logits.dtype))
+            keep = ops.equal(
+                ops.expand_dims(selection.ids, -1),
+                ops.arange(self.num_domains, dtype="int32"),
+            )
+            keep = ops.expand_dims(keep, -1)
+        logits = ops.sum(ops.where(keep, logits, ops.zeros_like(logits)), axis=1)
+        valid_classes = ops.any(ops.logical_and(keep, valid), axis=1)
+        logits = ops.where(valid_classes, logits, self._padding_logit(logits.dtype))
+        # An invalid run-time id gives NaN logits (and a NaN loss), never a domain's answer.
+        example_valid = selection.valid
+        if not routing.is_uniform(domain):
+            example_valid = ops.expand_dims(example_valid, -1)
+        return ops.where(example_valid, logits, ops.cast(float("nan"), logits.dtype))
 
     def _static_logits(self, inputs, domain):
         start, n = self.offsets[domain], self.num_classes[domain]
@@ -125,10 +150,6 @@ class DomainHead(keras.layers.Layer):
             dtype=logits.dtype,
         )
         return ops.concatenate([logits, padding], axis=-1)
-
-    def _all_logits(self, inputs):
-        logits = ops.matmul(inputs, self.kernel)
-        return logits if self.bias is None else logits + self.bias
 
     def domain_weights(self, domain):
         """`(kernel, bias)` of one domain: shapes `(features, n)` and `(n,)` (bias may be None)."""
@@ -155,6 +176,64 @@ class DomainHead(keras.layers.Layer):
             "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer),
             "bias_regularizer": keras.regularizers.serialize(self.bias_regularizer),
         }
+
+    # === Domain-layer interface (keras_mdn.layers.domain_layer) ===
+
+    def domain_variables(self):
+        return [DomainVariable(v, len(v.shape) - 1, tuple(self.num_classes)) for v in self.weights]
+
+    def with_num_domains(self, num_domains, init_from=None, num_classes=None):
+        """A copy with more domains; `num_classes`: int or list, the new domains' classes.
+
+        `num_classes` defaults to the class count of `init_from` when that is given.
+        """
+        return super().with_num_domains(num_domains, init_from, num_classes=num_classes)
+
+    def _grown_config(self, config, num_domains, init_from=None, num_classes=None):
+        added = num_domains - self.num_domains
+        if num_classes is None and added:
+            if init_from is None:
+                raise ValueError(
+                    "`num_classes` is required: the classes of the new domains' heads. "
+                    "Received: num_classes=None"
+                )
+            num_classes = self.num_classes[init_from]
+        if num_classes is None:
+            num_classes = []
+        elif isinstance(num_classes, (int, np.integer)) and not isinstance(num_classes, bool):
+            num_classes = [num_classes] * added
+        if not isinstance(num_classes, (list, tuple)) or len(num_classes) != added:
+            raise ValueError(
+                f"`num_classes` must be an int or a list of {added} ints (one per new domain). "
+                f"Received: num_classes={num_classes!r}"
+            )
+        return {**config, "num_classes": check_num_classes(list(self.num_classes)
+                                                           + list(num_classes))}
+
+    def fold(self, domain):
+        kernel, bias = self.domain_weights(check_domain(domain, self.num_domains))
+        config = {"units": int(kernel.shape[1]), "use_bias": bias is not None, "name": self.name}
+        weights = [kernel] if bias is None else [kernel, bias]
+        return [built_layer(keras.layers.Dense, config, build_input_shape(self), weights)]
+
+    def swappable_tensors(self, domain, affine=None):
+        """`kernel` `(features, max_classes)` and `bias`, zero-padded past the domain's classes.
+
+        The logits past `num_classes[domain]` are 0 in the swappable model (not the padding
+        logit), so a pack holds no large constant.
+        """
+        check_affine(self, affine)
+        kernel, bias = self.domain_weights(check_domain(domain, self.num_domains))
+        kernel = as_float32(kernel)
+        padded = np.zeros((kernel.shape[0], self.max_classes), "float32")
+        padded[:, : kernel.shape[1]] = kernel
+        padded_bias = np.zeros((self.max_classes,), "float32")
+        if bias is not None:
+            padded_bias[: kernel.shape[1]] = as_float32(bias)
+        return {"kernel": padded, "bias": padded_bias}
+
+    def swappable_call(self, inputs, tensors):
+        return ops.matmul(inputs, tensors["kernel"]) + tensors["bias"]
 
 
 def check_num_classes(num_classes, num_domains=None):

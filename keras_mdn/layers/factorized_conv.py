@@ -6,6 +6,7 @@ import keras
 from keras import ops
 
 from keras_mdn.api import register
+from keras_mdn.factorizations import planning
 from keras_mdn.layers.base_factorized import BaseFactorized, fans, stack_layer_weights
 
 _DEFAULT_BATCH_HINT = 32
@@ -14,13 +15,13 @@ _DEFAULT_BATCH_HINT = 32
 class BaseFactorizedConv(BaseFactorized):
     """Rank-generic factorised convolution, `kernel_size + (C_in, filters, T)` stacked kernel.
 
-    Chosen at build time by a cost model (`contraction_paths()`): either the task's kernel is
-    reconstructed and fed to one `keras.ops.conv`, or the factors touching the input (spatial,
-    C_in) form a narrow kernel whose output channels are the bond ranks, and the rest (output
-    factor, task codes) is contracted afterwards like a dense layer. A mixed batch without the
-    factored path runs one convolution with `filters * E` channels against the shared part
-    and mixes per example with the task codes (E: LAF K, Tucker r_T, TT the last rank, or T),
-    so no per-example kernel is built.
+    Chosen at build time by a cost model (`contraction_paths()`, `factorizations.planning`):
+    either the domain's kernel is reconstructed and fed to one `keras.ops.conv`, or some of the
+    factors (all that touch the input modes, maybe more) form a kernel whose output channels
+    are the bond ranks, and the rest (output factor, domain codes) is contracted afterwards like
+    a dense layer. A mixed batch without the factored path runs one convolution with
+    `filters * E` channels against the shared part and mixes per example with the domain codes
+    (E: LAF K, Tucker r_T, TT the last rank, or T), so no per-example kernel is built.
     """
 
     rank_spatial = None
@@ -29,7 +30,7 @@ class BaseFactorizedConv(BaseFactorized):
         self,
         filters,
         kernel_size,
-        num_tasks,
+        num_domains=None,
         factorization="laf",
         rank=None,
         strides=1,
@@ -44,10 +45,12 @@ class BaseFactorizedConv(BaseFactorized):
         factor_constraint=None,
         batch_size_hint=None,
         contraction="auto",
+        num_tasks=None,
         **kwargs,
     ):
         super().__init__(
-            num_tasks,
+            num_domains,
+            num_tasks=num_tasks,
             factorization=factorization,
             rank=rank,
             activation=activation,
@@ -69,11 +72,7 @@ class BaseFactorizedConv(BaseFactorized):
         if padding not in ("valid", "same"):
             raise ValueError(f"`padding` must be 'valid' or 'same'. Received: padding={padding!r}")
         self.padding = padding
-        if contraction not in ("auto", "reconstruct"):
-            raise ValueError(
-                "`contraction` must be 'auto' or 'reconstruct'. "
-                f"Received: contraction={contraction!r}"
-            )
+        planning.check_mode(contraction, ("auto", "reconstruct"))
         if batch_size_hint is not None and (not isinstance(batch_size_hint, int)
                                             or batch_size_hint < 1):
             raise ValueError(
@@ -93,32 +92,38 @@ class BaseFactorizedConv(BaseFactorized):
         in_dims, out_dims = self._factor_dims(input_shape)
         fan_in, fan_out = fans(in_dims, out_dims, math.prod(self.kernel_size))
         self._build_factors(in_dims, out_dims, fan_in, fan_out, self.filters)
-        positions = 1
+        spatial = self.compute_output_shape(input_shape)[1:-1]
+        positions = None if None in spatial else math.prod(spatial)
+        batch = input_shape[0] or self.batch_size_hint or _DEFAULT_BATCH_HINT
+        self._plan = planning.plan_conv(self.factorization, batch, positions, self.contraction)
+
+    def compute_output_shape(self, input_shape):
+        spatial = []
         for size, kernel, stride, dilation in zip(input_shape[1:-1], self.kernel_size,
                                                   self.strides, self.dilation_rate):
             if size is None:
-                positions = None
-                break
-            if self.padding == "same":
-                positions *= -(-size // stride)
+                spatial.append(None)
+            elif self.padding == "same":
+                spatial.append(-(-size // stride))
             else:
-                positions *= (size - dilation * (kernel - 1) - 1) // stride + 1
-        batch = input_shape[0] or self.batch_size_hint or _DEFAULT_BATCH_HINT
-        self.factorization.plan_conv(batch, positions, self.contraction)
+                spatial.append((size - dilation * (kernel - 1) - 1) // stride + 1)
+        return (input_shape[0],) + tuple(spatial) + (self.filters,)
 
     def _conv(self, inputs, kernel):
         return ops.conv(inputs, kernel, strides=self.strides, padding=self.padding,
                         data_format="channels_last", dilation_rate=self.dilation_rate)
 
-    def call(self, inputs, task=None):
-        task = self._task(task)
+    def call(self, inputs, domain=None, task=None):
+        task = self._domain(domain, task)
         inputs = ops.cast(inputs, self.compute_dtype)
-        return self._finish(self.factorization.conv(inputs, task, self._conv), task)
+        outputs = planning.conv(self._plan, self.factorization, inputs, task, self._conv)
+        return self._finish(outputs, task)
 
     def contraction_paths(self):
-        """`{"uniform": ..., "mixed": ...}`: `"factored"` (a convolution with the input-side
-        factors only, the rest contracted after it) or `"reconstruct"` (the task's kernel)."""
-        return self.factorization.conv_paths()
+        """`{"uniform": ..., "mixed": ...}`: `"factored"` (a convolution with some factors as
+        kernel, the rest contracted after it; `"<key>_detail"` says which) or `"reconstruct"`
+        (the domain's kernel, or for a mixed batch the coded kernel)."""
+        return planning.describe_conv(self._plan, self.factorization)
 
     def get_config(self):
         return {
@@ -168,8 +173,23 @@ class BaseFactorizedConv(BaseFactorized):
         return cls._from_stacked(
             kernels, biases, input_shape, factorization, rank, eps,
             filters=kernels.shape[-2], kernel_size=kernels.shape[:-3],
-            num_tasks=kernels.shape[-1], **kwargs,
+            num_domains=kernels.shape[-1], **kwargs,
         )
+
+    # === Domain-layer interface: the plain layer a task folds into ===
+
+    def _plain_layer(self):
+        cls = {1: keras.layers.Conv1D, 2: keras.layers.Conv2D}[self.rank_spatial]
+        return cls, {
+            "filters": self.filters,
+            "kernel_size": self.kernel_size,
+            "strides": self.strides,
+            "padding": self.padding,
+            "dilation_rate": self.dilation_rate,
+        }
+
+    def _plain_call(self, inputs, kernel):
+        return self._conv(inputs, kernel)
 
 
 @register
@@ -179,7 +199,7 @@ class FactorizedConv2D(BaseFactorizedConv):
     Args:
         filters: output channels.
         kernel_size: int or tuple of 2 ints.
-        num_tasks: number of tasks T.
+        num_domains: number of domains (the paper's tasks) T; `num_tasks` is an alias.
         factorization: `"laf"`, `"tucker"`, `"tt"`, `"tt_matrix"` or an instance. Defaults to
             `"laf"`.
         rank: rank(s) for a kind given by name. Defaults to None (required unless built by
@@ -188,7 +208,7 @@ class FactorizedConv2D(BaseFactorizedConv):
         padding: `"valid"` or `"same"`. Defaults to `"valid"`.
         dilation_rate: int or tuple. Defaults to 1.
         activation: activation function. Defaults to None.
-        use_bias: per-task bias `(T, filters)`. Defaults to True.
+        use_bias: per-domain bias `(T, filters)`. Defaults to True.
         kernel_variance: `"glorot"`, `"he"` or a float, the reconstructed kernel's variance at
             initialisation. Defaults to `"glorot"`.
         bias_initializer: Defaults to `"zeros"`.
@@ -203,7 +223,7 @@ class FactorizedConv2D(BaseFactorizedConv):
 
     Call arguments:
         inputs: `(batch, height, width, C_in)` (channels last).
-        task: Python int, 0-d int tensor or int tensor `(batch,)`.
+        domain: Python int, 0-d int tensor or int tensor `(batch,)`. `task` is an alias.
 
     Input shape:
         `(batch, height, width, C_in)`.
@@ -214,9 +234,9 @@ class FactorizedConv2D(BaseFactorizedConv):
     Example:
 
     ```python
-    conv = keras_mdn.FactorizedConv2D(32, 3, num_tasks=5, factorization="tucker", rank=4,
+    conv = keras_mdn.FactorizedConv2D(32, 3, num_domains=5, factorization="tucker", rank=4,
                                       padding="same")
-    y = conv(images, task=domain_vector)
+    y = conv(images, domain=domain_vector)
     ```
 
     Reference:

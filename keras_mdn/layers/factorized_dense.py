@@ -1,9 +1,10 @@
-"""FactorizedDense: T task-specific dense layers whose stacked kernel is factorised."""
+"""FactorizedDense: T domain-specific dense layers whose stacked kernel is factorised."""
 
 import keras
 from keras import ops
 
 from keras_mdn.api import register
+from keras_mdn.factorizations import planning
 from keras_mdn.layers.base_factorized import BaseFactorized, stack_layer_weights
 from keras_mdn.ops.routing import is_uniform
 
@@ -12,23 +13,23 @@ _DEFAULT_BATCH_HINT = 128
 
 @register
 class FactorizedDense(BaseFactorized):
-    """A dense layer per task, the `D_in x D_out x T` stacked kernel factorised.
+    """A dense layer per domain (task), the `D_in x D_out x T` stacked kernel factorised.
 
-    Tasks share knowledge through the factors, by an amount learned from data (DMTRL). With
-    `num_tasks=1` and `factorization="tt_matrix"` it is a tensorised (TT-matrix) dense layer
+    Domains share knowledge through the factors, by an amount learned from data (DMTRL). With
+    `num_domains=1` and `factorization="tt_matrix"` it is a tensorised (TT-matrix) dense layer
     that compresses one big layer. The forward path (factor-by-factor contraction in the best
     order, or reconstruct-then-matmul) is chosen once at build time from the shapes, the ranks
-    and the batch size by a cost model; a mixed-task batch never builds a weight per example.
+    and the batch size by a cost model; a mixed-domain batch never builds a weight per example.
 
     Args:
         units: output dimension.
-        num_tasks: number of tasks T.
+        num_domains: number of domains (the paper's tasks) T; `num_tasks` is an alias.
         factorization: `"laf"`, `"tucker"`, `"tt"`, `"tt_matrix"` or a
             `keras_mdn.factorizations.Factorization` instance. Defaults to `"laf"`.
         rank: rank(s) for a kind given by name (an int, or one per rank slot). Defaults to None
             (required unless built by `from_layers` / `from_dense`).
         activation: activation function. Defaults to None.
-        use_bias: whether to add a per-task bias `(T, units)`. Defaults to True.
+        use_bias: whether to add a per-domain bias `(T, units)`. Defaults to True.
         kernel_variance: variance of the reconstructed kernel at initialisation: `"glorot"`
             (`2 / (fan_in + fan_out)`), `"he"` (`2 / fan_in`) or a float. Defaults to
             `"glorot"`.
@@ -43,8 +44,8 @@ class FactorizedDense(BaseFactorized):
 
     Call arguments:
         inputs: tensor `(batch, ..., D_in)`.
-        task: Python int, 0-d int tensor or int tensor `(batch,)`; may be omitted when
-            `num_tasks=1`.
+        domain: Python int, 0-d int tensor or int tensor `(batch,)`; may be omitted when
+            `num_domains=1`. `task` is an alias.
 
     Input shape:
         `(batch, ..., D_in)`.
@@ -55,9 +56,9 @@ class FactorizedDense(BaseFactorized):
     Example:
 
     ```python
-    layer = keras_mdn.FactorizedDense(64, num_tasks=10, factorization="tucker", rank=8)
-    y = layer(x, task=3)                     # one task for the batch
-    y = layer(x, task=np.array([0, 3, 3]))   # a task per example
+    layer = keras_mdn.FactorizedDense(64, num_domains=10, factorization="tucker", rank=8)
+    y = layer(x, domain=3)                     # one domain for the batch
+    y = layer(x, domain=np.array([0, 3, 3]))   # a domain per example
     ```
 
     Reference:
@@ -68,7 +69,7 @@ class FactorizedDense(BaseFactorized):
     def __init__(
         self,
         units,
-        num_tasks,
+        num_domains=None,
         factorization="laf",
         rank=None,
         activation=None,
@@ -80,10 +81,12 @@ class FactorizedDense(BaseFactorized):
         factor_constraint=None,
         batch_size_hint=None,
         contraction="auto",
+        num_tasks=None,
         **kwargs,
     ):
         super().__init__(
-            num_tasks,
+            num_domains,
+            num_tasks=num_tasks,
             factorization=factorization,
             rank=rank,
             activation=activation,
@@ -103,11 +106,7 @@ class FactorizedDense(BaseFactorized):
                 f"`batch_size_hint` must be a positive int or None. "
                 f"Received: batch_size_hint={batch_size_hint!r}"
             )
-        if contraction not in ("auto", "flops", "reconstruct"):
-            raise ValueError(
-                "`contraction` must be one of ('auto', 'flops', 'reconstruct'). "
-                f"Received: contraction={contraction!r}"
-            )
+        planning.check_mode(contraction)
         self.units = units
         self.batch_size_hint = batch_size_hint
         self.contraction = contraction
@@ -128,21 +127,30 @@ class FactorizedDense(BaseFactorized):
                 batch *= dim
         else:
             batch = self.batch_size_hint or _DEFAULT_BATCH_HINT
-        self.factorization.plan(batch, self.contraction)
+        self._plan = planning.plan_dense(self.factorization, batch, self.contraction)
 
-    def call(self, inputs, task=None):
-        task = self._task(task)
+    def call(self, inputs, domain=None, task=None):
+        task = self._domain(domain, task)
         inputs = ops.cast(inputs, self.compute_dtype)
-        in_dim = inputs.shape[-1]
-        flat = ops.reshape(inputs, (-1, in_dim))
+        if len(inputs.shape) == 2:
+            outputs = planning.matmul(self._plan, self.factorization, inputs, task)
+            return self._finish(outputs, task)
+        flat = ops.reshape(inputs, (-1, inputs.shape[-1]))
         flat_task = task
-        if not is_uniform(task) and len(inputs.shape) > 2:
+        if not is_uniform(task):
             positions = ops.shape(flat)[0] // ops.shape(inputs)[0]
             flat_task = ops.repeat(task, positions, axis=0)
-        outputs = self.factorization.matmul(flat, flat_task)
+        outputs = planning.matmul(self._plan, self.factorization, flat, flat_task)
         shape = ops.shape(inputs)
         outputs = ops.reshape(outputs, tuple(shape[:-1]) + (self.units,))
         return self._finish(outputs, task)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[:-1]) + (self.units,)
+
+    def contraction_paths(self):
+        """The forward paths chosen at build time and their flops (for benchmarks)."""
+        return planning.describe_dense(self._plan, self.factorization)
 
     def get_config(self):
         return {
@@ -173,6 +181,29 @@ class FactorizedDense(BaseFactorized):
         return cls._from_dense_stack(kernels, biases, first, factorization, rank, eps, kwargs)
 
     @classmethod
+    def from_t3f(cls, tt_matrix, bias=None, activation=None, **kwargs):
+        """A single-domain TT-matrix `FactorizedDense` computing `x @ tt_matrix (+ bias)`.
+
+        TensorFlow only (t3f). See `keras_mdn.interop.t3f.from_t3f`; to migrate a model built
+        with `t3f.nn.KerasDense`, use `keras_mdn.interop.t3f.convert_model`.
+
+        Args:
+            tt_matrix: a `t3f.TensorTrain` TT-matrix, or its cores `(r_{k-1}, n_k, m_k, r_k)`.
+            bias: optional bias `(units,)`. Defaults to None.
+            activation: activation function. Defaults to None.
+            **kwargs: other `FactorizedDense` arguments.
+        """
+        from keras_mdn.interop import t3f as t3f_interop
+
+        return t3f_interop.from_t3f(tt_matrix, bias=bias, activation=activation, **kwargs)
+
+    def to_t3f(self, domain=None):
+        """This TT-matrix layer's weight (domain `domain`) as a `t3f.TensorTrain` snapshot."""
+        from keras_mdn.interop import t3f as t3f_interop
+
+        return t3f_interop.to_t3f(self, domain)
+
+    @classmethod
     def from_dense(cls, layer, factorization="tt_matrix", rank=None, eps=None, **kwargs):
         """A single-task `FactorizedDense` compressing one trained `keras.layers.Dense`.
 
@@ -193,5 +224,13 @@ class FactorizedDense(BaseFactorized):
         kwargs.setdefault("use_bias", first.use_bias)
         return cls._from_stacked(
             kernels, biases, (None, kernels.shape[0]), factorization, rank, eps,
-            units=kernels.shape[1], num_tasks=kernels.shape[-1], **kwargs,
+            units=kernels.shape[1], num_domains=kernels.shape[-1], **kwargs,
         )
+
+    # === Domain-layer interface: the plain layer a task folds into ===
+
+    def _plain_layer(self):
+        return keras.layers.Dense, {"units": self.units}
+
+    def _plain_call(self, inputs, kernel):
+        return ops.matmul(inputs, kernel)

@@ -1,10 +1,24 @@
 import math
 
 import keras
+import numpy as np
 from keras import ops
 
 from keras_mdn.api import register
-from keras_mdn.layers.domain_batch_normalization import DomainBatchNormalization
+from keras_mdn.layers.domain_batch_normalization import (
+    DomainBatchNormalization,
+    check_epsilon,
+    check_momentum,
+)
+from keras_mdn.layers.domain_layer import (
+    DomainLayer,
+    DomainVariable,
+    as_float32,
+    build_input_shape,
+    built_layer,
+    check_affine,
+    check_domain,
+)
 from keras_mdn.ops import folding, routing
 
 MODES = ("parallel", "series")
@@ -13,7 +27,7 @@ _DENSE_TYPES = (keras.layers.Dense, keras.layers.EinsumDense)
 
 
 @register
-class ResidualAdapter(keras.layers.Layer):
+class ResidualAdapter(keras.layers.Layer, DomainLayer):
     """A shared convolution or projection adapted to each domain by a residual 1x1 adapter.
 
     Wraps a `keras.layers.Conv2D` (or `Conv1D`, `Dense`, `EinsumDense`) whose weights are shared
@@ -47,6 +61,11 @@ class ResidualAdapter(keras.layers.Layer):
         adapter_regularizer: regularizer of the per-domain adapter kernels (the paper gives
             adapters their own weight decay). Defaults to `None`.
         freeze_base: bool, make the wrapped layer non-trainable. Defaults to `False`.
+        norm_epsilon: float, epsilon of the series adapter's batch norm. Defaults to `1e-5`
+            (the authors' setting, PyTorch's default).
+        norm_momentum: float, momentum of the series adapter's batch norm moving averages,
+            in Keras terms (`moving = momentum * moving + (1 - momentum) * batch`).
+            Defaults to `0.9` (the authors' PyTorch momentum 0.1).
         **kwargs: base layer keyword arguments.
 
     Call arguments:
@@ -81,6 +100,8 @@ class ResidualAdapter(keras.layers.Layer):
         projection_initializer="orthogonal",
         adapter_regularizer=None,
         freeze_base=False,
+        norm_epsilon=1e-5,
+        norm_momentum=0.9,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -110,8 +131,16 @@ class ResidualAdapter(keras.layers.Layer):
         if freeze_base:
             self.layer.trainable = False
         self.is_conv = isinstance(layer, _CONV_TYPES)
+        self.norm_epsilon = check_epsilon(norm_epsilon, "norm_epsilon")
+        self.norm_momentum = check_momentum(norm_momentum, "norm_momentum")
         self.adapter_norm = (
-            DomainBatchNormalization(self.num_domains, name="adapter_norm", dtype=self.dtype_policy)
+            DomainBatchNormalization(
+                self.num_domains,
+                momentum=self.norm_momentum,
+                epsilon=self.norm_epsilon,
+                name="adapter_norm",
+                dtype=self.dtype_policy,
+            )
             if mode == "series"
             else None
         )
@@ -171,6 +200,7 @@ class ResidualAdapter(keras.layers.Layer):
 
     def call(self, inputs, domain, training=None):
         domain = routing.canonicalize_domain(domain, self.num_domains)
+        routing.check_batch(domain, inputs)
         if self.mode == "parallel":
             outputs = self._base_linear(inputs) + self._adapt(self.tap_input(inputs), domain)
             return self._activation(outputs)
@@ -183,21 +213,21 @@ class ResidualAdapter(keras.layers.Layer):
             # Shared down-projection once for the whole batch, then the per-domain gamma.
             inputs = self._pointwise(self.adapter_projection, inputs=inputs)
 
-        def uniform(d):
-            return self._pointwise(routing.gather_domain(self.adapter_kernel, d), inputs=inputs)
-
-        def mixed(d):
-            # Per-example kernels as one batched GEMM: (B, positions, in) @ (B, in, out).
-            # (An einsum with an ellipsis here runs about 7x slower on TensorFlow's CPU.)
-            kernels = routing.gather_domain(self.adapter_kernel, d)
-            spatial = tuple(inputs.shape[1:-1])
-            if any(size is None for size in spatial):
-                spatial = tuple(ops.shape(inputs)[1:-1])
-            flat = ops.reshape(inputs, (-1, math.prod(spatial) if spatial else 1, inputs.shape[-1]))
-            outputs = ops.matmul(flat, kernels)
-            return ops.reshape(outputs, (-1, *spatial, kernels.shape[-1]))
-
-        return routing.route(domain, uniform, mixed)
+        # The domain's form decides the path while tracing (no run-time cond: XLA).
+        kernels = routing.gather_domain(self.adapter_kernel, domain)
+        if routing.is_uniform(domain):
+            return self._pointwise(kernels, inputs=inputs)
+        # Per-example kernels as one batched GEMM: (B, positions, in) @ (B, in, out).
+        # (An einsum with an ellipsis here runs about 7x slower on TensorFlow's CPU.)
+        # Naming the batch size makes a domain vector of another length raise, not broadcast.
+        batch = inputs.shape[0] if inputs.shape[0] is not None else ops.shape(inputs)[0]
+        kernels = ops.reshape(kernels, (batch,) + tuple(kernels.shape[1:]))
+        spatial = tuple(inputs.shape[1:-1])
+        if any(size is None for size in spatial):
+            spatial = tuple(ops.shape(inputs)[1:-1])
+        flat = ops.reshape(inputs, (-1, math.prod(spatial) if spatial else 1, inputs.shape[-1]))
+        outputs = ops.matmul(flat, kernels)
+        return ops.reshape(outputs, (-1, *spatial, kernels.shape[-1]))
 
     def _pointwise(self, kernel, inputs):
         """`inputs @ kernel` on the channel axis: a 1x1 convolution for conv layers."""
@@ -301,7 +331,96 @@ class ResidualAdapter(keras.layers.Layer):
                 self.projection_initializer
             ),
             "adapter_regularizer": keras.regularizers.serialize(self.adapter_regularizer),
+            "norm_epsilon": self.norm_epsilon,
+            "norm_momentum": self.norm_momentum,
         }
+
+    # === Domain-layer interface (keras_mdn.layers.domain_layer) ===
+
+    def domain_variables(self):
+        entries = [DomainVariable.shared_weight(v) for v in self.layer.weights]
+        if self.adapter_norm is not None:
+            entries += self.adapter_norm.domain_variables()
+        if self.adapter_projection is not None:
+            entries.append(DomainVariable.shared_weight(self.adapter_projection))
+        entries.append(DomainVariable.rows(self.adapter_kernel, self.num_domains))
+        return entries
+
+    def fold(self, domain):
+        domain = check_domain(domain, self.num_domains)
+        try:
+            kernel, bias = self.folded_kernel(domain)
+        except (NotImplementedError, ValueError) as error:
+            raise ValueError(
+                f"Cannot fold layer {self.name!r} (ResidualAdapter wrapping "
+                f"{type(self.layer).__name__}): {error}"
+            ) from error
+        config = {**self.layer.get_config(), "name": self.name, "use_bias": bias is not None}
+        if self.mode == "series":
+            config["activation"] = None
+        weights = [kernel] if bias is None else [kernel, bias]
+        return [built_layer(type(self.layer), config, build_input_shape(self), weights)]
+
+    def merges_affine(self):
+        return self.mode == "series" or self.layer.activation in (
+            None, keras.activations.linear
+        )
+
+    def swappable_tensors(self, domain, affine=None):
+        """The domain's adapter, with a following affine map merged in.
+
+        - parallel: `adapter` (`(C_in, C_out)`, low rank `(rank, C_out)` after the shared
+          projection) and, with `affine`, `scale` and `offset`: the output is
+          `act(f(x) * scale + tap(x) @ adapter + offset)`, the adapter scaled by `scale`;
+        - series, full rank: `adapter = (I + diag(a) A) * scale` and `offset`, the output
+          `act(f(x)) @ adapter + offset`;
+        - series, low rank: `norm_scale`, `norm_offset`, `adapter`, `scale`, `offset`:
+          `y * scale + ((y * norm_scale + norm_offset) @ P) @ adapter + offset`.
+        """
+        domain = check_domain(domain, self.num_domains)
+        affine = check_affine(self, affine)
+        kernel = self.adapter_kernel[domain]
+        channels = self.adapter_kernel.shape[-1]
+        scale, offset = affine or (np.ones((channels,), "float32"),
+                                   np.zeros((channels,), "float32"))
+        if self.mode == "parallel":
+            adapter, offset = folding.fold_affine(kernel, None, scale, offset)
+            tensors = {"adapter": adapter}
+            if affine is not None:
+                tensors.update(scale=scale, offset=offset)
+        else:
+            norm_scale, norm_offset = self.adapter_norm.affine(domain)
+            if self.rank is None:
+                identity = np.eye(channels, dtype="float32")
+                mixing, bias = folding.fold_series(identity, None, kernel, norm_scale,
+                                                   norm_offset)
+                adapter, offset = folding.fold_affine(mixing, bias, scale, offset)
+                tensors = {"adapter": adapter, "offset": offset}
+            else:
+                adapter, offset = folding.fold_affine(kernel, None, scale, offset)
+                tensors = {"norm_scale": norm_scale, "norm_offset": norm_offset,
+                           "adapter": adapter, "scale": scale, "offset": offset}
+        return {name: as_float32(value) for name, value in tensors.items()}
+
+    def swappable_call(self, inputs, tensors):
+        if self.mode == "parallel":
+            taps = self.tap_input(inputs)
+            if self.adapter_projection is not None:
+                taps = _channel_matmul(taps, self.adapter_projection)
+            outputs = self._base_linear(inputs)
+            if "scale" in tensors:
+                outputs = outputs * tensors["scale"]
+            outputs = outputs + _channel_matmul(taps, tensors["adapter"])
+            if "offset" in tensors:
+                outputs = outputs + tensors["offset"]
+            return self._activation(outputs)
+        y = self._activation(self._base_linear(inputs))
+        if self.rank is None:
+            return _channel_matmul(y, tensors["adapter"]) + tensors["offset"]
+        hidden = _channel_matmul(y * tensors["norm_scale"] + tensors["norm_offset"],
+                                 self.adapter_projection)
+        return (y * tensors["scale"] + _channel_matmul(hidden, tensors["adapter"])
+                + tensors["offset"])
 
 
 def _adapter_tap(conv, input_shape):
@@ -365,3 +484,9 @@ def _adapter_tap(conv, input_shape):
 def _pad_total(padding, span):
     """Total padding of a stride-1 conv: the output is `size - span + 1 + pad_total` long."""
     return {"valid": 0, "same": span - 1, "causal": span - 1}[padding]
+
+
+def _channel_matmul(x, matrix):
+    """`x @ matrix` on the channel axis (a TFLite BATCH_MATMUL for a runtime matrix)."""
+    letters = "abcdefgh"[: len(x.shape) - 1]
+    return ops.einsum(f"{letters}i,io->{letters}o", x, matrix)

@@ -6,7 +6,8 @@ from keras_mdn.layers.domain_batch_normalization import DomainBatchNormalization
 from keras_mdn.layers.domain_head import DomainHead, check_num_classes
 from keras_mdn.layers.residual_adapter import MODES, ResidualAdapter
 
-STAGES = 3
+STEM_WIDTH = 32
+STAGE_WIDTHS = (64, 128, 256)
 BLOCKS_PER_STAGE = 4
 # PyTorch's BatchNorm2d defaults (momentum 0.1 there is 0.9 here), as in the authors' code.
 BN_MOMENTUM = 0.9
@@ -28,18 +29,32 @@ def resnet26(
 
     The architecture of the authors' code (srebuffi/residual_adapters, models.py):
 
-    - stem: 3x3 conv `3 -> 32 w` (stride 1) and a per-domain BN (no ReLU, as in their code);
-    - three stages of 4 BasicBlocks of widths `64 w`, `128 w`, `256 w`, the first block of each
-      stage with stride 2; a block is `conv3x3 -> BN_t -> ReLU -> conv3x3 -> BN_t`, plus the
-      shortcut, then ReLU. The shortcut of a first block is parameter-free: a 2x2 average pool,
-      then as many zero channels concatenated as the input has;
+    - stem: 3x3 conv `3 -> int(32 w)` (stride 1) and a per-domain BN (no ReLU, as in their
+      code);
+    - three stages of 4 BasicBlocks of widths `int(64 w)`, `int(128 w)`, `int(256 w)`, the
+      first block of each stage with stride 2; a block is
+      `conv3x3 -> BN_t -> ReLU -> conv3x3 -> BN_t`, plus the shortcut, then ReLU. The shortcut
+      of a first block is parameter-free: a 2x2 average pool, then zero channels up to the
+      block's width;
     - a per-domain BN + ReLU, global average pooling, and a per-domain linear head
       (`DomainHead`).
 
-    Every 3x3 conv is shared by all domains and has no bias (a BN follows). With `adapter`
-    set, each of the 25 convs is a `ResidualAdapter` (the stem too, as in the authors' code).
-    `adapter=None` is the "BN only" baseline: shared convs, per-domain BNs and heads.
-    Convs are initialised as in the authors' code (He normal, fan-out).
+    Every 3x3 conv is shared by all domains, has no bias (a BN follows) and pads its input
+    with one zero on every side, as PyTorch's `padding=1` does: a stride-2 conv is a
+    `ZeroPadding2D(1)` then a `"valid"` conv (Keras' `"same"` would pad 0 before and 1 after
+    and centre its windows on the odd inputs), so output `i` and a parallel adapter read
+    input `2 i` as in the authors' code, and their weights give their logits. With
+    `adapter` set, each of the 25 convs is a `ResidualAdapter` (the stem too, as in the
+    authors' code); a series adapter's own batch norm uses their settings (epsilon `1e-5`,
+    momentum `0.9`) like every other BN here. `adapter=None` is the "BN only" baseline:
+    shared convs, per-domain BNs and heads. Convs are initialised as in the authors' code (He
+    normal, fan-out); adapters start at zero (`ResidualAdapter`'s default), so every domain
+    starts as the shared network.
+
+    Widths are rounded as in the authors' code. Where `int(64 w) != 2 int(32 w)` (e.g.
+    `w = 0.3`: 9, 19, 38, 76 channels) their shortcut, which concatenates as many zeros as
+    it has channels, fails to add; here the shortcut pads the missing zero channels instead.
+    At every width factor their code runs with, the two networks are the same.
 
     Parameter counts at `width_factor=1`:
 
@@ -58,7 +73,8 @@ def resnet26(
 
     Layer names are stable and are the keys users see: `"stem_conv"`, `"stem_bn"`,
     `"stage{s}_block{b}_conv{1,2}"` (a `Conv2D`, or a `ResidualAdapter` wrapping a `Conv2D`
-    of the same name), `"stage{s}_block{b}_bn{1,2}"`, `"stage{s}_block{b}_relu1"`,
+    of the same name), `"stage{s}_block1_pad1"` (the stride-2 conv's padding),
+    `"stage{s}_block{b}_bn{1,2}"`, `"stage{s}_block{b}_relu1"`,
     `"stage{s}_block{b}_add"`, `"stage{s}_block{b}_out"`, `"final_bn"`, `"final_relu"`,
     `"pool"`, `"head"`, with `s` in 1..3 and `b` in 1..4.
 
@@ -69,8 +85,9 @@ def resnet26(
         num_domains: int; inferred from a list `num_classes`. Defaults to `None`.
         input_shape: `(height, width, channels)` of the images, static. Defaults to
             `(64, 64, 3)`.
-        width_factor: float, multiplies the widths; the stem has `int(32 * width_factor)`
-            channels and the stages 2, 4 and 8 times that. Defaults to `1.0`.
+        width_factor: float, multiplies the widths: the stem has `int(32 * width_factor)`
+            channels and the stages `int(64 * width_factor)`, `int(128 * width_factor)` and
+            `int(256 * width_factor)`. Defaults to `1.0`.
         rank: optional int, low-rank adapters (`ResidualAdapter(rank=...)`), capped by each
             layer's channel counts. Defaults to `None` (full 1x1 adapters).
         adapter_regularizer: regularizer of the adapter kernels (the paper's separate adapter
@@ -99,7 +116,7 @@ def resnet26(
         raise ValueError(f"`adapter` must be None or one of {MODES}. Received: adapter={adapter!r}")
     if isinstance(width_factor, bool) or not isinstance(width_factor, (int, float)):
         raise TypeError(f"`width_factor` must be a number. Received: width_factor={width_factor!r}")
-    stem_width = int(32 * width_factor)
+    stem_width = int(STEM_WIDTH * width_factor)
     if stem_width < 1:
         raise ValueError(
             "`width_factor` must give at least one stem channel (int(32 * width_factor) >= 1). "
@@ -117,11 +134,13 @@ def resnet26(
     def conv_unit(x, filters, strides, prefix, index):
         """`BN_t(conv3x3(x) [+ adapter])`: the authors' `conv_task`."""
         conv_name = f"{prefix}_conv{index}"
+        if strides != 1:
+            x = keras.layers.ZeroPadding2D(1, name=f"{prefix}_pad{index}")(x)
         conv = keras.layers.Conv2D(
             filters,
             3,
             strides=strides,
-            padding="same",
+            padding="same" if strides == 1 else "valid",
             use_bias=False,
             kernel_initializer=keras.initializers.VarianceScaling(
                 2.0, mode="fan_out", distribution="untruncated_normal"
@@ -142,6 +161,8 @@ def resnet26(
                 rank=layer_rank,
                 adapter_regularizer=adapter_regularizer,
                 freeze_base=freeze_shared,
+                norm_epsilon=BN_EPSILON,
+                norm_momentum=BN_MOMENTUM,
                 name=conv_name,
             )(x, domain)
         return _domain_bn(num_domains, f"{prefix}_bn{index}")(x, domain)
@@ -149,16 +170,15 @@ def resnet26(
     image = keras.Input(shape=input_shape, name="image")
     domain = keras.Input(shape=(), dtype="int32", name="domain")
     x = conv_unit(image, stem_width, 1, "stem", "")
-    width = stem_width
-    for stage in range(1, STAGES + 1):
-        width *= 2
+    for stage, base_width in enumerate(STAGE_WIDTHS, start=1):
+        width = int(base_width * width_factor)
         for block in range(1, BLOCKS_PER_STAGE + 1):
             prefix = f"stage{stage}_block{block}"
             strides = 2 if block == 1 else 1
             y = conv_unit(x, width, strides, prefix, 1)
             y = keras.layers.ReLU(name=f"{prefix}_relu1")(y)
             y = conv_unit(y, width, 1, prefix, 2)
-            shortcut = x if block > 1 else _zero_padded_shortcut(x, prefix)
+            shortcut = x if block > 1 else _zero_padded_shortcut(x, width, prefix)
             y = keras.layers.Add(name=f"{prefix}_add")([y, shortcut])
             x = keras.layers.ReLU(name=f"{prefix}_out")(y)
     x = _domain_bn(num_domains, "final_bn")(x, domain)
@@ -174,13 +194,17 @@ def _domain_bn(num_domains, name):
     )
 
 
-def _zero_padded_shortcut(x, prefix):
-    """2x2 average pool, then zero channels concatenated: the shortcut has no parameters.
+def _zero_padded_shortcut(x, width, prefix):
+    """2x2 average pool, then zero channels up to `width`: the shortcut has no parameters.
 
-    Built from core layers only (the zeros are `Rescaling(0)` of the pooled input), so a
-    saved model loads without importing this module. "same" pooling matches the stride-2
-    "same" conv also for odd sizes.
+    Built from core layers only, so a saved model loads without importing this module. The
+    zero channels are a `ZeroPadding2D` told its input is channels-first: it then pads the
+    last two axes, (width, channels), and only the channels by a nonzero amount. "same"
+    pooling matches the stride-2 conv's `ceil(size / 2)` also for odd sizes (where the
+    authors' floor pooling would not add to it).
     """
     pooled = keras.layers.AveragePooling2D(2, padding="same", name=f"{prefix}_shortcut_pool")(x)
-    zeros = keras.layers.Rescaling(0.0, name=f"{prefix}_shortcut_zeros")(pooled)
-    return keras.layers.Concatenate(name=f"{prefix}_shortcut")([pooled, zeros])
+    missing = width - x.shape[-1]
+    return keras.layers.ZeroPadding2D(
+        ((0, 0), (0, missing)), data_format="channels_first", name=f"{prefix}_shortcut"
+    )(pooled)

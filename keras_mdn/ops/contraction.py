@@ -262,7 +262,7 @@ def contract(path, tensors):
             if layout != labels:
                 dropped = [lab for lab in labels if lab not in layout]
                 if all(sizes[lab] == 1 for lab in dropped):
-                    tensor = ops.reshape(tensor, _shape(layout, sizes))
+                    tensor = reshape(tensor, _shape(layout, sizes))
                 else:
                     axes = tuple(labels.index(lab) for lab in dropped)
                     tensor = ops.sum(tensor, axis=axes)
@@ -283,9 +283,15 @@ def contract_pair(a, labels_a, b, labels_b, keep, sizes, selector=None):
     if plan.kind == "gather":
         if plan.swap:
             a, labels_a, b = b, labels_b, a
-        indices = b if len(b.shape) == 1 else ops.argmax(b, axis=-1)
-        gathered = ops.take(a, indices, axis=tuple(labels_a).index(selector))
-        return gathered, plan.out_labels
+        # Selecting rows of a small operand by a one-hot product, not a gather: the gradient
+        # stays dense (sparse slices meeting a momentum optimizer are slow under XLA).
+        one_hot = ops.one_hot(b, sizes[selector], dtype=a.dtype) if len(b.shape) == 1 else b
+        axis = tuple(labels_a).index(selector)
+        rest = labels_a[:axis] + labels_a[axis + 1:]
+        moved = _transpose_to(a, labels_a, (selector,) + rest)
+        selected = ops.matmul(one_hot, reshape(moved, (sizes[selector], -1)))
+        selected = reshape(selected, _shape((BATCH,) + rest, sizes))
+        return _transpose_to(selected, (BATCH,) + rest, plan.out_labels), plan.out_labels
     if selector is not None:
         # The selector operand may arrive as task indices `(B,)`: expand to one-hot here.
         if tuple(labels_a) == (BATCH, selector) and len(a.shape) == 1:
@@ -297,16 +303,36 @@ def contract_pair(a, labels_a, b, labels_b, keep, sizes, selector=None):
     left = _transpose_to(left, labels_left, plan.left)
     right = _transpose_to(right, labels_right, plan.right)
     batch, free_left, contracted, free_right = plan.groups
+    if not contracted:
+        # An outer product (batched over shared kept labels): a broadcast multiply, not a
+        # matmul with an inner size of 1.
+        dims_b = (_group_size(batch, sizes),) if batch else ()
+        left = reshape(left, dims_b + (_group_size(free_left, sizes), 1))
+        right = reshape(right, dims_b + (1, _group_size(free_right, sizes)))
+        return reshape(left * right, _shape(plan.out_labels, sizes)), plan.out_labels
     dims_c = _group_size(contracted, sizes)
     if batch:
         dims_b = _group_size(batch, sizes)
-        left = ops.reshape(left, (dims_b, _group_size(free_left, sizes), dims_c))
-        right = ops.reshape(right, (dims_b, dims_c, _group_size(free_right, sizes)))
+        left = reshape(left, (dims_b, _group_size(free_left, sizes), dims_c))
+        right = reshape(right, (dims_b, dims_c, _group_size(free_right, sizes)))
     else:
-        left = ops.reshape(left, (_group_size(free_left, sizes), dims_c))
-        right = ops.reshape(right, (dims_c, _group_size(free_right, sizes)))
+        left = reshape(left, (_group_size(free_left, sizes), dims_c))
+        right = reshape(right, (dims_c, _group_size(free_right, sizes)))
     out = ops.matmul(left, right)
-    return ops.reshape(out, _shape(plan.out_labels, sizes)), plan.out_labels
+    return reshape(out, _shape(plan.out_labels, sizes)), plan.out_labels
+
+
+def reshape(tensor, shape):
+    """`ops.reshape`, skipped when the static shape already is `shape` (-1: any size).
+
+    Each skipped reshape is one op less in a TF graph, where op dispatch, not flops, bounds
+    the small steps of a factorised layer.
+    """
+    current = tuple(tensor.shape)
+    if len(current) == len(shape) and all(
+            want == -1 or have == want for have, want in zip(current, shape)):
+        return tensor
+    return ops.reshape(tensor, shape)
 
 
 def _shape(labels, sizes):

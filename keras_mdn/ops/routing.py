@@ -1,20 +1,33 @@
 """Domain routing: the one place where a `domain` argument selects per-domain parameters.
 
-A domain is given at call time in one of three forms:
+A domain is given at call time in one of three forms, and the form alone decides the path,
+while tracing (never a run-time `cond`, which XLA compiles into a slow program):
 
 - a Python int: the whole batch is one domain, known while tracing. The parameters are sliced
   statically, so an exported per-domain endpoint holds that domain's weights as constants and
   an adapter lowers to a plain 1x1 convolution.
-- a 0-d integer tensor: the whole batch is one domain, chosen at run time (one gather of the
+- a 0-d integer tensor: the whole batch is one domain, chosen at run time (one row of the
   parameter table, then a single kernel for the batch).
-- an integer tensor of shape `(batch,)`: a mixed-domain batch, the form a functional model gets
-  from `keras.Input(shape=(), dtype="int32")`. `route` checks at run time whether the batch is
-  in fact uniform and then takes the single-kernel path; otherwise it gathers per example.
+- an integer tensor of shape `(batch,)`: a per-example domain, the form a functional model gets
+  from `keras.Input(shape=(), dtype="int32")`. Always the per-example ("mixed") path, also when
+  every example happens to share one domain.
 
-Python ints and concrete (eager) tensors are range-checked here. Inside a compiled graph the
-values are unknown until run time: TensorFlow on CPU then raises from its gather, while JAX and
-accelerators clamp or zero-fill out-of-range indices, so validate domain ids in the input
-pipeline when running compiled code.
+Per-example selection is a gather (`take_domains`), whose gradient adds each example into its
+own domain's row only, so a NaN in one example reaches only its own domain (a one-hot product
+would spread `0 * NaN` to every domain). Per-domain reductions (`domain_sums`) are segment sums
+for the same reason. A layer prepares a tensor domain once per call (`select`).
+
+Bad domain ids, one behaviour on every backend and compile path:
+
+- a Python int, a NumPy array, or a tensor whose values are known (eager) is checked here:
+  an id outside `[0, num_domains)`, a float with a fractional part, or a bool raises.
+- inside a compiled function (TF graph, TF XLA, JAX jit) the values are unknown while tracing:
+  an example whose id is outside `[0, num_domains)` (or, for float ids, not a whole number)
+  selects a row of NaNs, so its output and loss are NaN (`keras.callbacks.TerminateOnNaN` stops
+  `fit`), it adds nothing to any domain's statistics or gradients, and no example ever gets
+  another domain's answer.
+- a domain vector whose length differs from the batch raises (at trace time when both are
+  static, else from the reshape that lays the per-example rows out along the batch).
 """
 
 import numpy as np
@@ -32,15 +45,20 @@ def check_num_domains(num_domains, name="num_domains"):
 
 
 def canonicalize_domain(domain, num_domains, name="domain"):
-    """Validates a domain argument and returns a Python int or an int32 tensor.
+    """Validates a domain argument and returns a Python int or a tensor of rank 0 or 1.
+
+    Integer tensors come back as int32. A float tensor is accepted when its values are whole
+    numbers (a functional model's domain input may be declared float so that fractional ids
+    reach the layers instead of being truncated by Keras' input cast); it comes back float, and
+    `valid_domains` marks its fractional entries invalid. Bools are rejected.
 
     Args:
-        domain: Python int, 0-d integer tensor, or integer tensor of shape `(batch,)`.
+        domain: Python int, 0-d tensor, or tensor of shape `(batch,)`.
         num_domains: number of domains the caller owns parameters for.
         name: argument name used in error messages.
 
     Returns:
-        A Python int for static domains, otherwise an int32 tensor of rank 0 or 1.
+        A Python int for static domains, otherwise a tensor of rank 0 or 1.
     """
     if domain is None:
         raise ValueError(f"`{name}` is required: pass a domain index. Received: {name}=None")
@@ -48,14 +66,14 @@ def canonicalize_domain(domain, num_domains, name="domain"):
         raise TypeError(f"`{name}` must be an integer, not a bool. Received: {name}={domain!r}")
     if isinstance(domain, (int, np.integer)):
         domain = int(domain)
-        _check_range(np.asarray(domain), num_domains, name)
+        _check_values(np.asarray(domain), num_domains, name)
         return domain
     if isinstance(domain, (float, np.floating)):
         raise TypeError(f"`{name}` must be an integer. Received: {name}={domain!r}")
     if isinstance(domain, (list, tuple)):
         domain = np.asarray(domain)
     dtype = K.standardize_dtype(domain.dtype)
-    if "int" not in dtype:
+    if "int" not in dtype and "float" not in dtype:
         raise TypeError(
             f"`{name}` must have an integer dtype. Received: {name} with dtype={dtype}"
         )
@@ -66,8 +84,10 @@ def canonicalize_domain(domain, num_domains, name="domain"):
         )
     values = _concrete_values(domain)
     if values is not None:
-        _check_range(values, num_domains, name)
-    return ops.cast(domain, "int32")
+        _check_values(values, num_domains, name)
+    if "int" in dtype:
+        return ops.cast(domain, "int32")
+    return domain if isinstance(domain, KerasTensor) else ops.convert_to_tensor(domain)
 
 
 def is_uniform(domain):
@@ -75,41 +95,145 @@ def is_uniform(domain):
     return isinstance(domain, int) or len(domain.shape) == 0
 
 
+def valid_domains(domain, num_domains):
+    """Boolean tensor (shape of `domain`): True where the id is a domain of `[0, num_domains)`."""
+    domain = ops.convert_to_tensor(domain)
+    if "float" in K.standardize_dtype(domain.dtype):
+        whole = ops.equal(domain, ops.floor(domain))
+        return ops.logical_and(whole, _in_range(domain, num_domains))
+    return _in_range(domain, num_domains)
+
+
+class Selection:
+    """A tensor `domain` prepared once per layer call for `take_domains` and `domain_sums`.
+
+    Attributes:
+        valid: bool tensor, shape of `domain`: the id names a domain.
+        ids: int32 ids, invalid ones replaced by 0 (safe for any gather).
+        segments: int32 ids, invalid ones moved to `num_domains`, an extra discarded slot.
+        num_domains: int.
+    """
+
+    def __init__(self, domain, num_domains):
+        self.num_domains = num_domains
+        self.valid = valid_domains(domain, num_domains)
+        self.ids = ops.cast(ops.where(self.valid, domain, 0), "int32")
+        self.segments = ops.where(self.valid, self.ids, num_domains)
+        self._counts = None
+
+    def counts(self):
+        """Examples per domain, float32 `(num_domains,)` (invalid ids count for none)."""
+        if self._counts is None:
+            ones = ops.ones(ops.shape(self.segments), dtype="float32")
+            self._counts = self._segment_sum(ones)
+        return self._counts
+
+    def _segment_sum(self, data):
+        slots = self.num_domains + 1
+        return ops.segment_sum(data, self.segments, num_segments=slots)[: self.num_domains]
+
+
+def select(domain, num_domains):
+    """Prepares a tensor `domain` (rank 0 or 1) for repeated selections: a `Selection`."""
+    return domain if isinstance(domain, Selection) else Selection(domain, num_domains)
+
+
 def gather_domain(params, domain):
     """Selects rows of a per-domain parameter table `params` of shape `(num_domains, ...)`.
 
     Returns `params[domain]` (shape `(...)`) for a uniform domain and a per-example table of
-    shape `(batch, ...)` for a domain vector.
+    shape `(batch, ...)` for a domain vector. `domain` may be a `Selection`. Invalid traced ids
+    select a row of NaNs (see the module docstring); gradients reach only the rows of the
+    domains selected.
     """
     if isinstance(domain, int):
         return params[domain]
-    return ops.take(params, domain, axis=0)
+    return take_domains(params, select(domain, params.shape[0]))
+
+
+def take_domains(params, selection, fill_invalid=True):
+    """`params[ids]` for a `Selection`, with NaN rows where the id is invalid.
+
+    A gather (its gradient adds each example into its own domain's row only, so a NaN stays
+    in its domain) and a `where` (NaN-safe, unlike a product with a mask). With
+    `fill_invalid=False` invalid ids read row 0: for values that are NaN'd elsewhere.
+    """
+    rows = ops.take(params, selection.ids, axis=0)
+    if not fill_invalid or "float" not in K.standardize_dtype(rows.dtype):
+        return rows  # integer tables are layouts, not weights: invalid ids read row 0
+    valid = selection.valid
+    extra = len(rows.shape) - len(valid.shape)
+    if extra:
+        valid = ops.reshape(valid, tuple(ops.shape(valid)) + (1,) * extra)
+    return ops.where(valid, rows, ops.cast(float("nan"), rows.dtype))
+
+
+def domain_sums(data, selection):
+    """Per-domain sums of per-example `data` `(batch, ...)`: shape `(num_domains, ...)`.
+
+    Segment sums: examples with invalid ids count for no domain, and a NaN stays in its own
+    domain's row (a one-hot product would spread `0 * NaN` to every domain). The matching
+    counts are `selection.counts()`.
+    """
+    return selection._segment_sum(data)
+
+
+def per_example(rows, inputs):
+    """Lays per-example rows `(batch, C)` out to broadcast against `inputs` `(batch, ..., C)`.
+
+    The reshape names the inputs' batch size, so a domain vector whose length differs from
+    the batch raises instead of broadcasting.
+    """
+    batch = inputs.shape[0] if inputs.shape[0] is not None else ops.shape(inputs)[0]
+    return ops.reshape(rows, (batch,) + (1,) * (len(inputs.shape) - 2) + (rows.shape[-1],))
+
+
+def check_batch(domain, inputs, name="domain"):
+    """Raises when a domain vector's static length differs from the inputs' static batch."""
+    if is_uniform(domain):
+        return
+    length, batch = domain.shape[0], inputs.shape[0]
+    if length is not None and batch is not None and length != batch:
+        raise ValueError(
+            f"`{name}` must have one id per example: shape ({batch},). "
+            f"Received: {name} with shape={tuple(domain.shape)} for inputs with "
+            f"shape={tuple(inputs.shape)}"
+        )
 
 
 def route(domain, uniform_fn, mixed_fn):
-    """Runs `uniform_fn(scalar_domain)` for a one-domain batch, else `mixed_fn(domain_vector)`.
+    """Runs `uniform_fn(domain)` for an int or 0-d domain, else `mixed_fn(domain_vector)`.
 
-    A domain vector whose entries are all equal is detected at run time (`ops.cond`), so a
-    functional model fed one domain per batch runs a single kernel per layer. Both functions
-    must return tensors of the same shape and dtype, and must not assign variables.
+    The choice is static (from the domain's form): a run-time `cond` makes XLA programs
+    5-200x slower. Both functions must return tensors of the same shape and dtype.
     """
     if is_uniform(domain):
         return uniform_fn(domain)
-    if isinstance(domain, KerasTensor):
-        return mixed_fn(domain)
-    batch_uniform = ops.logical_and(
-        ops.greater(ops.size(domain), 0), ops.all(ops.equal(domain, domain[:1]))
+    return mixed_fn(domain)
+
+
+def _in_range(domain, num_domains):
+    return ops.logical_and(
+        ops.greater_equal(domain, ops.cast(0, domain.dtype)),
+        ops.less(domain, ops.cast(num_domains, domain.dtype)),
     )
-    return ops.cond(batch_uniform, lambda: uniform_fn(domain[0]), lambda: mixed_fn(domain))
 
 
-def _check_range(values, num_domains, name):
+def _check_values(values, num_domains, name):
     values = np.asarray(values)
     if values.size == 0:
         return
-    low, high = int(values.min()), int(values.max())
+    if values.dtype.kind == "f":
+        fractional = values[values != np.floor(values)]
+        if fractional.size:
+            raise ValueError(
+                f"`{name}` must hold whole numbers (domain ids). "
+                f"Received: {name}={fractional.flat[0]!r}"
+            )
+    low, high = values.min(), values.max()
     if low < 0 or high >= num_domains:
         bad = low if low < 0 else high
+        bad = int(bad) if np.isfinite(bad) else bad
         raise ValueError(
             f"`{name}` must be in [0, {num_domains}) for a layer with "
             f"num_domains={num_domains}. Received: {name}={bad}"

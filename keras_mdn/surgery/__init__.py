@@ -1,18 +1,23 @@
 """Model surgery: adapters for existing models, new domains, compression, folding.
 
-`import keras_mdn.surgery` (not imported by `import keras_mdn`).
+`import keras_mdn.surgery` (not imported by `import keras_mdn`). Every function returns a new
+model and leaves the model passed in unchanged.
 """
 
 from keras_mdn.surgery.adapters import add_adapters, select_layers
 from keras_mdn.surgery.compression import compress_adapters
-from keras_mdn.surgery.domains import add_domain
+from keras_mdn.surgery.domains import add_domain, add_domains
 from keras_mdn.surgery.fold import fold_domain
 from keras_mdn.surgery.freezing import FrozenEntries, train_only_domains
+from keras_mdn.surgery.graph import FunctionalGraph, call_with_domain
 
 __all__ = [
     "FrozenEntries",
+    "FunctionalGraph",
     "add_adapters",
     "add_domain",
+    "add_domains",
+    "call_with_domain",
     "compress_adapters",
     "fold_domain",
     "select_layers",

@@ -5,12 +5,14 @@ import numpy as np
 
 from keras_mdn.layers.domain_batch_normalization import DomainBatchNormalization
 from keras_mdn.layers.domain_head import DomainHead
+from keras_mdn.layers.domain_layer import check_domain
 from keras_mdn.layers.residual_adapter import MODES, ResidualAdapter
 from keras_mdn.ops import routing
-from keras_mdn.surgery.fold import FunctionalGraph
-from keras_mdn.surgery.rebuild import as_functional, call_layer, graph_layers, rebuild
+from keras_mdn.surgery.graph import FunctionalGraph
+from keras_mdn.surgery.rebuild import LayerCopies, as_functional, graph_layers, rebuild
 
 PLACEMENTS = ("all", "shallow", "deep")
+BATCH_NORMS = ("per_domain", "shared")
 
 
 def add_adapters(
@@ -25,23 +27,26 @@ def add_adapters(
     classifier=None,
     adapter_initializer="zeros",
     adapter_regularizer=None,
+    batch_norms="per_domain",
+    source_domain=None,
     name=None,
 ):
-    """Turns a built single-domain functional model into a multi-domain model.
+    """A multi-domain copy of a built single-domain functional model.
 
     The graph of `model` is rebuilt with an extra int32 input `"domain"`:
 
-    - the chosen `Conv1D`/`Conv2D`/`Dense` layers are wrapped in `ResidualAdapter`s that keep
-      the original layer objects (shared weights) and take the original layer's name;
+    - the chosen `Conv1D`/`Conv2D`/`Dense` layers are wrapped in `ResidualAdapter`s around a
+      copy of the layer (its weights shared by all domains), with the original layer's name;
     - every `BatchNormalization` (channels last) becomes a `DomainBatchNormalization` of the
       same name whose every domain starts from the original's gamma, beta and moving
-      statistics;
+      statistics (with `batch_norms="shared"` it stays one batch norm shared by all domains);
     - with `num_classes`, the top classifier (the `Dense` producing the model's output) becomes
-      a `DomainHead` (followed by the classifier's activation, if any); a domain with as many
-      classes as the original starts from its weights. Without it, the classifier stays
-      shared.
+      a `DomainHead` (followed by the classifier's activation, if any); domain
+      `source_domain` (by default, every domain with as many classes as the original) starts
+      from its weights. Without it, the classifier stays shared.
 
-    Every other layer is re-applied as is (shared). Adapters start at zero, so at first every
+    Every other layer is copied (config and weights): `model` itself is never changed, and
+    the new model shares no variable with it. Adapters start at zero, so at first every
     domain computes exactly what the original model computes (in inference mode; up to float
     rounding of the batch norm). The result keeps the original inputs (names included), then
     `"domain"`; nested functional models (a `keras.applications` backbone inside a
@@ -62,14 +67,20 @@ def add_adapters(
             least one). Defaults to `0.5`.
         rank: optional int, low-rank adapters, capped at each layer's channel counts.
             Defaults to `None`.
-        freeze_base: bool, make every original (shared) layer non-trainable. The layers are
-            the original objects, so this also freezes them in `model`. Defaults to `True`.
+        freeze_base: bool, make every shared layer of the new model non-trainable (the
+            original model is not touched). Defaults to `True`.
         num_classes: optional list of ints, one per domain: replace the top classifier by a
             `DomainHead`. Defaults to `None` (the classifier is kept, shared).
         classifier: optional name of the classifier layer to replace. Defaults to the `Dense`
             layer producing the model's output.
         adapter_initializer: Defaults to `"zeros"`.
         adapter_regularizer: regularizer of the adapter kernels. Defaults to `None`.
+        batch_norms: `"per_domain"` (each `BatchNormalization` becomes a
+            `DomainBatchNormalization`) or `"shared"` (kept as is, frozen with `freeze_base`).
+            Defaults to `"per_domain"`.
+        source_domain: optional int, the domain the original classifier was trained for: only
+            its head starts from the classifier's weights. Defaults to `None` (every domain
+            with the classifier's class count).
         name: name of the new model. Defaults to the original's.
 
     Returns:
@@ -88,6 +99,12 @@ def add_adapters(
         raise ValueError(f"`rank` must be a positive int or None. Received: rank={rank!r}")
     if num_classes is not None:
         num_classes = _check_num_classes(num_classes, num_domains)
+    if batch_norms not in BATCH_NORMS:
+        raise ValueError(
+            f"`batch_norms` must be one of {BATCH_NORMS}. Received: batch_norms={batch_norms!r}"
+        )
+    if source_domain is not None:
+        source_domain = check_domain(source_domain, num_domains, "source_domain")
     model = as_functional(model)
     layers = graph_layers(model)
     head = _find_classifier(model, layers, classifier, required=num_classes is not None)
@@ -98,15 +115,15 @@ def add_adapters(
             f"so it cannot also take an adapter. Received: where={where!r}"
         )
     selected_ids = {id(layer) for layer in selected}
-    replaced, shared = {}, {}
+    replaced, copies = {}, LayerCopies()
 
     def call(op, args, kwargs, domain):
         x = args[0] if args else None
         if id(op) in selected_ids:
-            shared[id(op)] = op
-            if id(op) not in replaced:
+            first = id(op) not in replaced
+            if first:
                 replaced[id(op)] = ResidualAdapter(
-                    op,
+                    copies.copy(op),
                     num_domains,
                     mode=mode,
                     rank=_layer_rank(rank, op, x, mode),
@@ -115,8 +132,11 @@ def add_adapters(
                     freeze_base=freeze_base,
                     name=op.name,
                 )
-            return replaced[id(op)](x, domain)
-        if isinstance(op, keras.layers.BatchNormalization):
+            outputs = replaced[id(op)](x, domain)
+            if first:
+                replaced[id(op)].layer.set_weights(op.get_weights())
+            return outputs
+        if isinstance(op, keras.layers.BatchNormalization) and batch_norms == "per_domain":
             first = id(op) not in replaced
             if first:
                 replaced[id(op)] = _domain_batch_norm(op, num_domains, x)
@@ -125,13 +145,12 @@ def add_adapters(
                 _copy_batch_norm(op, replaced[id(op)])
             return outputs
         if num_classes is not None and op is head:
-            return _domain_head(op, num_classes, x, domain)
-        shared[id(op)] = op
-        return call_layer(op, args, kwargs)
+            return _domain_head(op, num_classes, x, domain, source_domain)
+        return copies(op, args, kwargs)
 
     multi = rebuild(model, call, add_domain_input=True, name=name)
     if freeze_base:
-        for layer in shared.values():
+        for layer in copies.copies.values():
             if isinstance(layer, keras.layers.Layer) and layer.weights:
                 layer.trainable = False
     return multi
@@ -275,7 +294,7 @@ def _copy_batch_norm(bn, domain_bn):
         target.assign(np.tile(row[None], (domain_bn.num_domains, 1)).astype(target.dtype))
 
 
-def _domain_head(dense, num_classes, x, domain):
+def _domain_head(dense, num_classes, x, domain, source_domain=None):
     if len(x.shape) != 2:
         raise ValueError(
             "The classifier replaced by a DomainHead must read (batch, features). Received: "
@@ -295,7 +314,14 @@ def _domain_head(dense, num_classes, x, domain):
     bias = None if dense.bias is None else keras.ops.convert_to_numpy(dense.bias)
     new_kernel = keras.ops.convert_to_numpy(head.kernel)
     new_bias = None if head.bias is None else keras.ops.convert_to_numpy(head.bias)
-    for offset, classes in zip(head.offsets, num_classes):
+    for index, (offset, classes) in enumerate(zip(head.offsets, num_classes)):
+        if source_domain is not None and index != source_domain:
+            continue
+        if classes != dense.units and source_domain is not None:
+            raise ValueError(
+                f"The classifier {dense.name!r} has {dense.units} classes, the head of "
+                f"`source_domain` {classes}. Received: source_domain={source_domain}"
+            )
         if classes == dense.units:
             new_kernel[:, offset : offset + classes] = kernel
             if new_bias is not None:

@@ -6,7 +6,7 @@ from keras import ops
 
 from keras_mdn.layers.residual_adapter import ResidualAdapter
 from keras_mdn.ops import compression
-from keras_mdn.surgery.rebuild import call_layer, graph_layers, rebuild
+from keras_mdn.surgery.rebuild import LayerCopies, graph_layers, rebuild
 
 
 def compress_adapters(model, rank=None, energy=None, name=None):
@@ -47,22 +47,18 @@ def compress_adapters(model, rank=None, energy=None, name=None):
         raise ValueError(
             f"`model` has no ResidualAdapter to compress. Received: model={model.name!r}"
         )
-    report, clones = [], {}
+    report, compressed_layers, copies = [], {}, LayerCopies()
 
     def call(op, args, kwargs, domain):
-        if not isinstance(op, keras.layers.Layer) or isinstance(op, keras.layers.InputLayer):
-            return call_layer(op, args, kwargs)
-        first = id(op) not in clones
-        if first and isinstance(op, ResidualAdapter):
-            clones[id(op)], row = _compress_layer(op, rank, energy)
+        if not isinstance(op, ResidualAdapter):
+            return copies(op, args, kwargs)
+        first = id(op) not in compressed_layers
+        if first:
+            compressed_layers[id(op)], row = _compress_layer(op, rank, energy)
             report.append(row)
-        elif first:
-            clones[id(op)] = type(op).from_config(op.get_config())
-        outputs = clones[id(op)](*args, **kwargs)
-        if first and not isinstance(op, ResidualAdapter):
-            clones[id(op)].set_weights(op.get_weights())
-        elif first:
-            _set_low_rank(op, clones[id(op)], report[-1])
+        outputs = compressed_layers[id(op)](*args, **kwargs)
+        if first:
+            _set_low_rank(op, compressed_layers[id(op)], report[-1])
         return outputs
 
     compressed = rebuild(model, call, name=name)

@@ -13,7 +13,8 @@ import numpy as np
 from keras import ops
 
 from keras_mdn.api import register
-from keras_mdn.surgery.ownership import model_num_domains, model_ownership
+from keras_mdn.layers.domain_layer import count_domains
+from keras_mdn.surgery.ownership import leaf_layers, model_ownership
 
 
 @register
@@ -50,7 +51,7 @@ class FrozenEntries(keras.constraints.Constraint):
         }
 
 
-def train_only_domains(model, domains):
+def train_only_domains(model, domains, layers=None):
     """Makes only the parameters of `domains` trainable, in place.
 
     Shared weights (the convs, a low-rank adapter's projection, plain layers) become
@@ -60,18 +61,32 @@ def train_only_domains(model, domains):
     trained by gradients: a `DomainBatchNormalization` updates only the domains present in a
     training batch, so train on batches of `domains` only.
 
+    `layers` chooses which parts of the domains train: only the per-domain parameters of the
+    domain layers it selects (e.g. `[keras_mdn.DomainHead]` for heads only, `[DomainHead,
+    DomainBatchNormalization]` for the batch-norm baseline); every other weight is frozen.
+    One call states the whole training state, so no other call has to be remembered; a layer
+    you froze yourself (`layer.trainable = False` before the call) stays frozen.
+
     Call it before `compile` (the optimizer takes the trainable variables when it builds).
     The state is not saved: a reloaded model trains everything; call this again.
-    `train_only_domains(model, None)` undoes it (everything trainable, constraints removed).
+    `train_only_domains(model, None)` undoes it (this function's freezing removed, layers
+    you froze yourself kept frozen).
 
     Args:
         model: a multi-domain Keras model.
         domains: int or list of ints, the domains to train; or `None` to unfreeze.
+        layers: optional selection of the domain layers that train: a list of layer classes
+            and/or layer names, or a predicate `layer -> bool`. Defaults to `None` (every
+            domain layer).
 
     Returns:
         `model`.
+
+    Example:
+
+    >>> train_only_domains(model, [3], layers=[keras_mdn.DomainHead])  # domain 3's head only
     """
-    num_domains = max(model_num_domains(model), 1)
+    num_domains = max(count_domains(model), 1)
     if domains is not None:
         domains = [domains] if isinstance(domains, (int, np.integer)) else list(domains)
         for domain in domains:
@@ -83,12 +98,20 @@ def train_only_domains(model, domains):
                 raise ValueError(
                     f"`domains` must be ints in [0, {num_domains}). Received: domains={domains}"
                 )
+    selected = _selector(layers, model)
     entries = model_ownership(model)
     owners = {id(entry.layer): entry.layer for entry in entries}
+    owners = {
+        key: layer for key, layer in owners.items()
+        if layer.trainable or getattr(layer, _FROZEN_HERE, False)
+    }
     for layer in owners.values():
         # Per-variable flags below decide; a non-trainable layer would hide them all.
         layer.trainable = True
+        setattr(layer, _FROZEN_HERE, False)
     for entry in entries:
+        if id(entry.layer) not in owners:
+            continue
         variable = entry.variable
         base = _inner_constraint(variable.constraint)
         if entry.statistic:
@@ -96,7 +119,7 @@ def train_only_domains(model, domains):
         if domains is None:
             variable.constraint = base
             variable.trainable = True
-        elif entry.shared:
+        elif entry.shared or not selected(entry.layer):
             variable.constraint = base
             variable.trainable = False
         else:
@@ -106,10 +129,42 @@ def train_only_domains(model, domains):
             )
     for layer in owners.values():
         if domains is not None and all(
-            e.shared or e.statistic for e in entries if e.layer is layer
+            not (e.variable.trainable and not e.statistic) for e in entries if e.layer is layer
         ):
             layer.trainable = False
+            setattr(layer, _FROZEN_HERE, True)
     return model
+
+
+# Marks the layers this module froze, so a later call (or `None`) can tell them from layers
+# the user froze.
+_FROZEN_HERE = "_keras_mdn_frozen"
+
+
+def _selector(layers, model):
+    if layers is None:
+        return lambda layer: True
+    if callable(layers) and not isinstance(layers, type):
+        return layers
+    if isinstance(layers, (type, str)):
+        layers = [layers]
+    if not isinstance(layers, (list, tuple, set)) or not all(
+        isinstance(item, (type, str)) for item in layers
+    ):
+        raise TypeError(
+            "`layers` must be None, a list of layer classes and/or names, or a predicate. "
+            f"Received: layers={layers!r}"
+        )
+    classes = tuple(item for item in layers if isinstance(item, type))
+    names = {item for item in layers if isinstance(item, str)}
+    known = {layer.name for layer in leaf_layers(model)}
+    missing = sorted(names - known)
+    if missing:
+        raise ValueError(
+            f"`layers` names layers that are not in the model: {missing}. "
+            f"Received: layers={layers!r}"
+        )
+    return lambda layer: isinstance(layer, classes) or layer.name in names
 
 
 def _inner_constraint(constraint):

@@ -1,6 +1,6 @@
 """Re-running a functional model's graph with some layers replaced: the core of model surgery.
 
-The graph is read with `keras_mdn.surgery.fold.FunctionalGraph` (from the model's public
+The graph is read with `keras_mdn.surgery.graph.FunctionalGraph` (from the model's public
 config, no private Keras attributes), so folding and the other surgeries walk graphs the
 same way. Nested functional models (a `keras.applications` backbone inside a `Sequential`)
 are inlined, so their layers can be replaced too.
@@ -8,7 +8,7 @@ are inlined, so their layers can be replaced too.
 
 import keras
 
-from keras_mdn.surgery.fold import FunctionalGraph
+from keras_mdn.surgery.graph import FunctionalGraph
 
 DOMAIN_INPUT = "domain"
 
@@ -44,8 +44,10 @@ def rebuild(model, call, add_domain_input=False, name=None):
     """
     graph = FunctionalGraph(as_functional(model))
     inputs = {}
-    for input_name, _, dtype, shape in graph.inputs:
-        inputs[input_name] = keras.Input(batch_shape=tuple(shape), dtype=dtype, name=input_name)
+    for graph_input in graph.inputs:
+        inputs[graph_input.name] = keras.Input(
+            batch_shape=tuple(graph_input.shape), dtype=graph_input.dtype, name=graph_input.name
+        )
     domain = None
     if add_domain_input:
         if DOMAIN_INPUT in inputs:
@@ -72,7 +74,7 @@ def _run(graph, values, call, domain):
 
 def _inline(model, args, call, domain):
     graph = FunctionalGraph(model)
-    names = [input_name for input_name, _, _, _ in graph.inputs]
+    names = graph.input_names(domain=True)
     given = keras.tree.flatten(args[0]) if len(args) == 1 else keras.tree.flatten(args)
     if len(given) != len(names):
         raise ValueError(
@@ -100,10 +102,53 @@ def graph_layers(model):
     """The model's operations in graph order, nested functional models expanded."""
     graph = FunctionalGraph(as_functional(model))
     seen, ordered = set(), []
-    for op, _, _, _, _ in graph.nodes:
+    for node in graph.nodes:
+        op = node.operation
         layers = graph_layers(op) if _is_nested_functional(op) else [op]
         for layer in layers:
             if id(layer) not in seen:
                 seen.add(id(layer))
                 ordered.append(layer)
     return ordered
+
+
+class LayerCopies:
+    """Applies independent copies of a model's layers: surgery never touches the original.
+
+    Each layer is copied once (config, then weights once built), so a layer used at several
+    nodes stays shared within the new model; `keras.ops` operations and weightless layers
+    that cannot be copied are re-applied as they are (they hold no state).
+
+    Example:
+
+    >>> copies = LayerCopies()
+    >>> new = rebuild(model, lambda op, args, kwargs, domain: copies(op, args, kwargs))
+    """
+
+    def __init__(self):
+        self.copies = {}
+
+    def copy(self, op):
+        """The copy of `op` (made unbuilt at the first request)."""
+        if id(op) not in self.copies:
+            try:
+                self.copies[id(op)] = type(op).from_config(op.get_config())
+            except Exception as error:
+                if op.weights:
+                    raise ValueError(
+                        f"Cannot copy layer {op.name!r} ({type(op).__name__}): its config does "
+                        f"not round-trip ({error}). Register it with "
+                        "keras.saving.register_keras_serializable and give it a get_config."
+                    ) from error
+                self.copies[id(op)] = op
+        return self.copies[id(op)]
+
+    def __call__(self, op, args, kwargs):
+        if not isinstance(op, keras.layers.Layer) or isinstance(op, keras.layers.InputLayer):
+            return call_layer(op, args, kwargs)
+        first = id(op) not in self.copies
+        layer = self.copy(op)
+        outputs = layer(*args, **kwargs)
+        if first and layer is not op:
+            layer.set_weights(op.get_weights())
+        return outputs

@@ -27,7 +27,7 @@ def test_round_trip(tmp_path, dtype, atol):
     assert size == path.stat().st_size
     loaded = read_pack(path)
     assert (loaded.model_id, loaded.domain, loaded.domain_name) == (MODEL_ID, 2, "signs")
-    assert (loaded.dtype, loaded.num_classes, loaded.format_version) == (dtype, 3, 1)
+    assert (loaded.dtype, loaded.num_classes, loaded.format_version) == (dtype, 3, 2)
     assert list(loaded.tensors) == list(pack.tensors)
     for name, value in pack.tensors.items():
         # Vectors are stored as float32 in every pack; matrices in the pack dtype.
@@ -41,7 +41,7 @@ def test_header_layout_is_the_documented_one():
     version, dtype, model_id, domain, classes, count, name_length = struct.unpack_from(
         "<HH32sIIIH", data, 8
     )
-    assert (version, dtype, model_id, domain, classes, count) == (1, 1, MODEL_ID, 2, 3, 3)
+    assert (version, dtype, model_id, domain, classes, count) == (2, 1, MODEL_ID, 2, 3, 3)
     assert data[58 : 58 + name_length] == b"signs"
     offset = 58 + name_length
     (length,) = struct.unpack_from("<H", data, offset)
@@ -61,8 +61,8 @@ def test_bad_files_raise_pack_error():
     with pytest.raises(PackError, match="bad magic"):
         decode(b"PK\x03\x04" + bytes(data[4:]))
     newer = bytearray(data)
-    newer[8:10] = struct.pack("<H", 2)
-    with pytest.raises(PackError, match="format version 2"):
+    newer[8:10] = struct.pack("<H", 3)
+    with pytest.raises(PackError, match="format version 3"):
         decode(bytes(newer))
     corrupt = bytearray(data)
     corrupt[-10] ^= 0xFF
@@ -82,6 +82,9 @@ def test_check_rejects_another_model_and_other_shapes():
         pack.check(MODEL_ID, {**specs, "final__offset": (6,)})
     with pytest.raises(PackError, match="shape"):
         pack.check(MODEL_ID, {**specs, "conv1__scale": (7,)})
+    pack.check(MODEL_ID, specs, domain=2)
+    with pytest.raises(PackError, match=r"p.mdnpack holds domain 2 \('signs'\).*domain=1"):
+        pack.check(MODEL_ID, specs, domain=1, source="p.mdnpack")
 
 
 def test_model_digest_depends_on_weights_and_architecture():

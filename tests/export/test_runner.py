@@ -1,11 +1,10 @@
 import os
 import struct
 
-import keras
 import numpy as np
 import pytest
 
-from tests.export.conftest import expected_logits
+from tests.export.conftest import NUM_CLASSES, expected_logits
 from tests.helpers import tensorflow_only
 from tests.surgery.test_fold import small_model
 
@@ -81,15 +80,103 @@ def test_bad_layout_and_missing_quantization(exported):
         load(directory, layout="folded", quantization="int8")
 
 
-def test_unsupported_layer_is_named(tmp_path):
-    from keras_mdn.export import SwappablePlan, export_folded_tflite
+def test_pack_of_another_domain_under_this_domains_name_is_rejected(exported, tmp_path, images):
+    import shutil
 
-    class Gate(keras.layers.Layer):
-        def call(self, x, domain):
-            return x * keras.ops.cast(keras.ops.reshape(domain, (-1, 1, 1, 1)), x.dtype)
+    from keras_mdn.export import PackError, load
 
-    gated = small_model(extra=lambda x, domain: Gate(name="my_gate")(x, domain))
-    with pytest.raises(ValueError, match="'my_gate' \\(Gate\\)"):
-        SwappablePlan(gated)
-    with pytest.raises(ValueError, match="'my_gate' \\(Gate\\)"):
-        export_folded_tflite(gated, str(tmp_path))
+    directory, _ = exported
+    copy = str(tmp_path / "export")
+    shutil.copytree(directory, copy, ignore=shutil.ignore_patterns("saved_model"))
+    shutil.copy(os.path.join(copy, "swappable", "domain_2.mdnpack"),
+                os.path.join(copy, "swappable", "domain_1.mdnpack"))
+    runner = load(copy, layout="swappable")
+    runner.predict(images, 0)
+    with pytest.raises(PackError, match="domain_1.mdnpack holds domain 2 .*domain=1"):
+        runner.predict(images, 1)
+    with pytest.raises(PackError, match="holds domain 2"):
+        runner.load_pack(os.path.join(copy, "swappable", "domain_1.mdnpack"), domain=1)
+    # The failed switch left domain 0 in place.
+    assert runner.pack.domain == 0
+
+
+@pytest.mark.parametrize("layout", ["swappable", "multi_signature", "folded"])
+@pytest.mark.parametrize("domain, error, message", [
+    (True, TypeError, "must be an int. Received: domain=True"),
+    (1.0, TypeError, "must be an int. Received: domain=1.0"),
+    ("1", TypeError, "must be an int"),
+    (-1, ValueError, "no domain -1"),
+    (3, ValueError, "no domain 3"),
+])
+def test_bad_domain_is_rejected(exported, images, layout, domain, error, message):
+    from keras_mdn.export import load
+
+    directory, _ = exported
+    runner = load(directory, layout=layout)
+    with pytest.raises(error, match=message):
+        runner.predict(images, domain)
+    assert runner.predict(images, np.int64(1)).shape == (len(images), NUM_CLASSES[1])
+
+
+@pytest.mark.parametrize("layout", ["swappable", "multi_signature", "folded"])
+def test_image_shape_is_checked(exported, images, layout):
+    from keras_mdn.export import load
+
+    directory, _ = exported
+    runner = load(directory, layout=layout)
+    with pytest.raises(ValueError, match=r"one image: add a batch axis .*images.shape=\(9, 9, 3\)"):
+        runner.predict(images[0], 0)
+    wrong_size = r"shape \(batch, 9, 9, 3\).*images.shape=\(2, 16, 16, 3\)"
+    with pytest.raises(ValueError, match=wrong_size):
+        runner.predict(np.zeros((2, 16, 16, 3), "float32"), 0)
+    with pytest.raises(ValueError, match=r"images.shape=\(2, 9, 9, 1\)"):
+        runner.predict(np.zeros((2, 9, 9, 1), "float32"), 0)
+
+
+def test_bad_manifest_names_the_file(exported, tmp_path):
+    import shutil
+
+    from keras_mdn.export import load
+
+    directory, _ = exported
+    copy = tmp_path / "export"
+    shutil.copytree(directory, copy, ignore=shutil.ignore_patterns("saved_model"))
+    manifest = copy / "manifest.json"
+    text = manifest.read_text()
+    manifest.write_text(text[: len(text) // 2])
+    with pytest.raises(ValueError, match=r"manifest.json is not valid JSON"):
+        load(str(copy))
+    manifest.write_text('{"format": 2}')
+    with pytest.raises(ValueError, match=r"json is not a keras_mdn manifest: key 'layouts'"):
+        load(str(copy))
+    manifest.write_text(text.replace('"packs"', '"pack_files"'))
+    with pytest.raises(ValueError, match=r"json: layout 'swappable' \(None\) has no 'packs'"):
+        load(str(copy))
+
+
+@pytest.mark.parametrize("layout, relative", [("swappable", "swappable/swappable.tflite"),
+                                              ("multi_signature", "multi_signature.tflite"),
+                                              ("folded", "folded/domain_0.tflite")])
+def test_truncated_tflite_names_the_file(exported, tmp_path, images, layout, relative):
+    import shutil
+
+    from keras_mdn.export import load
+
+    directory, _ = exported
+    copy = tmp_path / "export"
+    shutil.copytree(directory, copy, ignore=shutil.ignore_patterns("saved_model"))
+    path = copy / relative
+    path.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(ValueError, match=f"{relative} is not a valid TFLite model"):
+        load(str(copy), layout=layout).predict(images, 0)
+
+
+def test_pack_with_nan_is_rejected(exported):
+    from keras_mdn.export import Pack, PackError, load
+
+    directory, _ = exported
+    runner = load(directory, layout="swappable")
+    tensors = {name: np.zeros(shape, "float32") for name, shape in runner.input_specs.items()}
+    tensors[next(iter(tensors))][...] = np.nan
+    with pytest.raises(PackError, match="NaN"):
+        runner.load_pack(Pack(runner.model_id, 0, "bad", tensors))

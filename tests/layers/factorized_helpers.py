@@ -30,3 +30,48 @@ def gradients(fn, x, variables):
         np.asarray(x), [v.value for v in variables]
     )
     return np.asarray(grad_x), [np.asarray(g) for g in grad_values]
+
+
+def check_mixed_precision(make_layer, input_shape, policy, where, tmp_path):
+    """A model with factorised layers under `policy` (global or the layers' `dtype=`):
+    float32 variables, outputs in the compute dtype (also from shape inference), finite
+    training, and a `.keras` round trip that keeps the policy and the outputs."""
+    from tests.helpers import assert_close, rng, save_and_load
+
+    previous = keras.config.dtype_policy()
+    if where == "global":
+        keras.config.set_dtype_policy(policy)
+    try:
+        kwargs = {} if where == "global" else {"dtype": policy}
+        features = keras.Input(input_shape[1:], name="features")
+        domain = keras.Input((), dtype="int32", name="domain")
+        layers = make_layer(**kwargs)
+        hidden = features
+        for layer in layers:
+            hidden = layer(hidden, domain=domain)
+        compute = keras.mixed_precision.DTypePolicy(policy).compute_dtype
+        assert hidden.dtype == compute
+        outputs = keras.layers.Activation("linear", dtype="float32")(hidden)
+        model = keras.Model([features, domain], outputs)
+        for layer in layers:
+            assert layer.dtype_policy.name == policy
+            assert all(w.dtype == "float32" for w in layer.weights)
+        x = rng(0).normal(size=(16,) + tuple(input_shape[1:])).astype("float32")
+        domains = (np.arange(16) % layers[0].num_domains).astype("int32")
+        y = rng(1).normal(size=(16,) + tuple(outputs.shape[1:])).astype("float32")
+        model.compile(keras.optimizers.SGD(0.01), "mse")
+        history = model.fit([x, domains], y, epochs=2, batch_size=8, verbose=0)
+        assert np.all(np.isfinite(history.history["loss"]))
+        for layer in layers:
+            assert all(w.dtype == "float32" for w in layer.weights)
+            assert all(np.all(np.isfinite(keras.ops.convert_to_numpy(w)))
+                       for w in layer.weights)
+        eager = layers[0](x[:4], domain=domains[:4])
+        assert keras.backend.standardize_dtype(eager.dtype) == compute
+        loaded = save_and_load(model, tmp_path)
+        for layer in layers:
+            assert loaded.get_layer(layer.name).dtype_policy.name == policy
+        assert_close(loaded.predict_on_batch([x, domains]), model.predict_on_batch([x, domains]),
+                     atol=0)
+    finally:
+        keras.config.set_dtype_policy(previous)

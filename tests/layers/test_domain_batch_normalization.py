@@ -112,3 +112,18 @@ def test_bad_input():
         bn(np.zeros((3,), "float32"), domain=0)
     with pytest.raises(ValueError, match="domain=2"):
         DomainBatchNormalization(2)(np.zeros((3, 2), "float32"), domain=np.array([0, 1, 2]))
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(epsilon=float("nan")), "epsilon=nan"),
+        (dict(epsilon=0.0), "epsilon=0.0"),
+        (dict(epsilon=float("inf")), "epsilon=inf"),
+        (dict(momentum=float("nan")), "momentum=nan"),
+        (dict(momentum=-0.1), "momentum=-0.1"),
+    ],
+)
+def test_bad_epsilon_and_momentum_are_rejected(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        DomainBatchNormalization(2, **kwargs)

@@ -8,7 +8,7 @@ from keras import ops
 import keras_mdn
 from keras_mdn import FactorizedConv, FactorizedConv1D, FactorizedConv2D
 from tests.helpers import assert_close, rng, save_and_load, to_numpy
-from tests.layers.factorized_helpers import gradients
+from tests.layers.factorized_helpers import check_mixed_precision, gradients
 
 KINDS = ["laf", "tucker", "tt", "tt_matrix"]
 TASKS = 3
@@ -16,7 +16,7 @@ TASKS = 3
 
 def make(kind, rank=2, cls=FactorizedConv2D, channels=3, **kwargs):
     kwargs.setdefault("padding", "same")
-    layer = cls(4, 3, num_tasks=TASKS, factorization=kind, rank=rank, **kwargs)
+    layer = cls(4, 3, num_domains=TASKS, factorization=kind, rank=rank, **kwargs)
     layer.build((None,) + (6,) * cls.rank_spatial + (channels,))
     layer.bias.assign(rng(5).normal(size=(TASKS, 4)).astype("float32"))
     return layer
@@ -43,23 +43,23 @@ def test_forward_every_task_uniform_and_mixed(kind, contraction):
     layer = make(kind, strides=2, contraction=contraction)
     x = rng(0).normal(size=(5, 7, 7, 3)).astype("float32")
     for task in range(TASKS):
-        assert_close(layer(x, task=task), reference(layer, x, task), atol=1e-5)
+        assert_close(layer(x, domain=task), reference(layer, x, task), atol=1e-5)
     mixed = np.array([0, 2, 1, 1, 2], dtype="int32")
-    assert_close(layer(x, task=mixed), reference(layer, x, mixed), atol=1e-5)
+    assert_close(layer(x, domain=mixed), reference(layer, x, mixed), atol=1e-5)
 
 
 @pytest.mark.parametrize("kind", ["tucker", "tt"])
 def test_factored_path_convolves_with_input_side_factors_only(kind):
     # Wide channels, low rank: the cost model convolves to the bond ranks, then contracts.
-    layer = FactorizedConv2D(32, 3, num_tasks=TASKS, factorization=kind, rank=2,
+    layer = FactorizedConv2D(32, 3, num_domains=TASKS, factorization=kind, rank=2,
                              padding="same")
     layer.build((None, 8, 8, 32))
     layer.bias.assign(rng(4).normal(size=(TASKS, 32)).astype("float32"))
     assert layer.contraction_paths()["mixed"] == "factored"
     x = rng(5).normal(size=(3, 8, 8, 32)).astype("float32")
     mixed = np.array([1, 2, 0], dtype="int32")
-    assert_close(layer(x, task=mixed), reference(layer, x, mixed), atol=1e-4)
-    assert_close(layer(x, task=1), reference(layer, x, 1), atol=1e-4)
+    assert_close(layer(x, domain=mixed), reference(layer, x, mixed), atol=1e-4)
+    assert_close(layer(x, domain=1), reference(layer, x, 1), atol=1e-4)
 
 
 @pytest.mark.parametrize("kind", ["laf", "tt"])
@@ -67,8 +67,8 @@ def test_conv1d_with_dilation(kind):
     layer = make(kind, cls=FactorizedConv1D, padding="valid", dilation_rate=2)
     x = rng(1).normal(size=(4, 9, 3)).astype("float32")
     mixed = np.array([1, 0, 2, 1], dtype="int32")
-    assert_close(layer(x, task=mixed), reference(layer, x, mixed), atol=1e-5)
-    assert_close(layer(x, task=ops.convert_to_tensor(2)), reference(layer, x, 2), atol=1e-5)
+    assert_close(layer(x, domain=mixed), reference(layer, x, mixed), atol=1e-5)
+    assert_close(layer(x, domain=ops.convert_to_tensor(2)), reference(layer, x, 2), atol=1e-5)
 
 
 @pytest.mark.parametrize("kind,contraction", [("tucker", "auto"), ("tt", "auto"),
@@ -79,7 +79,7 @@ def test_gradients_match_dense_reference(kind, contraction):
     tasks = np.array([2, 0, 2], dtype="int32")
     upstream = rng(3).normal(size=(3, 5, 5, 4)).astype("float32")
     grad_x, grad_factors = gradients(
-        lambda inputs: ops.sum(layer(inputs, task=tasks) * upstream), x,
+        lambda inputs: ops.sum(layer(inputs, domain=tasks) * upstream), x,
         layer.factorization.variables)
     stacked = to_numpy(layer.stacked_kernel())
     # dL/dx of the per-example reference convolutions.
@@ -126,7 +126,7 @@ def test_from_layers_full_rank_reproduces_each_conv(kind):
     assert layer.strides == (2, 2) and layer.padding == "same"
     x = rng(7).normal(size=(2, 7, 7, 3)).astype("float32")
     for task, conv in enumerate(convs):
-        assert_close(layer(x, task=task), conv(x), atol=1e-5)
+        assert_close(layer(x, domain=task), conv(x), atol=1e-5)
 
 
 def test_from_layers_rejects_mismatched_shapes_and_single_layer():
@@ -147,9 +147,9 @@ def test_keras_round_trip_of_every_kind_identical_for_every_task(tmp_path):
     domain = keras.Input((), dtype="int32", name="domain")
     hidden = image
     for index, kind in enumerate(KINDS):
-        conv = FactorizedConv(3, 3, num_tasks=TASKS, factorization=kind, rank=2,
+        conv = FactorizedConv(3, 3, num_domains=TASKS, factorization=kind, rank=2,
                               padding="same", activation="relu", name=f"conv_{index}")
-        hidden = conv(hidden, task=domain)
+        hidden = conv(hidden, domain=domain)
         conv.bias.assign(rng(8 + index).normal(size=(TASKS, 3)).astype("float32"))
     model = keras.Model([image, domain], hidden)
     loaded = save_and_load(model, tmp_path)
@@ -170,7 +170,7 @@ def test_get_config_round_trip_and_sharing_strength():
 
 
 def test_init_variance_uses_conv_fans():
-    layer = FactorizedConv2D(32, 3, num_tasks=2, factorization="tt", rank=4,
+    layer = FactorizedConv2D(32, 3, num_domains=2, factorization="tt", rank=4,
                              kernel_variance="he")
     layer.build((None, 8, 8, 16))
     np.testing.assert_allclose(np.var(to_numpy(layer.stacked_kernel())), 2.0 / (9 * 16),
@@ -179,16 +179,48 @@ def test_init_variance_uses_conv_fans():
 
 def test_bad_input():
     with pytest.raises(ValueError, match=r"Received: kernel_size=\(3, 3, 3\)"):
-        FactorizedConv2D(4, (3, 3, 3), num_tasks=2, rank=1)
+        FactorizedConv2D(4, (3, 3, 3), num_domains=2, rank=1)
     with pytest.raises(ValueError, match="Received: padding='causal'"):
-        FactorizedConv2D(4, 3, num_tasks=2, rank=1, padding="causal")
+        FactorizedConv2D(4, 3, num_domains=2, rank=1, padding="causal")
     with pytest.raises(ValueError, match="Received: filters=0"):
-        FactorizedConv2D(0, 3, num_tasks=2, rank=1)
+        FactorizedConv2D(0, 3, num_domains=2, rank=1)
     layer = make("laf")
-    with pytest.raises(ValueError, match="Received: task=5"):
-        layer(np.ones((1, 6, 6, 3), "float32"), task=5)
+    with pytest.raises(ValueError, match="Received: domain=5"):
+        layer(np.ones((1, 6, 6, 3), "float32"), domain=5)
 
 
 def test_exported_from_package():
     assert keras_mdn.FactorizedConv is FactorizedConv2D
     assert keras_mdn.FactorizedConv1D is FactorizedConv1D
+
+
+# Both policies and both placements, across the dense and conv modules (CI time).
+@pytest.mark.parametrize("policy,where", [("mixed_bfloat16", "global"), ("mixed_float16", "layer")])
+def test_mixed_precision(policy, where, tmp_path):
+    def make_layers(**kwargs):
+        return [FactorizedConv2D(4, 3, num_domains=TASKS, factorization=kind, rank=2,
+                                 padding="same", name=f"mp_{kind}", **kwargs)
+                for kind in ("laf", "tucker", "tt")]
+
+    check_mixed_precision(make_layers, (None, 6, 6, 3), policy, where, tmp_path)
+
+
+@pytest.mark.parametrize("cls,shape,kwargs,expected", [
+    (FactorizedConv2D, (None, 7, 9, 3), {"strides": 2, "padding": "same"}, (None, 4, 5, 4)),
+    (FactorizedConv2D, (2, 7, 7, 3), {"padding": "valid", "dilation_rate": 2}, (2, 3, 3, 4)),
+    (FactorizedConv1D, (None, None, 3), {"padding": "valid"}, (None, None, 4)),
+])
+def test_compute_output_shape_and_spec(cls, shape, kwargs, expected):
+    layer = cls(4, 3, num_domains=TASKS, rank=2, **kwargs)
+    assert layer.compute_output_shape(shape) == expected
+    if None not in shape[1:]:
+        spec = layer.compute_output_spec(keras.KerasTensor((2,) + shape[1:]), domain=1)
+        assert spec.shape == (2,) + expected[1:]
+        x = np.ones((2,) + shape[1:], "float32")
+        assert tuple(layer(x, domain=1).shape) == (2,) + expected[1:]
+
+
+def test_quantize_refuses_clearly():
+    layer = make("tt")
+    with pytest.raises(ValueError, match=r"FactorizedConv2D .* cannot be quantized"):
+        layer.quantize("int8")

@@ -9,14 +9,14 @@ import keras_mdn
 from keras_mdn import FactorizedDense
 from keras_mdn.factorizations import TTMatrix
 from tests.helpers import assert_close, rng, save_and_load, skip_unless_tensorflow, to_numpy
-from tests.layers.factorized_helpers import gradients
+from tests.layers.factorized_helpers import check_mixed_precision, gradients
 
 KINDS = ["laf", "tucker", "tt", "tt_matrix"]
 TASKS = 3
 
 
 def make(kind, rank=2, units=8, in_dim=12, **kwargs):
-    layer = FactorizedDense(units, num_tasks=TASKS, factorization=kind, rank=rank, **kwargs)
+    layer = FactorizedDense(units, num_domains=TASKS, factorization=kind, rank=rank, **kwargs)
     layer.build((None, in_dim))
     # Non-zero biases so the per-task bias routing is checked too.
     layer.bias.assign(rng(5).normal(size=(TASKS, units)).astype("float32"))
@@ -38,13 +38,13 @@ def test_forward_every_task_uniform_and_mixed(kind, contraction):
     layer = make(kind, contraction=contraction)
     x = rng(0).normal(size=(7, 12)).astype("float32")
     for task in range(TASKS):
-        assert_close(layer(x, task=task), reference(layer, x, task), atol=1e-5)
-        assert_close(layer(x, task=ops.convert_to_tensor(task)), reference(layer, x, task),
+        assert_close(layer(x, domain=task), reference(layer, x, task), atol=1e-5)
+        assert_close(layer(x, domain=ops.convert_to_tensor(task)), reference(layer, x, task),
                      atol=1e-5)
     mixed = np.array([0, 2, 1, 1, 0, 2, 2], dtype="int32")
-    assert_close(layer(x, task=mixed), reference(layer, x, mixed), atol=1e-5)
+    assert_close(layer(x, domain=mixed), reference(layer, x, mixed), atol=1e-5)
     same = np.full((7,), 1, dtype="int32")  # a uniform vector takes the single-kernel path
-    assert_close(layer(x, task=same), reference(layer, x, 1), atol=1e-5)
+    assert_close(layer(x, domain=same), reference(layer, x, 1), atol=1e-5)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -55,7 +55,7 @@ def test_gradients_match_dense_reference(kind):
     upstream = rng(2).normal(size=(5, 8)).astype("float32")
     stacked = to_numpy(layer.stacked_kernel())
     grad_x, grad_factors = gradients(
-        lambda inputs: ops.sum(layer(inputs, task=tasks) * upstream), x,
+        lambda inputs: ops.sum(layer(inputs, domain=tasks) * upstream), x,
         layer.factorization.variables)
     expected_x = np.einsum("bo,iob->bi", upstream, stacked[..., tasks])
     np.testing.assert_allclose(grad_x, expected_x, atol=1e-5)
@@ -74,7 +74,7 @@ def test_sequence_inputs_and_per_example_task():
     layer = make("tucker")
     x = rng(3).normal(size=(4, 5, 12)).astype("float32")
     tasks = np.array([0, 2, 1, 0], dtype="int32")
-    out = to_numpy(layer(x, task=tasks))
+    out = to_numpy(layer(x, domain=tasks))
     assert out.shape == (4, 5, 8)
     for b in range(4):
         assert_close(out[b], reference(layer, x[b], tasks[b]), atol=1e-5)
@@ -94,8 +94,8 @@ def test_training_step_reduces_loss():
     y = rng(5).normal(size=(32, 8)).astype("float32")
     features = keras.Input((12,), name="features")
     domain = keras.Input((), dtype="int32", name="domain")
-    outputs = FactorizedDense(8, num_tasks=TASKS, factorization="tt", rank=2)(features,
-                                                                               task=domain)
+    outputs = FactorizedDense(8, num_domains=TASKS, factorization="tt", rank=2)(features,
+                                                                               domain=domain)
     model = keras.Model([features, domain], outputs)
     model.compile(keras.optimizers.SGD(0.1), "mse")
     before = model.evaluate([x, tasks], y, verbose=0)
@@ -110,9 +110,9 @@ def test_keras_round_trip_of_every_kind_identical_for_every_task(tmp_path):
     hidden = features
     for index, kind in enumerate(kinds):
         rank = None if isinstance(kind, TTMatrix) else 2
-        layer = FactorizedDense(12, num_tasks=TASKS, factorization=kind, rank=rank,
+        layer = FactorizedDense(12, num_domains=TASKS, factorization=kind, rank=rank,
                                 activation="tanh", name=f"shared_{index}")
-        hidden = layer(hidden, task=domain)
+        hidden = layer(hidden, domain=domain)
         layer.bias.assign(rng(6 + index).normal(size=(TASKS, 12)).astype("float32"))
     model = keras.Model([features, domain], hidden)
     loaded = save_and_load(model, tmp_path)
@@ -128,7 +128,7 @@ def test_keras_round_trip_of_every_kind_identical_for_every_task(tmp_path):
 
 
 def test_get_config_round_trip():
-    layer = FactorizedDense(8, num_tasks=TASKS, factorization="tucker", rank=(2, 3, 2),
+    layer = FactorizedDense(8, num_domains=TASKS, factorization="tucker", rank=(2, 3, 2),
                             kernel_variance="he", batch_size_hint=64, name="d")
     layer.build((None, 12))
     again = FactorizedDense.from_config(layer.get_config())
@@ -146,7 +146,7 @@ def test_from_layers_full_rank_reproduces_each_dense(kind):
         dense.bias.assign(rng(9).normal(size=8).astype("float32"))
     layer = FactorizedDense.from_layers(denses, factorization=kind)
     for task, dense in enumerate(denses):
-        assert_close(layer(x, task=task), dense(x), atol=1e-5)
+        assert_close(layer(x, domain=task), dense(x), atol=1e-5)
 
 
 def test_from_layers_eps_picks_ranks_and_rank_float_is_eps():
@@ -183,7 +183,7 @@ def test_tt_matrix_matches_t3f_matmul():
     import t3f
     import tensorflow as tf
 
-    layer = FactorizedDense(16, num_tasks=1, use_bias=False,
+    layer = FactorizedDense(16, num_domains=1, use_bias=False,
                             factorization=TTMatrix(rank=3, input_modes=(2, 3, 4),
                                                    output_modes=(2, 4, 2)))
     x = rng(12).normal(size=(5, 24)).astype("float32")
@@ -204,21 +204,21 @@ def test_sharing_strength_of_independent_and_shared_tasks():
 
 def test_bad_input():
     with pytest.raises(ValueError, match="Received: units=0"):
-        FactorizedDense(0, num_tasks=2, rank=1)
+        FactorizedDense(0, num_domains=2, rank=1)
     with pytest.raises(ValueError, match="Received: factorization='cp'"):
-        FactorizedDense(4, num_tasks=2, factorization="cp", rank=1)
+        FactorizedDense(4, num_domains=2, factorization="cp", rank=1)
     with pytest.raises(ValueError, match="Received: rank=0"):
-        FactorizedDense(4, num_tasks=2, rank=0)
+        FactorizedDense(4, num_domains=2, rank=0)
     with pytest.raises(ValueError, match=r"at most 2 .*Received: rank=3"):
-        FactorizedDense(4, num_tasks=2, rank=3).build((None, 6))
+        FactorizedDense(4, num_domains=2, rank=3).build((None, 6))
     with pytest.raises(ValueError, match=r"input_modes=\(2, 2\)"):
-        FactorizedDense(4, num_tasks=1, factorization=TTMatrix(
+        FactorizedDense(4, num_domains=1, factorization=TTMatrix(
             rank=2, input_modes=(2, 2), output_modes=(2, 2)))(np.ones((1, 6), "float32"))
     layer = make("laf")
-    with pytest.raises(ValueError, match=r"Received: task=3"):
-        layer(np.ones((2, 12), "float32"), task=3)
-    with pytest.raises(ValueError, match=r"Received: task=-1"):
-        layer(np.ones((2, 12), "float32"), task=np.array([0, -1]))
+    with pytest.raises(ValueError, match=r"Received: domain=3"):
+        layer(np.ones((2, 12), "float32"), domain=3)
+    with pytest.raises(ValueError, match=r"Received: domain=-1"):
+        layer(np.ones((2, 12), "float32"), domain=np.array([0, -1]))
     dense = keras.layers.Dense(8)
     dense.build((None, 12))
     other = keras.layers.Dense(8)
@@ -231,9 +231,69 @@ def test_bad_input():
         with pytest.raises(ValueError, match=f"Received: eps={eps}"):
             FactorizedDense.from_layers([dense, dense], eps=eps)
     with pytest.raises(ValueError, match="Received: contraction='fast'"):
-        FactorizedDense(4, num_tasks=2, rank=1, contraction="fast")
+        FactorizedDense(4, num_domains=2, rank=1, contraction="fast")
 
 
 def test_exported_from_package():
     assert keras_mdn.FactorizedDense is FactorizedDense
     assert keras.saving.get_registered_name(FactorizedDense) == "keras_mdn>FactorizedDense"
+
+
+def test_num_tasks_and_task_are_aliases_of_num_domains_and_domain():
+    layer = FactorizedDense(8, num_tasks=TASKS, factorization="laf", rank=2)
+    assert layer.num_domains == TASKS and layer.num_tasks == TASKS
+    config = layer.get_config()
+    assert config["num_domains"] == TASKS and "num_tasks" not in config
+    # A config written before the rename (num_tasks) still loads.
+    old = {k: v for k, v in config.items() if k != "num_domains"}
+    assert FactorizedDense.from_config({**old, "num_tasks": TASKS}).num_domains == TASKS
+    layer = make("laf")
+    x = rng(0).normal(size=(4, 12)).astype("float32")
+    mixed = np.array([0, 2, 1, 2], dtype="int32")
+    assert_close(layer(x, task=mixed), layer(x, domain=mixed), atol=0)
+    assert_close(layer(x, task=1), layer(x, domain=1), atol=0)
+    with pytest.raises(ValueError, match="not both"):
+        layer(x, domain=1, task=1)
+    with pytest.raises(ValueError, match="not both"):
+        FactorizedDense(8, num_domains=2, num_tasks=2, rank=1)
+
+
+# Both policies and both placements, across the dense and conv modules (CI time).
+@pytest.mark.parametrize("policy,where", [("mixed_float16", "global"), ("mixed_bfloat16", "layer")])
+def test_mixed_precision(policy, where, tmp_path):
+    def make_layers(**kwargs):
+        kinds = ["laf", "tucker", "tt", TTMatrix(rank=2, input_modes=(3, 4),
+                                                 output_modes=(4, 3))]
+        return [FactorizedDense(12, num_domains=TASKS, factorization=kind,
+                                rank=None if isinstance(kind, TTMatrix) else 2,
+                                name=f"mp_{index}", **kwargs)
+                for index, kind in enumerate(kinds)]
+
+    check_mixed_precision(make_layers, (None, 12), policy, where, tmp_path)
+
+
+def test_compute_output_shape_and_spec():
+    layer = FactorizedDense(8, num_domains=TASKS, factorization="tt", rank=2)
+    assert layer.compute_output_shape((None, 5, 12)) == (None, 5, 8)
+    spec = layer.compute_output_spec(keras.KerasTensor((4, 12)), domain=1)
+    assert spec.shape == (4, 8)
+
+
+def test_quantize_refuses_clearly_and_filters_let_the_rest_quantize():
+    features = keras.Input((12,), name="features")
+    domain = keras.Input((), dtype="int32", name="domain")
+    hidden = FactorizedDense(16, num_domains=TASKS, factorization="tucker", rank=2,
+                             name="shared")(features, domain=domain)
+    model = keras.Model([features, domain], keras.layers.Dense(4, name="head")(hidden))
+    x = rng(0).normal(size=(6, 12)).astype("float32")
+    domains = np.array([0, 1, 2, 0, 1, 2], dtype="int32")
+    before = to_numpy(model.predict_on_batch([x, domains]))
+    with pytest.raises(ValueError, match=r"FactorizedDense 'shared' cannot be quantized.*"
+                                         r"Received: mode='int8'"):
+        model.quantize("int8")
+    assert model.get_layer("head").quantization_mode is None
+    model.quantize("int8", filters=lambda layer: not hasattr(layer, "factorization"))
+    assert model.get_layer("head").quantization_mode == "int8"
+    after = to_numpy(model.predict_on_batch([x, domains]))
+    # Keras' own Dense int8 tolerance is loose; only the head is quantized.
+    np.testing.assert_allclose(after, before, atol=0.1 * np.abs(before).max() + 1e-3)

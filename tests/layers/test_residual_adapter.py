@@ -215,3 +215,22 @@ def test_bad_input_gets_clear_errors():
         layer(x, domain=np.array([0, -1]))
     with pytest.raises(TypeError, match="domain"):
         layer(x, domain=1.0)
+
+
+def test_series_norm_takes_the_authors_settings_and_arguments():
+    conv = keras.layers.Conv2D(4, 3, padding="same")
+    series = ResidualAdapter(conv, T, mode="series")
+    assert series.adapter_norm.epsilon == 1e-5 and series.adapter_norm.momentum == 0.9
+    custom = ResidualAdapter(
+        keras.layers.Conv2D(4, 3, padding="same"),
+        T,
+        mode="series",
+        norm_epsilon=1e-3,
+        norm_momentum=0.99,
+    )
+    clone = ResidualAdapter.from_config(custom.get_config())
+    assert clone.adapter_norm.epsilon == 1e-3 and clone.adapter_norm.momentum == 0.99
+    with pytest.raises(ValueError, match="norm_epsilon=nan"):
+        ResidualAdapter(conv, T, mode="series", norm_epsilon=float("nan"))
+    with pytest.raises(ValueError, match="norm_momentum=1.5"):
+        ResidualAdapter(conv, T, mode="series", norm_momentum=1.5)

@@ -4,10 +4,13 @@ import pytest
 
 from keras_mdn import DomainBatchNormalization, ResidualAdapter
 from keras_mdn.models import resnet26
-from tests.helpers import np_conv, rng, save_and_load, to_numpy
+from tests.helpers import rng, save_and_load, to_numpy
+from tests.models import authors_resnet26 as authors
+from tests.models.authors_resnet26 import authors_state_dict
 
 CLASSES = [3, 5]
-SMALL = dict(width_factor=0.125, input_shape=(8, 8, 3))  # widths 4 / 8 / 16 / 32
+SMALL_SHAPE = dict(input_shape=(8, 8, 3))
+SMALL = dict(width_factor=0.125, **SMALL_SHAPE)  # widths 4 / 8 / 16 / 32
 
 
 def _infer(model, x, domain):
@@ -15,60 +18,35 @@ def _infer(model, x, domain):
     return to_numpy(model([x, np.asarray(domain, "int32")], training=False))
 
 
-def _randomize(model, seed=1):
-    """Random BN statistics and adapters so the numpy reference is not trivial."""
+def _randomize(model, seed=1, input_shape=(8, 8, 3)):
+    """Random BNs and adapters so the reference is not trivial, at a realistic scale.
+
+    Each domain's moving statistics are those of a random batch through the randomised
+    network (then perturbed), so activations stay O(1) and float32 round-off stays far below
+    the tolerances: random statistics instead give logits of 1e3 after 26 layers.
+    """
     r = rng(seed)
     for weight in model.weights:
         name = weight.path.split("/")[-1]
-        if name == "moving_variance":
-            weight.assign(r.uniform(0.5, 2.0, size=weight.shape).astype("float32"))
-        elif name in ("moving_mean", "beta", "adapter_kernel"):
+        if name in ("beta", "adapter_kernel"):
             weight.assign((r.normal(size=weight.shape) * 0.2).astype("float32"))
         elif name == "gamma":
             weight.assign(r.uniform(0.5, 1.5, size=weight.shape).astype("float32"))
-
-
-def _np_bn(layer, x, d):
-    mean, var = to_numpy(layer.moving_mean)[d], to_numpy(layer.moving_variance)[d]
-    gamma, beta = to_numpy(layer.gamma)[d], to_numpy(layer.beta)[d]
-    return (x - mean) / np.sqrt(var + layer.epsilon) * gamma + beta
-
-
-def _np_conv_unit(model, name, bn_name, x, d):
-    layer = model.get_layer(name)
-    if isinstance(layer, ResidualAdapter):
-        conv = layer.layer
-        kernel = to_numpy(conv.kernel)
-        y = np_conv(x, kernel, conv.strides, conv.padding)
-        if layer.mode == "parallel":
-            tap_kernel = np.zeros_like(kernel)
-            tap_kernel[layer.tap] = to_numpy(layer.adapter_matrix(d))
-            y = y + np_conv(x, tap_kernel, conv.strides, conv.padding)
-        else:
-            y = y + _np_bn(layer.adapter_norm, y, d) @ to_numpy(layer.adapter_matrix(d))
-    else:
-        y = np_conv(x, to_numpy(layer.kernel), layer.strides, layer.padding)
-    return _np_bn(model.get_layer(bn_name), y, d)
-
-
-def _np_resnet26(model, x, d):
-    """The authors' ResNet-26 forward pass in numpy, inference mode, one domain."""
-    relu = lambda v: np.maximum(v, 0.0)  # noqa: E731
-    h = _np_conv_unit(model, "stem_conv", "stem_bn", x, d)  # no ReLU after the stem
-    for s in range(1, 4):
-        for b in range(1, 5):
-            p = f"stage{s}_block{b}"
-            y = relu(_np_conv_unit(model, f"{p}_conv1", f"{p}_bn1", h, d))
-            y = _np_conv_unit(model, f"{p}_conv2", f"{p}_bn2", y, d)
-            if b == 1:
-                n, hh, ww, c = h.shape
-                pooled = h.reshape(n, hh // 2, 2, ww // 2, 2, c).mean(axis=(2, 4))
-                h = np.concatenate([pooled, np.zeros_like(pooled)], axis=-1)
-            h = relu(y + h)
-    h = relu(_np_bn(model.get_layer("final_bn"), h, d)).mean(axis=(1, 2))
-    kernel, bias = model.get_layer("head").domain_weights(d)
-    logits = h @ to_numpy(kernel) + to_numpy(bias)
-    return logits
+    norms = [layer for layer in model.layers if isinstance(layer, DomainBatchNormalization)]
+    norms += [layer.adapter_norm for layer in model.layers
+              if isinstance(layer, ResidualAdapter) and layer.adapter_norm is not None]
+    momentums = [norm.momentum for norm in norms]
+    x = r.normal(size=(8, *input_shape)).astype("float32")
+    for norm in norms:
+        norm.momentum = 0.0  # moving statistics := the batch's
+    for domain in range(model.get_layer("head").num_domains):
+        model([x, np.full((8,), domain, "int32")], training=True)
+    for norm, momentum in zip(norms, momentums):
+        norm.momentum = momentum
+        norm.moving_mean.assign(norm.moving_mean + r.normal(size=norm.moving_mean.shape) * 0.1)
+        norm.moving_variance.assign(
+            norm.moving_variance * r.uniform(0.8, 1.25, size=norm.moving_variance.shape)
+        )
 
 
 def test_parameter_counts_at_width_factor_one():
@@ -87,19 +65,68 @@ def test_parameter_counts_at_width_factor_one():
     assert all(c.layer.kernel_size == (3, 3) and c.layer.use_bias is False for c in convs)
 
 
-@pytest.mark.parametrize("adapter", [None, "parallel", "series"])
-def test_matches_numpy_reference_for_every_domain(adapter):
-    model = resnet26(CLASSES, adapter=adapter, **SMALL)
-    _randomize(model)
-    x = rng(0).normal(size=(3, 8, 8, 3)).astype("float32")
+@pytest.mark.parametrize(
+    "adapter, width_factor", [(None, 0.125), ("parallel", 0.125), ("series", 0.125),
+                              ("parallel", 0.3)]
+)
+def test_matches_the_authors_network_for_every_domain(adapter, width_factor):
+    # 16 px: every stride-2 conv sees an even size above 1, where padding conventions differ.
+    model = resnet26(CLASSES, adapter=adapter, width_factor=width_factor, input_shape=(16, 16, 3))
+    _randomize(model, input_shape=(16, 16, 3))
+    state = authors_state_dict(model, adapter)
+    x = rng(0).normal(size=(3, 16, 16, 3)).astype("float32")
     for d in range(2):
-        domain = np.full((3,), d, "int32")
-        out = _infer(model, x, domain)
-        ref = _np_resnet26(model, x.astype("float64"), d)
-        np.testing.assert_allclose(out[:, : CLASSES[d]], ref, atol=1e-4, rtol=1e-4)
-    # A mixed batch gives each example its own domain's output.
+        out = _infer(model, x, np.full((3,), d, "int32"))
+        ref = authors.forward(state, x, d, adapter)
+        np.testing.assert_allclose(out[:, : CLASSES[d]], ref, atol=1e-5, rtol=1e-5)
+    # A mixed batch gives each example its own domain's logits.
     mixed = _infer(model, x, [0, 1, 0])
-    np.testing.assert_allclose(mixed[1, :5], _np_resnet26(model, x[1:2], 1)[0], atol=1e-4)
+    np.testing.assert_allclose(mixed[1], authors.forward(state, x[1:2], 1, adapter)[0],
+                               atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(mixed[2, :3], authors.forward(state, x[2:3], 0, adapter)[0],
+                               atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("adapter", [None, "parallel", "series"])
+def test_training_step_matches_the_authors_batch_norms(adapter):
+    """Training mode: batch statistics (epsilon) and running means (momentum) of every BN."""
+    model = resnet26(CLASSES, adapter=adapter, width_factor=0.125, input_shape=(16, 16, 3))
+    _randomize(model, input_shape=(16, 16, 3))
+    state = authors_state_dict(model, adapter)
+    x = rng(2).normal(size=(4, 16, 16, 3)).astype("float32")
+    out = to_numpy(model([x, np.ones((4,), "int32")], training=True))
+    ref = authors.forward(state, x, 1, adapter, training=True)
+    np.testing.assert_allclose(out[:, : CLASSES[1]], ref, atol=1e-5, rtol=1e-5)
+    after = authors_state_dict(model, adapter)
+    means = [key for key in state if key.endswith("running_mean")]
+    assert len(means) == 2 * (51 if adapter == "series" else 26)
+    for key in means:
+        np.testing.assert_allclose(after[key], state[key], atol=1e-6, rtol=0, err_msg=key)
+
+
+def test_strided_convs_pad_one_on_every_side():
+    model = resnet26(CLASSES, adapter="parallel", **SMALL)
+    for stage in (1, 2, 3):
+        pad = model.get_layer(f"stage{stage}_block1_pad1")
+        conv = model.get_layer(f"stage{stage}_block1_conv1")
+        assert pad.padding == ((1, 1), (1, 1))
+        assert conv.layer.padding == "valid" and conv.layer.strides == (2, 2)
+        assert conv.input[0] is pad.output
+        # The adapter reads padded position 2i + 1, i.e. input 2i: the centre tap.
+        assert conv.tap == (1, 1)
+    stride_one = [layer for layer in model.layers if isinstance(layer, ResidualAdapter)
+                  and layer.layer.strides == (1, 1)]
+    assert len(stride_one) == 22 and all(c.layer.padding == "same" for c in stride_one)
+
+
+def test_widths_are_rounded_as_the_authors_do():
+    model = resnet26(CLASSES, adapter="parallel", width_factor=0.3, **SMALL_SHAPE)
+    widths = [model.get_layer(name).layer.filters
+              for name in ("stem_conv", "stage1_block1_conv1", "stage2_block1_conv1",
+                           "stage3_block1_conv1")]
+    assert widths == [9, 19, 38, 76]  # int(32 f), int(64 f), int(128 f), int(256 f)
+    assert model.get_layer("stage1_block1_shortcut").output.shape[-1] == 19
+    assert model.get_layer("final_bn").moving_mean.shape == (2, 76)
 
 
 def test_series_parameter_counts_follow_the_widths():

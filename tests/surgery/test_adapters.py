@@ -31,11 +31,19 @@ def test_every_domain_starts_as_the_original(mode):
     np.testing.assert_allclose(infer(multi, x, [0, 2, 1, 0]), expected, atol=1e-6)
 
 
-def test_layers_are_shared_and_batch_norms_copied_per_domain():
+def test_layers_are_copied_and_batch_norms_copied_per_domain():
     base = toy_cnn()
-    multi = add_adapters(base, T, freeze_base=False)
-    assert multi.get_layer("conv1").layer is base.get_layer("conv1")
-    assert multi.get_layer("depthwise") is base.get_layer("depthwise")
+    weights = [to_numpy(w) for w in base.weights]
+    multi = add_adapters(base, T, freeze_base=True)
+    # A copy: no layer or variable of the original is reused, and the original is untouched.
+    assert multi.get_layer("conv1").layer is not base.get_layer("conv1")
+    assert multi.get_layer("depthwise") is not base.get_layer("depthwise")
+    assert not {id(w) for w in multi.weights} & {id(w) for w in base.weights}
+    assert all(layer.trainable for layer in base.layers)
+    for weight, value in zip(base.weights, weights):
+        np.testing.assert_array_equal(to_numpy(weight), value)
+    np.testing.assert_array_equal(to_numpy(multi.get_layer("conv1").layer.kernel),
+                                  to_numpy(base.get_layer("conv1").kernel))
     for name in ("bn1", "bn2"):
         bn, domain_bn = base.get_layer(name), multi.get_layer(name)
         assert isinstance(domain_bn, DomainBatchNormalization)
@@ -58,7 +66,8 @@ def test_freeze_base_leaves_only_domain_parameters_trainable():
     assert trainable == {"adapter_kernel", "gamma", "beta", "kernel", "bias"}
     kernels = [w for w in multi.trainable_weights if w.path.split("/")[-1] == "kernel"]
     assert kernels == [multi.get_layer("predictions").kernel]  # the DomainHead
-    assert not base.get_layer("depthwise").trainable
+    assert not multi.get_layer("depthwise").trainable
+    assert base.get_layer("depthwise").trainable  # the original is not changed
 
 
 def test_placement_by_depth_names_and_predicate():
@@ -170,3 +179,22 @@ def test_model_without_convs_and_bad_models():
         add_adapters(keras.layers.Dense(3), T)
     with pytest.raises(ValueError, match="num_domains"):
         add_adapters(toy_cnn(), 0)
+
+
+def test_shared_batch_norms_and_the_source_domain_head():
+    base = toy_cnn()
+    x = _x()
+    expected = to_numpy(base(x, training=False))
+    frozen = add_adapters(base, T, where=[], batch_norms="shared", num_classes=[3, 3, 2],
+                          source_domain=1)
+    assert type(frozen.get_layer("bn1")) is keras.layers.BatchNormalization
+    assert {w.path.split("/")[-1] for w in frozen.trainable_weights} == {"kernel", "bias"}
+    np.testing.assert_allclose(infer(frozen, x, 1), expected, atol=1e-6)
+    # Domain 0 has 3 classes too, but only the source domain starts from the classifier.
+    assert not np.allclose(infer(frozen, x, 0), expected, atol=1e-3)
+    with pytest.raises(ValueError, match="source_domain=2"):
+        add_adapters(base, T, num_classes=[3, 3, 2], source_domain=2)
+    with pytest.raises(ValueError, match="source_domain=3"):
+        add_adapters(base, T, num_classes=[3, 3, 2], source_domain=3)
+    with pytest.raises(ValueError, match="batch_norms='none'"):
+        add_adapters(base, T, batch_norms="none")

@@ -2,8 +2,8 @@ import keras
 import numpy as np
 import pytest
 
-from keras_mdn import DomainHead, ResidualAdapter
-from keras_mdn.surgery import FrozenEntries, add_domain, train_only_domains
+from keras_mdn import DomainBatchNormalization, DomainHead, FactorizedDense, ResidualAdapter
+from keras_mdn.surgery import FrozenEntries, add_domain, add_domains, train_only_domains
 from tests.helpers import rng, save_and_load, to_numpy
 from tests.surgery.toy import infer, toy_multi_domain
 
@@ -22,7 +22,12 @@ def test_existing_domains_are_bit_identical(mode):
     grown = add_domain(model, num_classes=5)
     assert grown.get_layer("head").num_classes == [3, 4, 2, 5]
     assert grown.get_layer("conv1").num_domains == 4
-    assert grown.get_layer("conv1").layer is model.get_layer("conv1").layer  # shared conv
+    # An independent copy: nothing of the original model is shared or changed.
+    assert grown.get_layer("conv1").layer is not model.get_layer("conv1").layer
+    assert not {id(w) for w in grown.weights} & {id(w) for w in model.weights}
+    assert all(layer.trainable for layer in model.layers)
+    fresh = toy_multi_domain(mode=mode, rank=2 if mode == "series" else None)
+    assert len(model.trainable_weights) == len(fresh.trainable_weights)
     for d in range(3):
         np.testing.assert_array_equal(infer(grown, x, d)[:, :4], before[d])
     assert infer(grown, x, 3).shape == (4, 5)
@@ -117,7 +122,79 @@ def test_bad_arguments_raise_clear_errors(kwargs, match):
 def test_models_without_domains_or_head():
     inputs = keras.Input((4,))
     plain = keras.Model(inputs, keras.layers.Dense(2)(inputs))
-    with pytest.raises(ValueError, match="no per-domain layer"):
+    with pytest.raises(ValueError, match="no domain layer"):
         add_domain(plain)
     with pytest.raises(ValueError, match="domains"):
         train_only_domains(toy_multi_domain(), [3])
+
+
+def test_add_domains_adds_several_trainable_domains_at_once():
+    model = toy_multi_domain()
+    x = _x(8)
+    before = [infer(model, x, d) for d in range(3)]
+    weights_before = [to_numpy(w) for w in model.weights]
+    grown = add_domains(model, num_classes=[2, 5], init_from=0)
+    assert grown.get_layer("head").num_classes == [3, 4, 2, 2, 5]
+    # Both new domains train (chained add_domain would freeze the first one).
+    adapter = grown.get_layer("conv1").adapter_kernel
+    mask = adapter.constraint.trainable_mask
+    assert mask[3].all() and mask[4].all() and not mask[:3].any()
+    grown.compile(optimizer=keras.optimizers.SGD(0.5),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    domain = np.array([3, 4] * 4, "int32")
+    new_before = [infer(grown, x, 3), infer(grown, x, 4)]
+    grown.fit([x, domain], rng(2).integers(0, 2, size=8), batch_size=8, epochs=1, verbose=0)
+    for d in range(3):
+        np.testing.assert_array_equal(infer(grown, x, d)[:, :4], before[d])
+    assert not np.allclose(infer(grown, x, 3), new_before[0])
+    assert not np.allclose(infer(grown, x, 4), new_before[1])
+    # The original model is untouched by the surgery and by training the new model.
+    for weight, value in zip(model.weights, weights_before):
+        np.testing.assert_array_equal(to_numpy(weight), value)
+    for d in range(3):
+        np.testing.assert_array_equal(infer(model, x, d), before[d])
+
+
+def test_add_domains_without_heads_takes_a_count():
+    image = keras.Input((6,), name="features")
+    domain = keras.Input((), dtype="int32", name="domain")
+    y = FactorizedDense(4, num_tasks=2, rank=2, name="fdense")(image, task=domain)
+    y = DomainBatchNormalization(2, name="bn")(y, domain)
+    model = keras.Model([image, domain], y)
+    x = rng(3).normal(size=(3, 6)).astype("float32")
+    grown = add_domains(model, 2, init_from=1)
+    assert grown.get_layer("fdense").num_tasks == 4
+    for d, source in ((0, 0), (1, 1), (2, 1), (3, 1)):
+        expected = to_numpy(model([x, np.full((3,), source, "int32")], training=False))
+        actual = to_numpy(grown([x, np.full((3,), d, "int32")], training=False))
+        np.testing.assert_allclose(actual, expected, atol=1e-6)
+    with pytest.raises(ValueError, match="no DomainHead"):
+        add_domains(model, 2, num_classes=3)
+    with pytest.raises(ValueError, match="count=0"):
+        add_domains(model, 0)
+
+
+def test_train_only_domains_chooses_the_parts_that_train():
+    model = toy_multi_domain()
+    train_only_domains(model, [2], layers=[DomainHead, "bn1"])
+    trainable = {id(w) for w in model.trainable_weights}
+    assert id(model.get_layer("head").kernel) in trainable
+    assert id(model.get_layer("bn1").gamma) in trainable
+    assert id(model.get_layer("bn2").gamma) not in trainable
+    assert id(model.get_layer("conv1").adapter_kernel) not in trainable
+    assert not model.get_layer("bn2").trainable
+    # A layer the user froze stays frozen through later calls, `None` included; the layers
+    # frozen by the first call follow the second.
+    model.get_layer("bn1").trainable = False
+    train_only_domains(model, [1])
+    trainable = {id(w) for w in model.trainable_weights}
+    assert id(model.get_layer("bn1").gamma) not in trainable
+    assert id(model.get_layer("bn2").gamma) in trainable
+    assert id(model.get_layer("conv2").adapter_kernel) in trainable
+    train_only_domains(model, None)
+    assert not model.get_layer("bn1").trainable
+    assert model.get_layer("bn2").trainable and model.get_layer("head").trainable
+    with pytest.raises(ValueError, match="not in the model"):
+        train_only_domains(model, [1], layers=["nope"])
+    with pytest.raises(TypeError, match="layers=3"):
+        train_only_domains(model, [1], layers=3)

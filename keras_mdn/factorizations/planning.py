@@ -1,0 +1,264 @@
+"""Forward plans of a factorised weight: how it meets its input, chosen once at build time.
+
+A factorised layer holds a `DensePlan` or a `ConvPlan` made here from its factorisation's
+`Network` (static shapes, ranks, batch size hint) and runs it on every call:
+
+- dense: `x @ W_domain` is a contraction of the factors with `x` (and, for a mixed-domain
+  batch, the one-hot selector `(B, t)`), its order found by `contraction.search_path`; the
+  reconstruct-then-GEMM order is one of the candidates, so the cheaper one wins.
+- convolution: the conv kernel is formed by a subset of the factors that holds every factor
+  touching the input modes (spatial and `C_in`), never the domain factor of a mixed batch;
+  the convolution writes that kernel's open bond labels as channels, and the remaining factors
+  (output factor, domain codes) are contracted with its output like a dense layer. The subset
+  with the lowest modelled cost is taken; the full kernel (`"reconstruct"`) is one candidate.
+
+The domain is dispatched by `keras_mdn.ops.routing.route`; the selector is applied as a one-hot
+product (dense gradients), never as a per-example gather of a weight.
+"""
+
+import itertools
+import math
+from typing import NamedTuple
+
+from keras import ops
+
+from keras_mdn.ops import contraction
+from keras_mdn.ops.routing import route
+
+_MODES = ("auto", "flops", "reconstruct")
+SELECTOR = "task_one_hot"
+
+
+class DensePlan(NamedTuple):
+    """Contraction paths of `x @ W`: `uniform` (one domain) and `mixed` (None: one domain)."""
+
+    uniform: contraction.Path
+    mixed: object
+
+
+class FactoredConv(NamedTuple):
+    """A convolution with the factors `inner` as kernel, then `post` over the rest.
+
+    Attributes:
+        inner: indices of the operands forming the conv kernel.
+        outer: indices of the other operands, contracted after the convolution.
+        kernel_path: path building the kernel `(*in_dims, width)` from `inner`.
+        post: path contracting `outer` (and the selector) with the conv output `(B, P, bonds)`.
+        bonds: the kernel's open labels, in channel order.
+        cost: modelled cost, in the units of `contraction`.
+    """
+
+    inner: tuple
+    outer: tuple
+    kernel_path: contraction.Path
+    post: contraction.Path
+    bonds: tuple
+    cost: float
+
+
+class ConvPlan(NamedTuple):
+    """`uniform` / `mixed`: a `FactoredConv`, or None for the reconstructed (coded) kernel."""
+
+    uniform: object
+    mixed: object
+
+
+def check_mode(mode, allowed=_MODES):
+    if mode not in allowed:
+        raise ValueError(f"`contraction` must be one of {allowed}. Received: contraction={mode!r}")
+    return mode
+
+
+# === Dense ===
+
+
+def plan_dense(factorization, batch_size, mode="auto"):
+    """The `DensePlan` of a built factorisation for a batch of `batch_size` rows."""
+    check_mode(mode)
+    net = factorization.network_
+    sizes = dict(net.sizes)
+    sizes[contraction.BATCH] = max(int(batch_size), 1)
+    x_labels = (contraction.BATCH,) + net.in_labels
+    output = (contraction.BATCH,) + net.out_labels
+    uniform = _search(net, factorization.sliced_labels() + [x_labels], output, sizes, None,
+                      mode)
+    mixed = None
+    if net.task_label is not None:
+        labels = list(net.labels) + [x_labels, (contraction.BATCH, net.task_label)]
+        mixed = _search(net, labels, output, sizes, net.task_label, mode)
+    return DensePlan(uniform, mixed)
+
+
+def _search(net, labels, output, sizes, selector, mode):
+    if mode != "reconstruct":
+        return contraction.search_path(labels, output, sizes, selector=selector,
+                                       cost="flops" if mode == "flops" else "model")
+    count = len(net.labels)
+    weight_output = set(output) | {lab for labs in labels[count:] for lab in labs}
+    weights = contraction.search_path(
+        labels[:count], [lab for labs in labels[:count] for lab in labs
+                         if lab in weight_output], sizes, cost="flops")
+    tree = contraction.reconstruct_first_tree([weights.tree], range(count, len(labels)))
+    return contraction.search_path(labels, output, sizes, selector=selector, forced=tree)
+
+
+def matmul(plan, factorization, x, domain):
+    """`x @ W_domain` for `x` `(batch, prod(in_dims))`; `domain` canonicalised by routing."""
+    net = factorization.network_
+    x = contraction.reshape(x, (-1,) + tuple(net.sizes[lab] for lab in net.in_labels))
+    variables = list(factorization.variables)
+
+    def uniform(d):
+        return contraction.contract(plan.uniform, factorization.sliced_operands(d) + [x])
+
+    def mixed(domains):
+        return contraction.contract(plan.mixed, variables + [x, domains])
+
+    if net.task_label is None:
+        result = contraction.contract(plan.uniform, variables + [x])
+    else:
+        result = route(domain, uniform, mixed)
+    return contraction.reshape(result, (-1, math.prod(factorization.out_dims)))
+
+
+def describe_dense(plan, factorization):
+    """`{"uniform": "((core_0, x), core_1)", "uniform_flops": ..., "mixed": ...}`."""
+    names = list(factorization.network_.names) + ["x", SELECTOR]
+    summary = {}
+    for key, path in plan._asdict().items():
+        if path is not None:
+            summary[key] = path.describe(names)
+            summary[f"{key}_flops"] = path.flops
+    return summary
+
+
+# === Convolution ===
+
+
+def plan_conv(factorization, batch_size, positions, mode="auto"):
+    """The `ConvPlan` of a built factorisation; `positions`: output pixels (None: unknown)."""
+    check_mode(mode, ("auto", "reconstruct"))
+    net = factorization.network_
+    if mode == "reconstruct" or positions is None:
+        return ConvPlan(None, None)
+    sizes = dict(net.sizes)
+    sizes[contraction.BATCH] = max(int(batch_size), 1)
+    sizes["P"] = int(positions)
+    calls = sizes[contraction.BATCH] * sizes["P"]
+    in_size = math.prod(factorization.in_dims)
+    out_size = math.prod(factorization.out_dims)
+    code_size = min(factorization.code_size(), factorization.num_domains)
+    baselines = {
+        "uniform": _conv_cost(calls, in_size, out_size),
+        # The coded kernel: one conv to `filters * E` channels, then a per-example mix.
+        "mixed": _conv_cost(calls, in_size, out_size * code_size)
+        + contraction.OUTPUT_COST * calls * out_size * code_size,
+    }
+    plans = {}
+    for key in ("uniform", "mixed"):
+        if key == "mixed" and net.task_label is None:
+            continue
+        best = None
+        for candidate in _kernel_subsets(net, mixed=key == "mixed"):
+            found = _factored(factorization, candidate, sizes, calls, in_size, key == "mixed")
+            if found is not None and (best is None or found.cost < best.cost):
+                best = found
+        plans[key] = best if best is not None and best.cost < baselines[key] else None
+    return ConvPlan(plans.get("uniform"), plans.get("mixed"))
+
+
+def _conv_cost(calls, in_size, width):
+    return 2 * calls * in_size * width + contraction.OUTPUT_COST * calls * width
+
+
+def _kernel_subsets(net, mixed):
+    """Operand subsets that can form the conv kernel: every input-side operand, plus any of the
+    others (the domain operand only when the batch has one domain), leaving at least one out."""
+    in_set = set(net.in_labels)
+    inner = tuple(i for i, labels in enumerate(net.labels) if in_set & set(labels))
+    task = net.task_operand
+    optional = [i for i in range(len(net.labels)) if i not in inner
+                and not (mixed and i == task)]
+    for count in range(len(optional) + 1):
+        for extra in itertools.combinations(optional, count):
+            subset = tuple(sorted(inner + extra))
+            if len(subset) < len(net.labels):
+                yield subset
+
+
+def _factored(factorization, inner, sizes, calls, in_size, mixed):
+    net = factorization.network_
+    labels = net.labels if mixed else factorization.sliced_labels()
+    outer = tuple(i for i in range(len(labels)) if i not in inner)
+    outer_labels = {lab for i in outer for lab in labels[i]} | set(net.out_labels)
+    if mixed:
+        outer_labels.add(net.task_label)
+    bonds = tuple(dict.fromkeys(lab for i in inner for lab in labels[i]
+                                if lab in outer_labels and lab not in net.in_labels))
+    if not bonds:
+        return None
+    width = math.prod(sizes[lab] for lab in bonds)
+    kernel_path = contraction.search_path([labels[i] for i in inner], net.in_labels + bonds,
+                                          net.sizes, cost="flops")
+    z_labels = (contraction.BATCH, "P") + bonds
+    output = (contraction.BATCH, "P") + net.out_labels
+    post_labels = [labels[i] for i in outer] + [z_labels]
+    selector = None
+    if mixed:
+        post_labels.append((contraction.BATCH, net.task_label))
+        selector = net.task_label
+    post = contraction.search_path(post_labels, output, sizes, selector=selector)
+    cost = _conv_cost(calls, in_size, width) + post.cost
+    return FactoredConv(inner, outer, kernel_path, post, bonds, cost)
+
+
+def conv(plan, factorization, inputs, domain, conv_fn):
+    """`conv_fn(inputs, kernel)` with domain `domain`'s weights, by `plan`."""
+    net = factorization.network_
+    out_channels = math.prod(factorization.out_dims)
+
+    def factored(step, operands, extra):
+        kernel = contraction.contract(step.kernel_path, [operands[i] for i in step.inner])
+        width = math.prod(net.sizes[lab] for lab in step.bonds)
+        z = conv_fn(inputs, contraction.reshape(kernel, factorization.in_dims + (width,)))
+        shape = ops.shape(z)
+        z = contraction.reshape(z, (-1, step.post.sizes["P"]) + tuple(net.sizes[lab]
+                                                               for lab in step.bonds))
+        result = contraction.contract(step.post, [operands[i] for i in step.outer] + [z] + extra)
+        return contraction.reshape(result, tuple(shape[:-1]) + (out_channels,))
+
+    def uniform(d):
+        if plan.uniform is not None:
+            return factored(plan.uniform, factorization.sliced_operands(d), [])
+        return conv_fn(inputs, factorization.task_weight(d))
+
+    def mixed(domains):
+        if plan.mixed is not None:
+            return factored(plan.mixed, list(factorization.variables), [domains])
+        kernel, codes = factorization.coded_weight()
+        code_size = codes.shape[-1]
+        kernel = contraction.reshape(kernel, factorization.in_dims + (out_channels * code_size,))
+        outputs = conv_fn(inputs, kernel)
+        shape = ops.shape(outputs)
+        outputs = contraction.reshape(outputs, tuple(shape[:-1]) + (out_channels, code_size))
+        one_hot = ops.one_hot(domains, factorization.num_domains, dtype=outputs.dtype)
+        mix = ops.matmul(one_hot, ops.cast(codes, outputs.dtype))  # (B, E)
+        mix = contraction.reshape(mix, (-1,) + (1,) * (len(outputs.shape) - 2) + (code_size,))
+        return ops.sum(outputs * mix, axis=-1)
+
+    if net.task_label is None:
+        return uniform(0)
+    return route(domain, uniform, mixed)
+
+
+def describe_conv(plan, factorization):
+    """`{"uniform": "factored" | "reconstruct", "mixed": ..., "<key>_detail": text}`."""
+    names = list(factorization.network_.names)
+    summary = {}
+    for key, step in plan._asdict().items():
+        summary[key] = "reconstruct" if step is None else "factored"
+        if step is not None:
+            kernel = ", ".join(names[i] for i in step.inner)
+            summary[f"{key}_detail"] = (f"conv with ({kernel}) to {' x '.join(step.bonds)} "
+                                        f"channels, then {step.post.describe()}")
+    return summary

@@ -1,0 +1,1 @@
+"""Conversions from other libraries' layers (each module imports its library when used)."""

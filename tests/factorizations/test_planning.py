@@ -1,0 +1,79 @@
+"""Forward plans: every conv kernel split and every dense path equals the NumPy reference."""
+
+import numpy as np
+import pytest
+from keras import ops
+
+from keras_mdn import FactorizedConv2D, FactorizedDense
+from keras_mdn.factorizations import planning
+from tests.helpers import assert_close, rng, to_numpy
+
+KINDS = ["laf", "tucker", "tt", "tt_matrix"]
+TASKS = 3
+
+
+def conv_reference(layer, x, domains):
+    stacked = to_numpy(layer.stacked_kernel())
+    domains = np.broadcast_to(domains, (x.shape[0],))
+    return np.stack([to_numpy(ops.conv(x[b:b + 1], stacked[..., d], padding="same"))[0]
+                     for b, d in enumerate(domains)])
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_conv_kernel_split_matches_reference(kind):
+    layer = FactorizedConv2D(4, 3, num_domains=TASKS, factorization=kind, rank=2,
+                             padding="same", use_bias=False)
+    layer.build((None, 5, 5, 3))
+    factorization = layer.factorization
+    sizes = dict(factorization.network_.sizes, B=2, P=25)
+    x = rng(0).normal(size=(2, 5, 5, 3)).astype("float32")
+    mixed = np.array([2, 0], dtype="int32")
+    expected_mixed, expected_one = conv_reference(layer, x, mixed), conv_reference(layer, x, 1)
+    count = 0
+    for is_mixed, domain, expected in ((True, mixed, expected_mixed), (False, 1, expected_one)):
+        for subset in planning._kernel_subsets(factorization.network_, is_mixed):
+            step = planning._factored(factorization, subset, sizes, 50, 27, is_mixed)
+            if step is None:
+                continue
+            plan = planning.ConvPlan(None if is_mixed else step, step if is_mixed else None)
+            outputs = planning.conv(plan, factorization, x, domain, layer._conv)
+            assert_close(outputs, expected, atol=1e-4)
+            count += 1
+    assert count >= 2
+    # The reconstructed / coded kernels.
+    plan = planning.ConvPlan(None, None)
+    assert_close(planning.conv(plan, factorization, x, mixed, layer._conv), expected_mixed,
+                 atol=1e-4)
+
+
+def test_tucker_conv_mixed_batch_keeps_the_core_in_the_kernel():
+    # 32 -> 32 channels, ranks 16: convolving to r_kh*r_kw*r_in = 144 channels (the input-side
+    # factors alone) costs more than convolving with the core too, to r_out*r_T channels.
+    layer = FactorizedConv2D(32, 3, num_domains=2, factorization="tucker", rank=16,
+                             padding="same")
+    layer.build((16, 16, 16, 32))
+    paths = layer.contraction_paths()
+    assert paths["mixed"] == "factored"
+    assert "core" in paths["mixed_detail"].split(" to ")[0]
+
+
+def test_dense_plan_names_and_modes():
+    layer = FactorizedDense(8, num_domains=TASKS, factorization="laf", rank=2)
+    layer.build((None, 12))
+    paths = layer.contraction_paths()
+    assert {"uniform", "mixed", "uniform_flops", "mixed_flops"} <= set(paths)
+    assert "task_one_hot" in paths["mixed"]
+    with pytest.raises(ValueError, match="Received: contraction='fast'"):
+        planning.plan_dense(layer.factorization, 4, "fast")
+    single = FactorizedDense(8, num_domains=1, factorization="tt_matrix", rank=2)
+    single.build((None, 12))
+    assert "mixed" not in single.contraction_paths()
+
+
+def test_domain_tensor_slices_by_one_hot_product():
+    layer = FactorizedDense(8, num_domains=TASKS, factorization="tucker", rank=2)
+    layer.build((None, 12))
+    x = rng(1).normal(size=(3, 12)).astype("float32")
+    scalar = planning.matmul(layer._plan, layer.factorization, x, ops.convert_to_tensor(2))
+    static = planning.matmul(layer._plan, layer.factorization, x, 2)
+    assert_close(scalar, static, atol=1e-5)
