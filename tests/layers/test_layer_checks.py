@@ -54,39 +54,27 @@ CASES = {
     ),
     "factorized_dense_tucker": LayerCase(
         lambda **kw: FactorizedDense(5, 3, factorization="tucker", rank=2, **kw),
-        (4, 6), {"task": DOMAINS}, trainable_weights=5,
+        (4, 6), {"domain": DOMAINS}, trainable_weights=5,
     ),
     "factorized_dense_laf": LayerCase(
         lambda **kw: FactorizedDense(5, 3, factorization="laf", rank=2, **kw),
-        (4, 6), {"task": 1}, trainable_weights=3,
+        (4, 6), {"task": 1}, trainable_weights=3,  # the `task` alias
     ),
     "factorized_conv2d_tucker": LayerCase(
         lambda **kw: FactorizedConv2D(4, 3, 3, factorization="tucker", rank=2,
                                       padding="same", **kw),
-        (4, 5, 5, 2), {"task": DOMAINS}, trainable_weights=7,
+        (4, 5, 5, 2), {"domain": DOMAINS}, trainable_weights=7,
     ),
     "factorized_conv1d_tt": LayerCase(
         lambda **kw: FactorizedConv1D(4, 3, 3, factorization="tt", rank=2, **kw),
-        (4, 6, 2), {"task": DOMAINS}, trainable_weights=5,
+        (4, 6, 2), {"domain": DOMAINS}, trainable_weights=5,
     ),
 }
-
-# Known failure of the factorised layers (issue 13), owned by their engineer: they have no
-# `compute_output_shape`.
-_FACTORIZED_STRUCTURE = pytest.mark.xfail(
-    raises=NotImplementedError, strict=False,
-    reason="factorised layers have no compute_output_shape (issue 13, factorised part)",
-)
-KNOWN_FAILURES = {
-    (case, "structure"): _FACTORIZED_STRUCTURE for case in CASES if case.startswith("factorized")
-}
-
 
 def _params():
     for case in CASES:
         for check in CHECKS:
-            marks = KNOWN_FAILURES.get((case, check), ())
-            yield pytest.param(case, check, marks=marks, id=f"{case}-{check}")
+            yield pytest.param(case, check, id=f"{case}-{check}")
 
 
 @pytest.mark.parametrize(("case", "check"), list(_params()))
