@@ -458,7 +458,8 @@ def _compiled(fn, layer_weights, backend, jit, backward):
                 return fn(x, domain)
             with tf.GradientTape() as tape:
                 loss = tf.reduce_sum(fn(x, domain))
-            return tape.gradient(loss, [w.value for w in layer_weights])
+            grads = tape.gradient(loss, [w.value for w in layer_weights])
+            return [tf.convert_to_tensor(g) for g in grads]  # IndexedSlices of gathers
 
         compiled = tf.function(run, jit_compile=jit, autograph=False)
         return lambda x, d: tf.nest.map_structure(lambda t: t.numpy(), compiled(x, d))

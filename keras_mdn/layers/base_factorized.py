@@ -89,9 +89,15 @@ class BaseFactorized(keras.layers.Layer, DomainLayer):
         """Alias of `num_domains` (the DMTRL paper's name)."""
         return self.num_domains
 
-    def _domain(self, domain, task):
-        """The call's domain (`domain=` or its alias `task=`), canonicalised by routing."""
-        domain = _alias(domain, task, "domain", "task")
+    def __call__(self, *args, task=None, **kwargs):
+        # The alias `task=` becomes `domain=` before Keras records the call, so functional
+        # graphs (fold, export) always see `domain`.
+        if task is not None:
+            kwargs["domain"] = _alias(kwargs.get("domain"), task, "domain", "task")
+        return super().__call__(*args, **kwargs)
+
+    def _domain(self, domain):
+        """The call's domain canonicalised by routing (0 for a single-domain layer)."""
         if domain is None and self.num_domains == 1:
             return 0
         return canonicalize_domain(domain, self.num_domains, name="domain")
@@ -138,7 +144,7 @@ class BaseFactorized(keras.layers.Layer, DomainLayer):
 
     def task_kernel(self, domain):
         """Domain `domain`'s reconstructed kernel (the weight of the equivalent plain layer)."""
-        return self.factorization.task_weight(self._domain(domain, None))
+        return self.factorization.task_weight(self._domain(domain))
 
     def get_config(self):
         return {

@@ -113,8 +113,8 @@ class BaseFactorizedConv(BaseFactorized):
         return ops.conv(inputs, kernel, strides=self.strides, padding=self.padding,
                         data_format="channels_last", dilation_rate=self.dilation_rate)
 
-    def call(self, inputs, domain=None, task=None):
-        task = self._domain(domain, task)
+    def call(self, inputs, domain=None):
+        task = self._domain(domain)
         inputs = ops.cast(inputs, self.compute_dtype)
         outputs = planning.conv(self._plan, self.factorization, inputs, task, self._conv)
         return self._finish(outputs, task)

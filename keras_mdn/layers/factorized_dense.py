@@ -129,8 +129,8 @@ class FactorizedDense(BaseFactorized):
             batch = self.batch_size_hint or _DEFAULT_BATCH_HINT
         self._plan = planning.plan_dense(self.factorization, batch, self.contraction)
 
-    def call(self, inputs, domain=None, task=None):
-        task = self._domain(domain, task)
+    def call(self, inputs, domain=None):
+        task = self._domain(domain)
         inputs = ops.cast(inputs, self.compute_dtype)
         if len(inputs.shape) == 2:
             outputs = planning.matmul(self._plan, self.factorization, inputs, task)

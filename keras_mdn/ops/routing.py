@@ -110,7 +110,8 @@ class Selection:
     Attributes:
         valid: bool tensor, shape of `domain`: the id names a domain.
         ids: int32 ids, invalid ones replaced by 0 (safe for any gather).
-        segments: int32 ids, invalid ones moved to `num_domains`, an extra discarded slot.
+        segments: int32 ids, invalid ones -1 (segment sums drop negative ids on every
+            backend and compile path).
         num_domains: int.
     """
 
@@ -118,7 +119,7 @@ class Selection:
         self.num_domains = num_domains
         self.valid = valid_domains(domain, num_domains)
         self.ids = ops.cast(ops.where(self.valid, domain, 0), "int32")
-        self.segments = ops.where(self.valid, self.ids, num_domains)
+        self.segments = ops.where(self.valid, self.ids, -1)
         self._counts = None
 
     def counts(self):
@@ -129,8 +130,7 @@ class Selection:
         return self._counts
 
     def _segment_sum(self, data):
-        slots = self.num_domains + 1
-        return ops.segment_sum(data, self.segments, num_segments=slots)[: self.num_domains]
+        return ops.segment_sum(data, self.segments, num_segments=self.num_domains)
 
 
 def select(domain, num_domains):
@@ -163,8 +163,8 @@ def take_domains(params, selection, fill_invalid=True):
         return rows  # integer tables are layouts, not weights: invalid ids read row 0
     valid = selection.valid
     extra = len(rows.shape) - len(valid.shape)
-    if extra:
-        valid = ops.reshape(valid, tuple(ops.shape(valid)) + (1,) * extra)
+    if extra and len(valid.shape):
+        valid = ops.reshape(valid, (-1,) + (1,) * extra)
     return ops.where(valid, rows, ops.cast(float("nan"), rows.dtype))
 
 
@@ -178,13 +178,15 @@ def domain_sums(data, selection):
     return selection._segment_sum(data)
 
 
-def per_example(rows, inputs):
+def per_example(rows, inputs, check_batch=False):
     """Lays per-example rows `(batch, C)` out to broadcast against `inputs` `(batch, ..., C)`.
 
-    The reshape names the inputs' batch size, so a domain vector whose length differs from
-    the batch raises instead of broadcasting.
+    With `check_batch`, the reshape names the inputs' batch size, so a domain vector whose
+    length differs from the batch raises instead of broadcasting (once per layer is enough).
     """
-    batch = inputs.shape[0] if inputs.shape[0] is not None else ops.shape(inputs)[0]
+    batch = -1
+    if check_batch:
+        batch = inputs.shape[0] if inputs.shape[0] is not None else ops.shape(inputs)[0]
     return ops.reshape(rows, (batch,) + (1,) * (len(inputs.shape) - 2) + (rows.shape[-1],))
 
 
@@ -228,7 +230,7 @@ def _check_values(values, num_domains, name):
         if fractional.size:
             raise ValueError(
                 f"`{name}` must hold whole numbers (domain ids). "
-                f"Received: {name}={fractional.flat[0]!r}"
+                f"Received: {name}={str(fractional.flat[0])}"
             )
     low, high = values.min(), values.max()
     if low < 0 or high >= num_domains:

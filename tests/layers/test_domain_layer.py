@@ -224,6 +224,7 @@ def test_grown_layer_round_trips_through_config():
 def test_domain_argument_names_the_call_argument():
     assert DomainHead([2, 3]).domain_argument == "domain"
     assert FactorizedDense(3, num_domains=2, rank=1).domain_argument == "domain"
+    assert FactorizedDense(3, num_tasks=2, rank=1).domain_argument == "domain"
     assert DomainScale(2).domain_argument == "domain"
 
 
