@@ -28,8 +28,15 @@ def test_existing_domains_are_bit_identical(mode):
     assert all(layer.trainable for layer in model.layers)
     fresh = toy_multi_domain(mode=mode, rank=2 if mode == "series" else None)
     assert len(model.trainable_weights) == len(fresh.trainable_weights)
+    # The old rows of every per-domain table are copied bit for bit; the outputs agree to
+    # rounding only, since the grown head's wider padded GEMM may sum in another order.
+    old_adapter = to_numpy(model.get_layer("conv1").adapter_kernel)
+    np.testing.assert_array_equal(to_numpy(grown.get_layer("conv1").adapter_kernel)[:3],
+                                  old_adapter)
+    old_head = to_numpy(model.get_layer("head").kernel)
+    np.testing.assert_array_equal(to_numpy(grown.get_layer("head").kernel)[:, :9], old_head)
     for d in range(3):
-        np.testing.assert_array_equal(infer(grown, x, d)[:, :4], before[d])
+        np.testing.assert_allclose(infer(grown, x, d)[:, :4], before[d], rtol=1e-6, atol=1e-6)
     assert infer(grown, x, 3).shape == (4, 5)
 
 
@@ -52,9 +59,9 @@ def test_training_the_new_domain_leaves_old_domains_bit_identical():
         if isinstance(layer, ResidualAdapter):
             layer.adapter_regularizer = keras.regularizers.L2(0.1)
     x = _x(8)
-    before = [infer(model, x, d) for d in range(3)]
     shared_kernel = to_numpy(model.get_layer("conv2").layer.kernel)
     grown = add_domain(model, num_classes=2)
+    before = [infer(grown, x, d) for d in range(3)]
     head = grown.get_layer("head")
     head_before = to_numpy(head.kernel)
     new_before = infer(grown, x, 3)
@@ -131,9 +138,9 @@ def test_models_without_domains_or_head():
 def test_add_domains_adds_several_trainable_domains_at_once():
     model = toy_multi_domain()
     x = _x(8)
-    before = [infer(model, x, d) for d in range(3)]
     weights_before = [to_numpy(w) for w in model.weights]
     grown = add_domains(model, num_classes=[2, 5], init_from=0)
+    before = [infer(grown, x, d)[:, :4] for d in range(3)]
     assert grown.get_layer("head").num_classes == [3, 4, 2, 2, 5]
     # Both new domains train (chained add_domain would freeze the first one).
     adapter = grown.get_layer("conv1").adapter_kernel
@@ -152,7 +159,7 @@ def test_add_domains_adds_several_trainable_domains_at_once():
     for weight, value in zip(model.weights, weights_before):
         np.testing.assert_array_equal(to_numpy(weight), value)
     for d in range(3):
-        np.testing.assert_array_equal(infer(model, x, d), before[d])
+        np.testing.assert_allclose(infer(model, x, d), before[d], rtol=1e-6, atol=1e-6)
 
 
 def test_add_domains_without_heads_takes_a_count():
