@@ -99,11 +99,13 @@ def run_worker(args):
             }
             for opt in args.optimizers:
                 for path in paths:
-                    rows += time_setting(
+                    new = time_setting(
                         keras, resnet26, np, width, size, opt, path, images, labels, domains,
                         args.rounds,
                     )
-                    print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+                    rows += new
+                    for row in new:
+                        print(json.dumps(row), file=sys.stderr, flush=True)
     print("RESULT " + json.dumps(rows))
 
 

@@ -111,6 +111,7 @@ class DomainBatchNormalization(keras.layers.Layer, DomainLayer):
                 "The channel (last) dimension of the inputs must be known. "
                 f"Received: input_shape={tuple(input_shape)}"
             )
+        self.input_spec = keras.layers.InputSpec(min_ndim=2, axes={-1: channels})
         shape = (self.num_domains, channels)
         self.gamma = None
         self.beta = None
@@ -171,12 +172,15 @@ class DomainBatchNormalization(keras.layers.Layer, DomainLayer):
             # example: NaN rows for invalid ids, gradients summed per domain.
             scale, offset = self._scale_offset(mean, variance, self.gamma, self.beta)
             # NaN scales for invalid ids make their outputs NaN; offsets need no filling.
-            scale = routing.per_example(routing.take_domains(scale, domain), inputs)
+            scale = routing.per_example(
+                routing.take_domains(scale, domain), inputs, check_batch=True
+            )
             offset = routing.per_example(
                 routing.take_domains(offset, domain, fill_invalid=False), inputs
             )
         scale, offset = ops.cast(scale, inputs.dtype), ops.cast(offset, inputs.dtype)
-        return ops.add(ops.multiply(inputs, scale), offset)
+        # offset first: Keras' TF `add` mistakes a (0, 1, 1, C) offset for a bias (empty batch).
+        return ops.add(offset, ops.multiply(inputs, scale))
 
     def affine(self, domain, mean=None, variance=None):
         """The per-channel `(scale, offset)` with `y = x * scale + offset` for `domain`.

@@ -89,6 +89,7 @@ class DomainHead(keras.layers.Layer, DomainLayer):
                 "DomainHead expects inputs of shape (batch, features) with known features. "
                 f"Received: input_shape={tuple(input_shape)}"
             )
+        self.input_spec = keras.layers.InputSpec(ndim=2, axes={-1: input_shape[-1]})
         total = sum(self.num_classes)
         self.kernel = self.add_weight(
             name="kernel",
@@ -111,31 +112,22 @@ class DomainHead(keras.layers.Layer, DomainLayer):
         if isinstance(domain, int):
             return self._static_logits(inputs, domain)
         selection = routing.select(domain, self.num_domains)
-        # Every domain's padded logits in one GEMM, (batch, domains, max_classes); each example
-        # keeps its domain's block by a `where` (NaN-safe) and a sum over the domain axis.
-        padded_kernel = ops.take(self.kernel, self._columns.reshape(-1), axis=1)
-        logits = ops.matmul(inputs, padded_kernel)
-        if self.bias is not None:
-            logits = logits + ops.take(self.bias, self._columns.reshape(-1), axis=0)
-        logits = ops.reshape(logits, (-1, self.num_domains, self.max_classes))
-        valid = self._valid
+        # Per-domain padded kernels (domains, features, max_classes), then each example's
+        # own: a GEMM with every domain's columns would give each domain's kernel gradient
+        # `features x 0`, which is NaN when one example's features are NaN.
+        kernels = ops.take(self.kernel, self._columns, axis=1)
+        kernels = routing.take_domains(ops.transpose(kernels, (1, 0, 2)), selection)
         if routing.is_uniform(domain):
-            keep = ops.equal(ops.arange(self.num_domains, dtype="int32"), selection.ids)
-            keep = ops.reshape(keep, (1, self.num_domains, 1))
+            logits = ops.matmul(inputs, kernels)
         else:
-            keep = ops.equal(
-                ops.expand_dims(selection.ids, -1),
-                ops.arange(self.num_domains, dtype="int32"),
-            )
-            keep = ops.expand_dims(keep, -1)
-        logits = ops.sum(ops.where(keep, logits, ops.zeros_like(logits)), axis=1)
-        valid_classes = ops.any(ops.logical_and(keep, valid), axis=1)
-        logits = ops.where(valid_classes, logits, self._padding_logit(logits.dtype))
-        # An invalid run-time id gives NaN logits (and a NaN loss), never a domain's answer.
-        example_valid = selection.valid
-        if not routing.is_uniform(domain):
-            example_valid = ops.expand_dims(example_valid, -1)
-        return ops.where(example_valid, logits, ops.cast(float("nan"), logits.dtype))
+            logits = ops.squeeze(ops.matmul(ops.expand_dims(inputs, 1), kernels), 1)
+        if self.bias is not None:
+            bias = ops.take(self.bias, self._columns, axis=0)
+            logits = logits + routing.take_domains(bias, selection, fill_invalid=False)
+        valid = routing.take_domains(self._valid, selection)
+        # The padding, NaN for an invalid id, so that all its logits are NaN.
+        padding = ops.full(self._valid.shape, self._padding_logit(logits.dtype), logits.dtype)
+        return ops.where(valid, logits, routing.take_domains(padding, selection))
 
     def _static_logits(self, inputs, domain):
         start, n = self.offsets[domain], self.num_classes[domain]
@@ -160,8 +152,7 @@ class DomainHead(keras.layers.Layer, DomainLayer):
 
     @staticmethod
     def _padding_logit(dtype):
-        # Far below any real logit, yet finite so losses and gradients stay finite.
-        return -3.0e4 if keras.backend.standardize_dtype(dtype) in ("float16",) else -1.0e9
+        return padding_logit(dtype)
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], self.max_classes)
@@ -234,6 +225,32 @@ class DomainHead(keras.layers.Layer, DomainLayer):
 
     def swappable_call(self, inputs, tensors):
         return ops.matmul(inputs, tensors["kernel"]) + tensors["bias"]
+
+
+def padding_logit(dtype):
+    """The logit `DomainHead` gives the classes a domain does not have (for `dtype`).
+
+    Far below any real logit, yet finite so losses and gradients stay finite.
+    """
+    return -3.0e4 if keras.backend.standardize_dtype(dtype) in ("float16",) else -1.0e9
+
+
+def out_of_domain_labels(y_true, logits):
+    """Bool `(batch,)`: the label is not a class of the example's domain in `DomainHead` logits.
+
+    True for labels outside `[0, max_classes)` and for labels naming a class the example's
+    domain does not have (its logit is the head's padding value). A `SparseCategoricalCrossentropy`
+    gives such examples a loss of about 1e9 and no error; `keras_mdn.losses.DomainCrossentropy`
+    and `keras_mdn.metrics.OutOfDomainLabels` use this to show them.
+    """
+    labels = ops.reshape(ops.cast(y_true, "int32"), (-1,))
+    in_range = ops.logical_and(
+        ops.greater_equal(labels, 0), ops.less(labels, logits.shape[-1])
+    )
+    safe = ops.where(in_range, labels, 0)
+    picked = ops.take_along_axis(logits, ops.expand_dims(safe, -1), axis=-1)[:, 0]
+    padded = ops.equal(picked, ops.cast(padding_logit(logits.dtype), logits.dtype))
+    return ops.logical_or(ops.logical_not(in_range), padded)
 
 
 def check_num_classes(num_classes, num_domains=None):

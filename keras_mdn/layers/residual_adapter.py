@@ -177,6 +177,7 @@ class ResidualAdapter(keras.layers.Layer, DomainLayer):
             in_channels = out_channels
             self.tap, self._slices = (), None
             self.adapter_norm.build(output_shape)
+        self.input_spec = _input_spec(self, input_shape)
         # The adapters of all domains stacked side by side, (C_in, T * C_out), have rank at
         # most C_in: a shared projection wider than the input holds nothing more.
         if self.rank is not None and self.rank > in_channels:
@@ -421,6 +422,20 @@ class ResidualAdapter(keras.layers.Layer, DomainLayer):
                                  self.adapter_projection)
         return (y * tensors["scale"] + _channel_matmul(hidden, tensors["adapter"])
                 + tensors["offset"])
+
+
+def _input_spec(adapter, input_shape):
+    """Fixes the channels; and the spatial size where a strided parallel adapter's tap needs it.
+
+    At stride 2 the tap read depends on the size's parity (Keras' "same" padding), so a call at
+    another size than the one built for would read the wrong input positions.
+    """
+    if not adapter.is_conv:
+        return keras.layers.InputSpec(min_ndim=2, axes={-1: input_shape[-1]})
+    strided = adapter.mode == "parallel" and any(s != 1 for s in adapter.layer.strides)
+    if strided:
+        return keras.layers.InputSpec(shape=(None,) + tuple(input_shape[1:]))
+    return keras.layers.InputSpec(ndim=len(input_shape), axes={-1: input_shape[-1]})
 
 
 def _adapter_tap(conv, input_shape):

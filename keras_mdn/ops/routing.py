@@ -110,7 +110,8 @@ class Selection:
     Attributes:
         valid: bool tensor, shape of `domain`: the id names a domain.
         ids: int32 ids, invalid ones replaced by 0 (safe for any gather).
-        segments: int32 ids, invalid ones moved to `num_domains`, an extra discarded slot.
+        segments: int32 ids, invalid ones -1 (segment sums drop negative ids on every
+            backend and compile path).
         num_domains: int.
     """
 
@@ -118,19 +119,18 @@ class Selection:
         self.num_domains = num_domains
         self.valid = valid_domains(domain, num_domains)
         self.ids = ops.cast(ops.where(self.valid, domain, 0), "int32")
-        self.segments = ops.where(self.valid, self.ids, num_domains)
+        self.segments = ops.where(self.valid, self.ids, -1)
         self._counts = None
 
     def counts(self):
         """Examples per domain, float32 `(num_domains,)` (invalid ids count for none)."""
         if self._counts is None:
-            ones = ops.ones(ops.shape(self.segments), dtype="float32")
+            ones = ops.ones_like(self.segments, dtype="float32")
             self._counts = self._segment_sum(ones)
         return self._counts
 
     def _segment_sum(self, data):
-        slots = self.num_domains + 1
-        return ops.segment_sum(data, self.segments, num_segments=slots)[: self.num_domains]
+        return ops.segment_sum(data, self.segments, num_segments=self.num_domains)
 
 
 def select(domain, num_domains):
@@ -158,13 +158,13 @@ def take_domains(params, selection, fill_invalid=True):
     in its domain) and a `where` (NaN-safe, unlike a product with a mask). With
     `fill_invalid=False` invalid ids read row 0: for values that are NaN'd elsewhere.
     """
-    rows = ops.take(params, selection.ids, axis=0)
+    rows = _take_rows(params, selection.ids)
     if not fill_invalid or "float" not in K.standardize_dtype(rows.dtype):
         return rows  # integer tables are layouts, not weights: invalid ids read row 0
     valid = selection.valid
     extra = len(rows.shape) - len(valid.shape)
-    if extra:
-        valid = ops.reshape(valid, tuple(ops.shape(valid)) + (1,) * extra)
+    if extra and len(valid.shape):
+        valid = ops.reshape(valid, (-1,) + (1,) * extra)
     return ops.where(valid, rows, ops.cast(float("nan"), rows.dtype))
 
 
@@ -178,13 +178,15 @@ def domain_sums(data, selection):
     return selection._segment_sum(data)
 
 
-def per_example(rows, inputs):
+def per_example(rows, inputs, check_batch=False):
     """Lays per-example rows `(batch, C)` out to broadcast against `inputs` `(batch, ..., C)`.
 
-    The reshape names the inputs' batch size, so a domain vector whose length differs from
-    the batch raises instead of broadcasting.
+    With `check_batch`, the reshape names the inputs' batch size, so a domain vector whose
+    length differs from the batch raises instead of broadcasting (once per layer is enough).
     """
-    batch = inputs.shape[0] if inputs.shape[0] is not None else ops.shape(inputs)[0]
+    batch = -1
+    if check_batch:
+        batch = inputs.shape[0] if inputs.shape[0] is not None else ops.shape(inputs)[0]
     return ops.reshape(rows, (batch,) + (1,) * (len(inputs.shape) - 2) + (rows.shape[-1],))
 
 
@@ -212,6 +214,17 @@ def route(domain, uniform_fn, mixed_fn):
     return mixed_fn(domain)
 
 
+def _take_rows(params, ids):
+    """`params[ids]` along axis 0 for ids known to be in range."""
+    if K.backend() == "tensorflow":
+        import tensorflow as tf
+
+        # Keras' `take` first maps negative ids (4 more graph ops per gather, at every layer
+        # of every step in TF graph mode); these ids are never negative.
+        return tf.gather(params, ids)
+    return ops.take(params, ids, axis=0)
+
+
 def _in_range(domain, num_domains):
     return ops.logical_and(
         ops.greater_equal(domain, ops.cast(0, domain.dtype)),
@@ -228,7 +241,7 @@ def _check_values(values, num_domains, name):
         if fractional.size:
             raise ValueError(
                 f"`{name}` must hold whole numbers (domain ids). "
-                f"Received: {name}={fractional.flat[0]!r}"
+                f"Received: {name}={str(fractional.flat[0])}"
             )
     low, high = values.min(), values.max()
     if low < 0 or high >= num_domains:

@@ -127,3 +127,10 @@ def test_bad_input():
 def test_bad_epsilon_and_momentum_are_rejected(kwargs, match):
     with pytest.raises(ValueError, match=match):
         DomainBatchNormalization(2, **kwargs)
+
+
+def test_changed_channels_raise_a_clear_error():
+    bn = DomainBatchNormalization(2)
+    bn(np.zeros((2, 4, 3), "float32"), domain=0)
+    with pytest.raises(ValueError, match="expected axis -1 of input shape to have value 3"):
+        bn(np.zeros((2, 4, 5), "float32"), domain=0)

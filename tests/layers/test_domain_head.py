@@ -81,3 +81,27 @@ def test_bad_input():
         DomainHead([3, 2])(np.zeros((2, 3, 4), "float32"), domain=0)
     with pytest.raises(ValueError, match="domain=2"):
         DomainHead([3, 2])(np.zeros((2, 4), "float32"), domain=2)
+
+
+def test_out_of_domain_labels_are_shown_by_the_loss_and_the_metric():
+    from keras_mdn.losses import DomainCrossentropy
+    from keras_mdn.metrics import OutOfDomainLabels
+
+    head = DomainHead(num_classes=[3, 2])
+    x = np.random.default_rng(0).normal(size=(4, 5)).astype("float32")
+    logits = keras.ops.convert_to_numpy(head(x, domain=np.array([0, 1, 1, 0])))
+    labels = np.array([2, 2, 1, 3])  # domain 1 has classes 0-1; 3 is past every domain
+    loss = DomainCrossentropy(reduction=None)(labels, logits)
+    loss = keras.ops.convert_to_numpy(loss)
+    assert np.isfinite(loss[[0, 2]]).all() and np.isnan(loss[[1, 3]]).all()
+    reference = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None)
+    np.testing.assert_allclose(
+        loss[[0, 2]], keras.ops.convert_to_numpy(reference(labels[[0, 2]], logits[[0, 2]]))
+    )
+    metric = OutOfDomainLabels()
+    metric.update_state(labels, logits)
+    metric.update_state(np.array([0, 1, 1, 0]), logits)
+    assert float(metric.result()) == 2.0
+    assert DomainCrossentropy.from_config(DomainCrossentropy().get_config()).name == (
+        "domain_crossentropy"
+    )

@@ -234,3 +234,17 @@ def test_series_norm_takes_the_authors_settings_and_arguments():
         ResidualAdapter(conv, T, mode="series", norm_epsilon=float("nan"))
     with pytest.raises(ValueError, match="norm_momentum=1.5"):
         ResidualAdapter(conv, T, mode="series", norm_momentum=1.5)
+
+
+def test_input_specs_catch_changed_channels_and_strided_sizes():
+    layer = ResidualAdapter(keras.layers.Conv2D(4, 3, strides=2, padding="same"), T)
+    layer(np.zeros((2, 8, 8, 3), "float32"), domain=0)
+    with pytest.raises(ValueError, match="expected shape=.*8, 8, 3"):
+        layer(np.zeros((2, 9, 9, 3), "float32"), domain=0)  # another tap at odd sizes
+    with pytest.raises(ValueError, match="incompatible"):
+        layer(np.zeros((2, 8, 8, 5), "float32"), domain=0)
+    series = ResidualAdapter(keras.layers.Conv2D(4, 3, padding="same"), T, mode="series")
+    series(np.zeros((2, 8, 8, 3), "float32"), domain=0)
+    series(np.zeros((2, 6, 6, 3), "float32"), domain=0)  # stride 1: any size
+    with pytest.raises(ValueError, match="expected axis -1 of input shape to have value 3"):
+        series(np.zeros((2, 8, 8, 2), "float32"), domain=0)

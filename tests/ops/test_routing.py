@@ -30,14 +30,58 @@ def test_tensor_domains():
         routing.canonicalize_domain(np.array([0, 5]), 3)
     with pytest.raises(ValueError, match="domain=-2"):
         routing.canonicalize_domain(keras.ops.convert_to_tensor([0, -2]), 3)
-    with pytest.raises(TypeError, match="dtype=float32"):
-        routing.canonicalize_domain(np.array([0.0, 1.0], "float32"), 3)
+    with pytest.raises(TypeError, match="dtype=bool"):
+        routing.canonicalize_domain(np.array([True, False]), 3)
+    # Whole-valued floats are ids (a float domain input); fractions are not.
+    assert routing.canonicalize_domain(np.array([0.0, 2.0], "float32"), 3).shape == (2,)
+    with pytest.raises(ValueError, match="domain=0.5"):
+        routing.canonicalize_domain(np.array([0.0, 0.5], "float32"), 3)
     with pytest.raises(ValueError, match="shape"):
         routing.canonicalize_domain(np.zeros((2, 2), "int32"), 3)
     with pytest.raises(TypeError, match="num_domains"):
         routing.check_num_domains(2.5)
     with pytest.raises(ValueError, match="num_domains=0"):
         routing.check_num_domains(0)
+
+
+def test_invalid_ids_select_nan_rows_and_no_segment():
+    table = np.arange(12, dtype="float32").reshape(3, 4)
+    ids = keras.ops.convert_to_tensor([2, -1, 3, 0])
+    selection = routing.select(ids, 3)
+    rows = to_numpy(routing.take_domains(table, selection))
+    np.testing.assert_array_equal(rows[[0, 3]], table[[2, 0]])
+    assert np.isnan(rows[[1, 2]]).all()
+    data = np.array([[1.0], [np.nan], [np.nan], [np.nan]], "float32")
+    data[3] = 5.0
+    sums = to_numpy(routing.domain_sums(data, selection))
+    np.testing.assert_array_equal(sums, [[5.0], [0.0], [1.0]])
+    np.testing.assert_array_equal(to_numpy(selection.counts()), [1.0, 0.0, 1.0])
+    scalar = routing.select(keras.ops.convert_to_tensor(-4), 3)
+    assert np.isnan(to_numpy(routing.take_domains(table, scalar))).all()
+    floats = routing.select(keras.ops.convert_to_tensor([1.0, 1.5]), 3)
+    np.testing.assert_array_equal(to_numpy(floats.valid), [True, False])
+
+
+def test_gathered_rows_get_gradients_of_their_own_examples_only():
+    table = keras.Variable(np.ones((3, 2), "float32"))
+    selection = routing.select(keras.ops.convert_to_tensor([0, 0, 2]), 3)
+    upstream = np.array([[np.nan, 1.0], [1.0, 1.0], [2.0, 3.0]], "float32")
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        with tf.GradientTape() as tape:
+            loss = keras.ops.sum(routing.take_domains(table, selection) * upstream)
+        grad = to_numpy(tf.convert_to_tensor(tape.gradient(loss, table.value)))
+    elif keras.backend.backend() == "jax":
+        import jax
+
+        grad = to_numpy(jax.grad(
+            lambda t: keras.ops.sum(routing.take_domains(t, selection) * upstream)
+        )(table.value))
+    else:
+        pytest.skip("gradient check written for TensorFlow and JAX")
+    assert np.isnan(grad[0, 0])
+    np.testing.assert_array_equal(grad[1:], [[0.0, 0.0], [2.0, 3.0]])
 
 
 def test_gather_and_route_agree_for_uniform_and_mixed():
@@ -55,6 +99,10 @@ def test_gather_and_route_agree_for_uniform_and_mixed():
     same = routing.canonicalize_domain(np.array([1, 1, 1]), 3)
     np.testing.assert_array_equal(
         to_numpy(routing.route(same, uniform, mixed_fn)), table[[1] * 3] + 100
+    )
+    scalar = routing.canonicalize_domain(keras.ops.convert_to_tensor(1), 3)
+    np.testing.assert_array_equal(
+        to_numpy(routing.route(scalar, uniform, mixed_fn)), table[[1] * 3] + 100
     )
     np.testing.assert_array_equal(
         to_numpy(routing.route(mixed, uniform, mixed_fn)), table[[2, 0, 2]] + 100
