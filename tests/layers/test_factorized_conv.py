@@ -83,12 +83,12 @@ def test_gradients_match_dense_reference(kind, contraction):
     tasks = np.array([2, 0, 2], dtype="int32")
     upstream = rng(3).normal(size=(3, 5, 5, 4)).astype("float32")
     grad_x, grad_factors = gradients(
-        lambda inputs: ops.sum(layer(inputs, domain=tasks) * upstream), x,
+        lambda inputs: ops.sum(ops.multiply(layer(inputs, domain=tasks), upstream)), x,
         layer.factorization.variables)
     stacked = to_numpy(layer.stacked_kernel())
     # dL/dx of the per-example reference convolutions.
     grad_x_ref, _ = gradients(
-        lambda inputs: ops.sum(_per_example(inputs, stacked, tasks) * upstream), x, [])
+        lambda inputs: ops.sum(ops.multiply(_per_example(inputs, stacked, tasks), upstream)), x, [])
     np.testing.assert_allclose(grad_x, grad_x_ref, atol=1e-4)
     # Factor gradients: dL/dW per task in NumPy, pulled back through the reconstruction.
     grad_w = np.zeros_like(stacked)
@@ -96,7 +96,7 @@ def test_gradients_match_dense_reference(kind, contraction):
         picked = tasks == t
         if picked.any():
             grad_w[..., t] = _kernel_grad(x[picked], upstream[picked])
-    _, expected = gradients(lambda inputs: ops.sum(layer.stacked_kernel() * grad_w), x,
+    _, expected = gradients(lambda inputs: ops.sum(ops.multiply(layer.stacked_kernel(), grad_w)), x,
                             layer.factorization.variables)
     for got, want in zip(grad_factors, expected):
         np.testing.assert_allclose(got, want, atol=1e-4)

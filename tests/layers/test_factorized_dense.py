@@ -66,7 +66,7 @@ def test_gradients_match_dense_reference(kind):
     upstream = rng(2).normal(size=(5, 8)).astype("float32")
     stacked = to_numpy(layer.stacked_kernel())
     grad_x, grad_factors = gradients(
-        lambda inputs: ops.sum(layer(inputs, domain=tasks) * upstream), x,
+        lambda inputs: ops.sum(ops.multiply(layer(inputs, domain=tasks), upstream)), x,
         layer.factorization.variables)
     expected_x = np.einsum("bo,iob->bi", upstream, stacked[..., tasks])
     np.testing.assert_allclose(grad_x, expected_x, atol=1e-5)
@@ -75,7 +75,7 @@ def test_gradients_match_dense_reference(kind):
     for b, t in enumerate(tasks):
         grad_stacked[..., t] += np.outer(x[b], upstream[b])
     _, expected = gradients(
-        lambda inputs: ops.sum(layer.stacked_kernel() * grad_stacked), x,
+        lambda inputs: ops.sum(ops.multiply(layer.stacked_kernel(), grad_stacked)), x,
         layer.factorization.variables)
     for got, want in zip(grad_factors, expected):
         np.testing.assert_allclose(got, want, atol=1e-4)
