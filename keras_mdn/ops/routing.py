@@ -125,7 +125,7 @@ class Selection:
     def counts(self):
         """Examples per domain, float32 `(num_domains,)` (invalid ids count for none)."""
         if self._counts is None:
-            ones = ops.ones(ops.shape(self.segments), dtype="float32")
+            ones = ops.ones_like(self.segments, dtype="float32")
             self._counts = self._segment_sum(ones)
         return self._counts
 
@@ -158,7 +158,7 @@ def take_domains(params, selection, fill_invalid=True):
     in its domain) and a `where` (NaN-safe, unlike a product with a mask). With
     `fill_invalid=False` invalid ids read row 0: for values that are NaN'd elsewhere.
     """
-    rows = ops.take(params, selection.ids, axis=0)
+    rows = _take_rows(params, selection.ids)
     if not fill_invalid or "float" not in K.standardize_dtype(rows.dtype):
         return rows  # integer tables are layouts, not weights: invalid ids read row 0
     valid = selection.valid
@@ -212,6 +212,17 @@ def route(domain, uniform_fn, mixed_fn):
     if is_uniform(domain):
         return uniform_fn(domain)
     return mixed_fn(domain)
+
+
+def _take_rows(params, ids):
+    """`params[ids]` along axis 0 for ids known to be in range."""
+    if K.backend() == "tensorflow":
+        import tensorflow as tf
+
+        # Keras' `take` first maps negative ids (4 more graph ops per gather, at every layer
+        # of every step in TF graph mode); these ids are never negative.
+        return tf.gather(params, ids)
+    return ops.take(params, ids, axis=0)
 
 
 def _in_range(domain, num_domains):

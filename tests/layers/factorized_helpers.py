@@ -75,3 +75,23 @@ def check_mixed_precision(make_layer, input_shape, policy, where, tmp_path):
                      atol=0)
     finally:
         keras.config.set_dtype_policy(previous)
+
+
+def check_bad_ids_give_nan_in_compiled_graphs(layer, x, jit_compile):
+    """Inside a compiled `predict` (TF graph / TF XLA / JAX jit) an id outside
+    `[0, num_domains)` gives NaN outputs for its example only; the others are exact."""
+    from tests.helpers import assert_close
+
+    inputs = keras.Input(x.shape[1:], name="features")
+    domain = keras.Input((), dtype="int32", name="domain")
+    model = keras.Model([inputs, domain], layer(inputs, domain=domain))
+    model.compile(jit_compile=jit_compile)
+    bad = layer.num_domains
+    domains = np.array([0, bad, 1, -1][: len(x)], dtype="int32")
+    outputs = keras.ops.convert_to_numpy(model.predict_on_batch([x, domains]))
+    for index, value in enumerate(domains):
+        if 0 <= value < layer.num_domains:
+            expected = layer(x[index:index + 1], domain=int(value))
+            assert_close(outputs[index:index + 1], expected, atol=1e-5)
+        else:
+            assert np.all(np.isnan(outputs[index])), (index, value)

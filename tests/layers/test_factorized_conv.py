@@ -7,8 +7,12 @@ from keras import ops
 
 import keras_mdn
 from keras_mdn import FactorizedConv, FactorizedConv1D, FactorizedConv2D
-from tests.helpers import assert_close, rng, save_and_load, to_numpy
-from tests.layers.factorized_helpers import check_mixed_precision, gradients
+from tests.helpers import assert_close, backend, rng, save_and_load, to_numpy
+from tests.layers.factorized_helpers import (
+    check_bad_ids_give_nan_in_compiled_graphs,
+    check_mixed_precision,
+    gradients,
+)
 
 KINDS = ["laf", "tucker", "tt", "tt_matrix"]
 TASKS = 3
@@ -224,3 +228,14 @@ def test_quantize_refuses_clearly():
     layer = make("tt")
     with pytest.raises(ValueError, match=r"FactorizedConv2D .* cannot be quantized"):
         layer.quantize("int8")
+
+
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_bad_ids_in_compiled_graphs_give_nan_for_their_examples_only(jit_compile):
+    if backend() == "jax" and not jit_compile:
+        pytest.skip("JAX always compiles with XLA")
+    x = rng(3).normal(size=(4, 6, 6, 3)).astype("float32")
+    check_bad_ids_give_nan_in_compiled_graphs(make("laf"), x, jit_compile)
+    layer = FactorizedConv2D(4, 3, num_domains=TASKS, factorization="tt", rank=2,
+                             padding="same", use_bias=False, activation="relu")
+    check_bad_ids_give_nan_in_compiled_graphs(layer, x, jit_compile)
