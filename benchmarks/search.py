@@ -64,6 +64,10 @@ LEARNING_RATE = 3e-3
 # train step (about 20 s of CPU each, see the README's known limitations).
 COMPILE = {"jit_compile": False}
 STAGES = ("stem", "stage1", "stage2", "stage3")
+QUICK_NOTE = ("**Smoke run (`--quick`)**: one pretraining epoch, one epoch per method and trial, "
+              "three trials, eager steps. It checks that the benchmark runs end to end; its "
+              "accuracies (and so its target line) say nothing about the method: the target "
+              "is judged on the full run.")
 
 
 def parse_args(argv=None):
@@ -275,6 +279,8 @@ def write(report, prefix):
              f"Arguments: `{report['arguments']}`. Load average at start / end: "
              f"`{report['loadavg_start']}` / `{report['loadavg_end']}` (2 shared CPU cores: "
              "seconds are distorted, compare ratios).", ""]
+    if "--quick" in report["arguments"]:
+        lines += [QUICK_NOTE, ""]
     for name, result in report["datasets"].items():
         lines += [f"## {name}", "", f"{result['dataset']}; {result['epochs']} epochs per "
                   f"method and trial, {result['trials']} trials, batch {result['batch_size']}.",
