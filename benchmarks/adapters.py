@@ -49,6 +49,8 @@ import adapters_output as output  # noqa: E402
 
 import keras_mdn  # noqa: E402
 from keras_mdn.datasets import load_digits_domains, load_omniglot_domains  # noqa: E402
+from keras_mdn.report import parameter_report  # noqa: E402
+from keras_mdn.surgery import transfer_weights  # noqa: E402
 
 OMNIGLOT_ZIP = os.path.join(
     os.path.dirname(os.path.abspath(__file__)),
@@ -151,7 +153,7 @@ def run_dataset(name, args):
     start = time.perf_counter()
     keras.utils.set_random_seed(seed + 1)
     finetune = methods.resnet26(classes, input_shape=shape, width_factor=width, name="finetune")
-    methods.transfer(pretrained, finetune, source_domain=source)
+    transfer_weights(pretrained, finetune, source_domain=source)
     initial = finetune.get_weights()
     accuracy = {}
     for d in range(data.num_domains):
@@ -159,11 +161,7 @@ def run_dataset(name, args):
             finetune.set_weights(initial)
         methods.fit(finetune, data, epochs, batch_size, lr, seed, compile=d == 0, domains=[d])
         accuracy.update(methods.accuracies(finetune, data, domains=[d]))
-    shared = sum(
-        int(np.prod(layer.kernel.shape))
-        for layer in finetune.layers
-        if isinstance(layer, keras.layers.Conv2D)
-    )
+    shared = int(parameter_report(finetune).shared)  # the shared convs
     total = methods.parameter_count(finetune) + (data.num_domains - 1) * shared
     record(report, "finetune", accuracy, total, None, start)
     report["methods"]["finetune"]["shared_conv_parameters"] = shared

@@ -8,11 +8,9 @@ import keras
 import numpy as np
 
 import keras_mdn
-from keras_mdn.layers import DomainBatchNormalization, DomainHead, ResidualAdapter
 from keras_mdn.models import resnet26
-
-STATISTICS = ("moving_mean", "moving_variance")
-
+from keras_mdn.report import parameter_report
+from keras_mdn.surgery import batch_norms_only, frozen_features, transfer_weights
 
 # === Training ===
 
@@ -78,25 +76,8 @@ def fit(model, data, epochs, batch_size, learning_rate, seed, augment=True, comp
 
 
 def accuracies(model, data, split="test", domains=None, batch_size=128):
-    """Top-1 accuracy per domain name, in batches of one fixed shape (one traced predict)."""
-    result = {}
-    for d, name in enumerate(data.names):
-        if domains is not None and d not in domains:
-            continue
-        images, labels = data.arrays(split, d)
-        classes = data.num_classes[d]
-        correct = 0
-        for start in range(0, len(labels), batch_size):
-            x = images[start : start + batch_size]
-            n = len(x)
-            if n < batch_size:  # pad, so that the predict function is traced once
-                x = np.concatenate([x, np.repeat(x[-1:], batch_size - n, axis=0)])
-            inputs = {"image": x, "domain": np.full(batch_size, d, dtype=np.int32)}
-            logits = np.asarray(model.predict_on_batch(inputs))[:n]
-            predictions = np.argmax(logits[:, :classes], axis=1)
-            correct += int(np.sum(predictions == labels[start : start + n]))
-        result[name] = correct / len(labels)
-    return result
+    """`keras_mdn.domain_accuracies` (batches of one shape: one traced predict)."""
+    return keras_mdn.domain_accuracies(model, data, split, batch_size=batch_size, domains=domains)
 
 
 # === Models of the methods, from the pretrained base network ===
@@ -107,81 +88,21 @@ def base_network(num_classes, input_shape, width_factor, name="base"):
     return resnet26([num_classes], input_shape=input_shape, width_factor=width_factor, name=name)
 
 
-def transfer(source, target, source_domain=None):
-    """Copies a pretrained one-domain ResNet-26 into `target` (any adapter kind, T domains).
-
-    Shared 3x3 convs: copied. Every per-domain BN row: the source's BN (gamma, beta, moving
-    statistics). Head: the source's head goes to `source_domain` (the domain it was trained
-    on), the other domains keep their fresh initialisation. Adapters stay at their zero
-    initialisation, so every domain starts as the pretrained network.
-    """
-    for layer in source.layers:
-        if isinstance(layer, keras.layers.Conv2D):
-            _conv_of(target.get_layer(layer.name)).kernel.assign(layer.kernel)
-        elif isinstance(layer, DomainBatchNormalization):
-            target_bn = target.get_layer(layer.name)
-            for variable, source_variable in zip(target_bn.weights, layer.weights, strict=True):
-                rows = np.repeat(np.asarray(source_variable), variable.shape[0], axis=0)
-                variable.assign(rows)
-        elif isinstance(layer, DomainHead) and source_domain is not None:
-            head = target.get_layer(layer.name)
-            start, n = head.offsets[source_domain], head.num_classes[source_domain]
-            if n != layer.num_classes[0]:
-                raise ValueError("The source head and the source domain differ in classes")
-            kernel = np.array(head.kernel)
-            kernel[:, start : start + n] = np.asarray(layer.kernel)
-            head.kernel.assign(kernel)
-            bias = np.array(head.bias)
-            bias[start : start + n] = np.asarray(layer.bias)
-            head.bias.assign(bias)
-
-
-def _width_factor(model):
-    return model.get_layer("stem_conv").filters / 32
-
-
-def _conv_of(layer):
-    return layer.layer if isinstance(layer, ResidualAdapter) else layer
-
-
 def build_method(method, pretrained, num_classes, input_shape, width_factor, source_domain):
-    """The multi-domain model of one method (not `finetune`), initialised from `pretrained`."""
+    """The multi-domain model of one method (not `finetune`), initialised from `pretrained`:
+    library baselines for "frozen" and "bn_only", `resnet26` + `transfer_weights` for the
+    adapters (shared convs frozen, every domain's BN from the pretrained network, the source
+    domain's head from its head)."""
+    num_classes = list(num_classes)
     if method == "frozen":
-        return frozen_extractor(pretrained, num_classes, input_shape, source_domain)
-    adapter = {"bn_only": None, "series": "series", "parallel": "parallel"}[method]
-    model = resnet26(
-        list(num_classes),
-        adapter=adapter,
-        input_shape=input_shape,
-        width_factor=width_factor,
-        freeze_shared=True,
-        name=method,
-    )
-    transfer(pretrained, model, source_domain)
-    return model
-
-
-def frozen_extractor(pretrained, num_classes, input_shape, source_domain):
-    """The pretrained network up to its pooled features, frozen (its BN included), shared by
-    every domain, with a trainable `DomainHead` on top."""
-    # A fresh copy (not clone_model: that recompiles the clone with our optimizer's config).
-    copy = base_network(pretrained.get_layer("head").num_classes[0], input_shape,
-                        _width_factor(pretrained), name="frozen_base")
-    copy.set_weights(pretrained.get_weights())
-    features = keras.Model(copy.inputs, copy.get_layer("pool").output, name="frozen_features")
-    features.trainable = False
-    image = keras.Input(input_shape, name="image")
-    domain = keras.Input((), dtype="int32", name="domain")
-    pooled = features([image, keras.ops.zeros_like(domain)])
-    head = DomainHead(list(num_classes), name="head")
-    model = keras.Model([image, domain], head(pooled, domain), name="frozen")
-    source_head = pretrained.get_layer("head")
-    start, n = head.offsets[source_domain], head.num_classes[source_domain]
-    kernel, bias = np.array(head.kernel), np.array(head.bias)
-    kernel[:, start : start + n] = np.asarray(source_head.kernel)
-    bias[start : start + n] = np.asarray(source_head.bias)
-    head.kernel.assign(kernel)
-    head.bias.assign(bias)
+        return frozen_features(pretrained, num_classes, source_domain=source_domain,
+                               name="frozen")
+    if method == "bn_only":
+        return batch_norms_only(pretrained, num_classes, source_domain=source_domain,
+                                name="bn_only")
+    model = resnet26(num_classes, adapter=method, input_shape=input_shape,
+                     width_factor=width_factor, freeze_shared=True, name=method)
+    transfer_weights(pretrained, model, source_domain=source_domain)
     return model
 
 
@@ -202,22 +123,12 @@ def compress(model, rank):
 
 
 def parameter_count(model):
-    """Parameters of `model`, BN moving statistics excluded (they are buffers, not weights)."""
-    return int(
-        sum(
-            int(np.prod(v.shape))
-            for v in model.weights
-            if not any(v.path.endswith(s) for s in STATISTICS)
-        )
-    )
+    """Parameters of `model`, BN moving statistics excluded: `parameter_report(model).total`."""
+    return int(parameter_report(model).total)
 
 
 def parameter_report_total(model):
     """`keras_mdn.report.parameter_report(model).total` when the library has the report."""
-    try:
-        from keras_mdn.report import parameter_report
-    except ImportError:
-        return None
     try:
         return int(parameter_report(model).total)
     except Exception as error:  # a report that fails is a library problem we record

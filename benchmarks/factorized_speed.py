@@ -256,7 +256,9 @@ def tt_matrix_case(n, rank, batch, opts):
 
 def multitask_dense_case(kind, num_tasks, rank, n, batch, opts):
     x = tf.constant(RNG.normal(size=(batch, n)).astype("float32"))
-    uniform = tf.zeros((batch,), "int32")
+    # A 0-d domain tensor: routing runs the one-domain path for it (a domain vector always
+    # takes the per-example path, even when its entries are equal).
+    uniform = tf.constant(0, "int32")
     mixed = tf.constant(RNG.permutation(np.arange(batch) % num_tasks).astype("int32"))
     layers = {}
     for mode in ("auto", "flops", "reconstruct"):
@@ -297,7 +299,7 @@ def multitask_dense_case(kind, num_tasks, rank, n, batch, opts):
                               uniform),
         "dense": (lambda y, t: dense(y), [dense.kernel], uniform),
         "reconstruct": (lambda y, t: tf.matmul(
-            y, tf.reshape(factorization.task_weight(t[0]), (n, n))), variables, uniform),
+            y, tf.reshape(factorization.task_weight(t), (n, n))), variables, uniform),
         "reconstruct_mixed": (naive_mixed, variables, mixed),
     }
     info = {
@@ -314,7 +316,9 @@ def multitask_dense_case(kind, num_tasks, rank, n, batch, opts):
 
 def multitask_conv_case(kind, num_tasks, rank, channels, size, batch, opts):
     x = tf.constant(RNG.normal(size=(batch, size, size, channels)).astype("float32"))
-    uniform = tf.zeros((batch,), "int32")
+    # A 0-d domain tensor: routing runs the one-domain path for it (a domain vector always
+    # takes the per-example path, even when its entries are equal).
+    uniform = tf.constant(0, "int32")
     mixed = tf.constant(RNG.permutation(np.arange(batch) % num_tasks).astype("int32"))
     layer = FactorizedConv2D(channels, 3, num_domains=num_tasks, factorization=kind, rank=rank,
                              padding="same", use_bias=False, batch_size_hint=batch)
@@ -345,7 +349,7 @@ def multitask_conv_case(kind, num_tasks, rank, channels, size, batch, opts):
         "layer_mixed": (lambda y, t: layer(y, domain=t), variables, mixed),
         "dense": (lambda y, t: conv(y), [conv.kernel], uniform),
         "reconstruct": (lambda y, t: tf.nn.conv2d(
-            y, tf.reshape(factorization.task_weight(t[0]), (3, 3, channels, channels)), 1,
+            y, tf.reshape(factorization.task_weight(t), (3, 3, channels, channels)), 1,
             "SAME"), variables, uniform),
         "reconstruct_mixed": (naive_mixed, variables, mixed),
     }
@@ -458,7 +462,8 @@ def _compiled(fn, layer_weights, backend, jit, backward):
                 return fn(x, domain)
             with tf.GradientTape() as tape:
                 loss = tf.reduce_sum(fn(x, domain))
-            return tape.gradient(loss, [w.value for w in layer_weights])
+            grads = tape.gradient(loss, [w.value for w in layer_weights])
+            return [tf.convert_to_tensor(g) for g in grads]  # IndexedSlices of gathers
 
         compiled = tf.function(run, jit_compile=jit, autograph=False)
         return lambda x, d: tf.nest.map_structure(lambda t: t.numpy(), compiled(x, d))
@@ -904,9 +909,9 @@ def _markdown(cases, rows, note, overall, path, suffix):
             f"{_fmt(row.get('bwd_layer_over_dense'))} | {_fmt(row.get('bwd_layer_over_t3f'))} | "
             f"{_fmt(row.get('bwd_layer_over_reconstruct'))} | {faster} |")
     lines += ["", "## Multi-task FactorizedDense and FactorizedConv2D", "",
-              "Uniform batch = a task vector with one task; mixed = tasks spread evenly, "
-              "shuffled. `naive mixed` = x against all T reconstructed task weights, then a "
-              "per-example pick.", "",
+              "Uniform batch = a 0-d domain tensor (the one-domain path); mixed = tasks spread "
+              "evenly, shuffled. `naive mixed` = x against all T reconstructed task weights, "
+              "then a per-example pick.", "",
               "| shape | path | ms | /dense | /recon | FLOPs fact/dense | achieved | "
               "mixed/uniform | mixed/naive mixed | not slower | half dense | mixed <= 1.5x | "
               "fwd+bwd /dense | "

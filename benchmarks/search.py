@@ -60,7 +60,14 @@ SETTINGS = {
                "pretrain_epochs": 6},
 }
 LEARNING_RATE = 3e-3
+# --quick trains a few dozen steps per model: eager steps cost less than tracing a ResNet-26
+# train step (about 20 s of CPU each, see the README's known limitations).
+COMPILE = {"jit_compile": False}
 STAGES = ("stem", "stage1", "stage2", "stage3")
+QUICK_NOTE = ("**Smoke run (`--quick`)**: one pretraining epoch, one epoch per method and trial, "
+              "three trials, eager steps. It checks that the benchmark runs end to end; its "
+              "accuracies (and so its target line) say nothing about the method: the target "
+              "is judged on the full run.")
 
 
 def parse_args(argv=None):
@@ -85,14 +92,18 @@ def load(name, args):
     return load_digits_domains()
 
 
-def pretrained_base(data, source, epochs, batch_size, width_factor):
+def compile_options(quick):
+    return {**COMPILE, "run_eagerly": True} if quick else dict(COMPILE)
+
+
+def pretrained_base(data, source, epochs, batch_size, width_factor, quick=False):
     """ResNet-26 trained on the source domain; every domain's BN starts from the source's."""
     keras.utils.set_random_seed(0)
     model = resnet26(list(data.num_classes), input_shape=data.image_shape,
                      width_factor=width_factor, name="pretrained")
     model.compile(keras.optimizers.Adam(LEARNING_RATE),
                   keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  jit_compile=False)
+                  **compile_options(quick))
     train = data.dataset("train", domains=[source], batch_size=batch_size, repeat=True)
     steps = data.steps_per_epoch("train", batch_size, domains=[source])
     model.fit(train, epochs=epochs, steps_per_epoch=steps, verbose=0)
@@ -118,7 +129,7 @@ def fixed_design(hypermodel, mode, epochs):
             "seconds": metrics["seconds"]}
 
 
-def fine_tuning(base, data, epochs, batch_size):
+def fine_tuning(base, data, epochs, batch_size, quick=False):
     """One whole network per domain, all weights trained on that domain."""
     test, start = {}, time.perf_counter()
     for d, name in enumerate(data.names):
@@ -127,7 +138,7 @@ def fine_tuning(base, data, epochs, batch_size):
             layer.trainable = True
         model.compile(keras.optimizers.Adam(LEARNING_RATE),
                       keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                      jit_compile=False)
+                      **compile_options(quick))
         train = data.dataset("train", domains=[d], batch_size=batch_size, repeat=True)
         steps = data.steps_per_epoch("train", batch_size, domains=[d])
         model.fit(train, epochs=epochs, steps_per_epoch=steps, verbose=0)
@@ -150,18 +161,19 @@ def run_dataset(name, args, directory):
     data = load(name, args)
     start = time.perf_counter()
     base = pretrained_base(data, settings["source"], pretrain_epochs, batch_size,
-                           args.width_factor)
+                           args.width_factor, quick=args.quick)
     pretrain_seconds = time.perf_counter() - start
     base.save(os.path.join(directory, f"{name}_base.keras"))
     hypermodel = tuning.MultiDomainHyperModel(base, data, search_space(),
-                                              learning_rate=LEARNING_RATE, batch_size=batch_size)
+                                              learning_rate=LEARNING_RATE, batch_size=batch_size,
+                                              compile_options=compile_options(args.quick))
     result = {"dataset": str(data).splitlines()[0], "domains": list(data.names),
               "epochs": epochs, "pretrain_epochs": pretrain_epochs, "trials": trials,
               "batch_size": batch_size, "pretrain_seconds": pretrain_seconds}
     print(f"[{name}] references", flush=True)
     result["hand_design"] = fixed_design(hypermodel, "parallel", epochs)
     result["bn_only"] = fixed_design(hypermodel, "bn", epochs)
-    result["fine_tuning"] = fine_tuning(base, data, epochs, batch_size)
+    result["fine_tuning"] = fine_tuning(base, data, epochs, batch_size, quick=args.quick)
     print(f"[{name}] search: {trials} trials", flush=True)
     tuner = tuning.make_tuner("bayesian", hypermodel, max_trials=trials, directory=directory,
                               project_name=f"{name}_search", overwrite=True)
@@ -233,7 +245,7 @@ def worker_child(args):
         os.makedirs(directory, exist_ok=True)
         settings = SETTINGS["digits"]
         base = pretrained_base(data, settings["source"], 1, settings["batch_size"],
-                               args.width_factor)
+                               args.width_factor, quick=args.quick)
         base.save(base_path + ".tmp.keras")
         os.replace(base_path + ".tmp.keras", base_path)
     deadline = time.monotonic() + 600
@@ -244,7 +256,8 @@ def worker_child(args):
     base = keras.saving.load_model(base_path)
     hypermodel = tuning.MultiDomainHyperModel(base, data, search_space(),
                                               learning_rate=LEARNING_RATE,
-                                              batch_size=SETTINGS["digits"]["batch_size"])
+                                              batch_size=SETTINGS["digits"]["batch_size"],
+                                              compile_options=compile_options(args.quick))
     tuner = tuning.make_tuner("random", hypermodel, max_trials=int(trials),
                               directory=directory, project_name="search")
     tuner.search(epochs=1 if args.quick else SETTINGS["digits"]["epochs"], verbose=0)
@@ -266,6 +279,8 @@ def write(report, prefix):
              f"Arguments: `{report['arguments']}`. Load average at start / end: "
              f"`{report['loadavg_start']}` / `{report['loadavg_end']}` (2 shared CPU cores: "
              "seconds are distorted, compare ratios).", ""]
+    if "--quick" in report["arguments"]:
+        lines += [QUICK_NOTE, ""]
     for name, result in report["datasets"].items():
         lines += [f"## {name}", "", f"{result['dataset']}; {result['epochs']} epochs per "
                   f"method and trial, {result['trials']} trials, batch {result['batch_size']}.",

@@ -92,12 +92,8 @@ def main():
     print("\n== 3. Pareto front: mean validation accuracy vs per-domain parameters ==")
     front = tuning.pareto_front(records, cost="parameters")
     print(front.table())
-    hand = tuning.place(
-        tuning.multi_domain_base(base, data.num_classes),
-        tuning.Design({"all": "parallel"}, {"all": None},
-                      {"all": [n for ns in hypermodel.resolved.groups.values() for n in ns]},
-                      {n: "all" for n in hypermodel.resolved.norms}),
-    )
+    hand = tuning.place(tuning.multi_domain_base(base, data.num_classes),
+                        tuning.Design.uniform(hypermodel.resolved, "parallel"))
     hand_parameters = parameter_report(hand).domains[0]["parameters"]
     args.output.mkdir(parents=True, exist_ok=True)
     (args.output / "front.md").write_text(front.table() + "\n")

@@ -27,6 +27,7 @@ from keras_mdn.datasets import load_digits_domains  # noqa: E402
 from keras_mdn.models import resnet26  # noqa: E402
 from keras_mdn.report import parameter_report  # noqa: E402
 from keras_mdn.scoring import domain_accuracies  # noqa: E402
+from keras_mdn.surgery import transfer_weights  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -58,28 +59,15 @@ def train(model, data, domains, args, learning_rate=0.05):
     model.fit(train_set, epochs=args.epochs, steps_per_epoch=steps, verbose=2)
 
 
-def build(data, args, adapter=None, freeze_shared=False):
+def build(num_classes, image_shape, args, adapter=None, freeze_shared=False, name="digits"):
     return resnet26(
-        data.num_classes,
+        num_classes,
         adapter=adapter,
-        input_shape=data.image_shape,
+        input_shape=image_shape,
         width_factor=args.width_factor,
         freeze_shared=freeze_shared,
-        name=f"digits_{adapter or 'base'}",
+        name=name,
     )
-
-
-def copy_pretrained(source, target, data):
-    """Shared convs from the pretrained network; every domain's BNs start from domain 0's."""
-    for layer in source.layers:
-        target_layer = target.get_layer(layer.name)
-        if isinstance(layer, keras.layers.Conv2D):
-            shared = getattr(target_layer, "layer", target_layer)  # a ResidualAdapter's conv
-            shared.kernel.assign(layer.kernel)
-        elif isinstance(layer, keras_mdn.DomainBatchNormalization):
-            for weight, target_weight in zip(layer.weights, target_layer.weights):
-                rows = keras.ops.repeat(weight[:1], data.num_domains, axis=0)
-                target_weight.assign(rows)
 
 
 def main():
@@ -89,22 +77,24 @@ def main():
     print(data)
 
     print("\n== 1. Pretraining the shared network on domain 'original' ==")
-    pretrained = build(data, args)
-    train(pretrained, data, ["original"], args)
+    original = data.select(["original"])
+    pretrained = build(original.num_classes, data.image_shape, args, name="digits_pretrained")
+    train(pretrained, original, None, args)
 
     print("\n== 2. Baseline: fine-tuning a full copy of the network per domain ==")
     finetuned = {}
     for name in data.names:
-        network = build(data, args)
-        network.set_weights(pretrained.get_weights())
-        copy_pretrained(pretrained, network, data)
+        domain = data.select([name])  # a one-domain network sees its domain as domain 0
+        network = build(domain.num_classes, data.image_shape, args, name=f"digits_finetuned_{name}")
+        transfer_weights(pretrained, network, source_domain=0 if name == "original" else None)
         print(f"-- {name}")
-        train(network, data, [name], args, learning_rate=0.02)
-        finetuned[name] = domain_accuracies(network, data, domains=[name])[name]
+        train(network, domain, None, args, learning_rate=0.02)
+        finetuned[name] = domain_accuracies(network, domain)[name]
 
     print("\n== 3. Parallel residual adapters on the frozen shared network ==")
-    model = build(data, args, adapter="parallel", freeze_shared=True)
-    copy_pretrained(pretrained, model, data)
+    model = build(data.num_classes, data.image_shape, args, adapter="parallel", freeze_shared=True,
+                  name="digits_parallel")
+    transfer_weights(pretrained, model)  # shared convs; every domain's BNs from the pretrained
     train(model, data, None, args)
     adapters = domain_accuracies(model, data)
 

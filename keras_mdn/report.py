@@ -2,14 +2,16 @@
 
 import numpy as np
 
-from keras_mdn.surgery.ownership import model_num_domains, model_ownership
+from keras_mdn.layers.domain_layer import count_domains
+from keras_mdn.surgery.ownership import model_ownership
 
 
 def parameter_report(model):
     """Counts a multi-domain model's parameters per layer and per domain.
 
     Every weight is either shared by all domains or split into per-domain blocks (a table
-    with one row per domain, or a head's columns; see `keras_mdn.surgery.ownership`); a
+    with one row per domain, or a head's columns), as its layer says
+    (`DomainLayer.domain_variables`, read through `keras_mdn.surgery.ownership`); a
     table's entries are counted for the domain that owns them. Moving statistics of batch
     norms are reported apart ("statistics") and are not counted as parameters. A weight is
     trainable when it is in `model.trainable_weights`; under per-domain freezing
@@ -56,7 +58,7 @@ class ParameterReport:
 
     def __init__(self, model):
         self.model_name = model.name
-        self.num_domains = max(model_num_domains(model), 1)
+        self.num_domains = max(count_domains(model), 1)
         trainable_ids = {id(v) for v in model.trainable_weights}
         self.weights = []
         for entry in model_ownership(model):

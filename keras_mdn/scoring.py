@@ -190,7 +190,8 @@ def domain_accuracies(model, data, split="test", batch_size=256, domains=None):
         model: a Keras model with inputs "image" and "domain".
         data: a `keras_mdn.datasets.MultiDomainData`.
         split: the split to evaluate. Defaults to "test".
-        batch_size: examples per forward pass. Defaults to 256.
+        batch_size: examples per forward pass; the last batch of a domain is padded to it,
+            so the model's predict function is traced once. Defaults to 256.
         domains: names or ids of the domains to evaluate. Defaults to all.
 
     Returns:
@@ -204,8 +205,8 @@ def domain_accuracies(model, data, split="test", batch_size=256, domains=None):
     for d in ids:
         classes = data.num_classes[d]
         correct = total = 0
-        for inputs, labels in _domain_batches(data, split, d, batch_size):
-            logits = np.asarray(model.predict_on_batch(inputs))
+        for inputs, labels, count in data.evaluation_batches(split, d, batch_size):
+            logits = np.asarray(model.predict_on_batch(inputs))[:count]
             if logits.ndim != 2 or logits.shape[1] < classes:
                 raise ValueError(
                     f"The model must return logits of shape (batch, >= {classes}) for domain "
@@ -213,21 +214,8 @@ def domain_accuracies(model, data, split="test", batch_size=256, domains=None):
                 )
             predictions = np.argmax(logits[:, :classes], axis=1)
             correct += int(np.sum(predictions == np.asarray(labels)))
-            total += len(predictions)
+            total += count
         if total == 0:
             raise ValueError(f"Domain {data.names[d]!r} has no examples in split {split!r}")
         accuracies[data.names[d]] = correct / total
     return accuracies
-
-
-def _domain_batches(data, split, domain, batch_size):
-    if data.in_memory:  # NumPy: any backend, no tf.data
-        images, labels = data.arrays(split, domain)
-        for start in range(0, len(labels), batch_size):
-            stop = start + batch_size
-            domain_ids = np.full(len(labels[start:stop]), domain, dtype=np.int32)
-            yield {"image": images[start:stop], "domain": domain_ids}, labels[start:stop]
-        return
-    dataset = data.dataset(split, domains=[domain], batch_size=batch_size, shuffle=False)
-    for inputs, labels in dataset.as_numpy_iterator():
-        yield inputs, labels

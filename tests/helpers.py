@@ -85,3 +85,42 @@ def dtype_policy(policy):
         yield
     finally:
         keras.config.set_dtype_policy(previous)
+
+
+def gradients(fn, x, variables):
+    """`(d fn / d x, [d fn / d v for v in variables])` as NumPy, on TensorFlow, JAX or torch.
+
+    `fn(x)` returns a scalar; a variable `fn` does not use gets zeros.
+    """
+    name = backend()
+    if name == "tensorflow":
+        import tensorflow as tf
+
+        x = tf.constant(x)
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            value = fn(x)
+        grads = tape.gradient(value, [x] + list(variables))
+        grads = [None if g is None else tf.convert_to_tensor(g) for g in grads]  # dense slices
+    elif name == "jax":
+        import jax
+
+        def pure(x, values):
+            with keras.StatelessScope(state_mapping=list(zip(variables, values, strict=True))):
+                return fn(x)
+
+        grad_x, grad_values = jax.grad(pure, argnums=(0, 1))(
+            np.asarray(x), [v.value for v in variables]
+        )
+        grads = [grad_x, *grad_values]
+    elif name == "torch":
+        import torch
+
+        x = torch.tensor(np.asarray(x), requires_grad=True)
+        sources = [x] + [v.value for v in variables]
+        grads = torch.autograd.grad(fn(x), sources, allow_unused=True)
+    else:
+        pytest.skip(f"no gradient helper for the {name} backend")
+    grads = [np.zeros(tuple(s.shape)) if g is None else to_numpy(g)
+             for g, s in zip(grads, [x] + list(variables), strict=True)]
+    return grads[0], grads[1:]

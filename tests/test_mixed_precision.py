@@ -125,7 +125,7 @@ def test_series_adapter_norm_follows_the_adapter_policy():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("adapter", ["series"])
+@pytest.mark.parametrize("adapter", ["parallel"])
 def test_resnet26_trains_one_epoch_on_digits_under_mixed_bfloat16(adapter):
     pytest.importorskip("sklearn")
     from keras_mdn.datasets import load_digits_domains
@@ -142,14 +142,15 @@ def test_resnet26_trains_one_epoch_on_digits_under_mixed_bfloat16(adapter):
     model.compile(
         keras.optimizers.SGD(0.1, momentum=0.9),
         keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        jit_compile=False,  # XLA / jax.jit compilation costs more than this epoch on a CPU
     )
     losses = []
     record = keras.callbacks.LambdaCallback(
         on_train_batch_end=lambda batch, logs: losses.append(float(logs["loss"]))
     )
-    model.fit([x, domain], y, batch_size=128, epochs=1, shuffle=True, verbose=0,
+    model.fit([x, domain], y, batch_size=256, epochs=1, shuffle=True, verbose=0,
               callbacks=[record])
-    assert len(losses) == -(-len(x) // 128)
+    assert len(losses) == -(-len(x) // 256)
     assert np.all(np.isfinite(losses))
     assert all(np.all(np.isfinite(to_numpy(w))) for w in model.weights)
     # Keras logs the epoch's running mean: it falls when the later batches are learnt.

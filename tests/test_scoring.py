@@ -174,3 +174,28 @@ def test_domain_accuracies_through_tf_data():
     in_memory = MultiDomainData.from_arrays(["d"], [3], {"test": [(images, labels)]})
     expected = domain_accuracies(model, in_memory, batch_size=7)
     assert domain_accuracies(model, streamed, batch_size=7, domains="d") == expected
+
+
+@pytest.mark.tensorflow_only
+def test_domain_accuracies_trace_the_model_once():
+    import keras
+
+    from keras_mdn.datasets import MultiDomainData
+    from keras_mdn.scoring import domain_accuracies
+    from tests.helpers import skip_unless_tensorflow
+
+    skip_unless_tensorflow()
+    model, rng = _linear_model(2, 5)
+    splits = {"test": [(rng.normal(size=(n, 2, 2, 1)).astype(np.float32),
+                        rng.integers(0, 2, n)) for n in (13, 7)]}
+    data = MultiDomainData.from_arrays(["x", "y"], [2, 2], splits)
+    shapes = []
+    original = model.predict_on_batch
+
+    def recording(inputs):
+        shapes.append(keras.ops.shape(inputs["image"]))
+        return original(inputs)
+
+    model.predict_on_batch = recording
+    domain_accuracies(model, data, batch_size=4)
+    assert {tuple(shape) for shape in shapes} == {(4, 2, 2, 1)}  # 13 and 7 padded to 4s

@@ -15,6 +15,7 @@ result. Buffered shuffles of TFDS sources also depend on TensorFlow's global see
 """
 
 import math
+import warnings
 from collections.abc import Mapping
 
 import numpy as np
@@ -235,6 +236,96 @@ class MultiDomainData:
             description=self.description,
         )
 
+    @classmethod
+    def concatenate(cls, datas, names=None, description=None):
+        """One `MultiDomainData` holding the domains of several, in order.
+
+        The domains of `datas[k]` get the ids `offsets[k] + d`, with `offsets[k]` the number
+        of domains in `datas[:k]` (see `domain_offsets`), so a model trained on the merged
+        data reads domain `d` of `datas[k]` as `offsets[k] + d`.
+
+        Args:
+            datas: list of `MultiDomainData` with the same image shape.
+            names: optional new names for all the merged domains (needed when two sources
+                share a domain name). Defaults to the sources' names.
+            description: a one-line description. Defaults to the sources' joined with " + ".
+
+        Returns:
+            A `MultiDomainData`.
+
+        Example:
+
+        >>> both = MultiDomainData.concatenate([digits, letters])
+        >>> both.dataset("train", domains=letters.names)  # ids offset by digits.num_domains
+        """
+        datas = list(datas)
+        if not datas or not all(isinstance(d, MultiDomainData) for d in datas):
+            raise TypeError(
+                f"`datas` must be a non-empty list of MultiDomainData. Received: datas={datas!r}"
+            )
+        shapes = {d.image_shape for d in datas}
+        if len(shapes) != 1:
+            raise ValueError(
+                "All sources must share one image shape (resize them first). Received: "
+                f"image shapes {[d.image_shape for d in datas]}"
+            )
+        merged_names = [name for d in datas for name in d.names]
+        if names is not None:
+            names = [str(n) for n in names]
+            if len(names) != len(merged_names):
+                raise ValueError(
+                    f"`names` must have one name per merged domain ({len(merged_names)}). "
+                    f"Received: names={names}"
+                )
+            merged_names = names
+        duplicates = sorted({n for n in merged_names if merged_names.count(n) > 1})
+        if duplicates:
+            raise ValueError(
+                f"Merged domain names must be unique; pass `names`. Received: duplicate "
+                f"names {duplicates}"
+            )
+        return cls(
+            merged_names,
+            [n for d in datas for n in d.num_classes],
+            datas[0].image_shape,
+            [source for d in datas for source in d._sources],
+            description=description or " + ".join(d.description or "data" for d in datas),
+        )
+
+    @staticmethod
+    def domain_offsets(datas):
+        """The id offset of each of `datas` in `MultiDomainData.concatenate(datas)`."""
+        return [int(o) for o in np.cumsum([0] + [d.num_domains for d in datas])[:-1]]
+
+    def evaluation_batches(self, split, domain, batch_size=256):
+        """Batches of one domain for inference, all of shape `batch_size`.
+
+        The last batch is padded by repeating its last example, so a compiled predict
+        function is traced once; `count` says how many rows are real.
+
+        Yields:
+            `(inputs, labels, count)`: `inputs` `{"image", "domain"}` with `batch_size` rows,
+            `labels` `(count,)`.
+        """
+        batch_size = _check_batch_size(batch_size)
+        d = self.domain_index(domain)
+        if self.in_memory:
+            all_images, all_labels = self.arrays(split, d)
+            chunks = (
+                (all_images[start : start + batch_size], all_labels[start : start + batch_size])
+                for start in range(0, len(all_labels), batch_size)
+            )
+        else:
+            dataset = self.dataset(split, domains=[d], batch_size=batch_size, shuffle=False)
+            chunks = ((x["image"], y) for x, y in dataset.as_numpy_iterator())
+        for images, labels in chunks:
+            count = len(labels)
+            if count < batch_size:
+                padding = np.repeat(images[-1:], batch_size - count, axis=0)
+                images = np.concatenate([images, padding])
+            domain_ids = np.full((batch_size,), d, dtype=np.int32)
+            yield {"image": images, "domain": domain_ids}, labels, count
+
     # === tf.data ===
 
     def dataset(
@@ -287,6 +378,7 @@ class MultiDomainData:
         _check_split(split)
         _check_batching(batching)
         batch_size = _check_batch_size(batch_size)
+        _quiet_fit_shuffle_warning()
         # The pipeline's functions branch on Python values only: no AutoGraph conversion.
         plain = tf.autograph.experimental.do_not_convert
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
@@ -526,6 +618,19 @@ class ArraySource:
             return tf.image.stateless_random_crop(padded, image_shape, seed)
 
         return shift
+
+
+def _quiet_fit_shuffle_warning():
+    """Silences Keras' "`shuffle=True` ... ignored" warning of `fit` on a tf.data.Dataset.
+
+    `fit(dataset)` warns because `fit`'s default `shuffle=True` does not apply to a
+    tf.data.Dataset. These pipelines shuffle every epoch themselves (`shuffle` of `dataset`),
+    so the warning only misleads. The filter matches that message only.
+    """
+    warnings.filterwarnings(
+        "ignore", message=r"`shuffle=True` was passed, but will be ignored since the data `x` "
+        r"was provided as a tf\.data\.Dataset"
+    )
 
 
 def _python_seed(seed, domain):

@@ -12,6 +12,8 @@ from keras_mdn.export.quantization import QUANTIZATIONS
 from keras_mdn.export.savedmodel import export_saved_model
 from keras_mdn.export.swappable import SwappablePlan
 from keras_mdn.export.tflite import (
+    SET_DOMAIN_SIGNATURE,
+    SWAPPABLE_SIGNATURE,
     export_folded_tflite,
     export_multi_signature_tflite,
     export_swappable_tflite,
@@ -31,7 +33,7 @@ def export_all(model, directory, domains=None, domain_names=None, quantizations=
         saved_model/                      endpoints domain_<d> and domain_index
         folded/domain_<d>[.<q>].tflite    one folded model per domain
         multi_signature[.<q>].tflite      one file, a signature per domain
-        swappable/swappable[.<q>].tflite  the base model, per-domain parameters as inputs
+        swappable/swappable[.<q>].tflite  the base model: signatures set_domain and swappable
         swappable/domain_<d>.mdnpack      one pack per domain
 
     Args:
@@ -57,8 +59,8 @@ def export_all(model, directory, domains=None, domain_names=None, quantizations=
     >>> keras_mdn.export.load("saved_models/digits_export").predict(images, domain=2)
     """
     from keras_mdn.export.savedmodel import check_domains, input_spec
-    from keras_mdn.layers.domain_head import DomainHead
-    from keras_mdn.surgery.fold import FunctionalGraph
+    from keras_mdn.layers.domain_layer import domain_layers
+    from keras_mdn.surgery.graph import FunctionalGraph
 
     if domains is not None and not isinstance(domains, int) and domains and all(
         isinstance(d, str) for d in domains
@@ -76,7 +78,8 @@ def export_all(model, directory, domains=None, domain_names=None, quantizations=
             )
     graph = FunctionalGraph(model)
     domains = check_domains(domains, graph.num_domains)
-    heads = [op for op in model.operations if isinstance(op, DomainHead)]
+    heads = [layer for layer in domain_layers(model)
+             if isinstance(getattr(layer, "num_classes", None), (list, tuple))]
     name, spec = input_spec(graph)
     os.makedirs(directory, exist_ok=True)
     manifest = {
@@ -127,6 +130,9 @@ def export_all(model, directory, domains=None, domain_names=None, quantizations=
                 "packs": pack_paths,
                 "pack_dtype": pack_dtype,
                 "model_id": written["model_id"],
+                "reference_domain": plan.reference_domain,
+                "signatures": {"set_domain": SET_DOMAIN_SIGNATURE,
+                               "inference": SWAPPABLE_SIGNATURE},
             }
     with open(os.path.join(directory, MANIFEST), "w") as f:
         json.dump(manifest, f, indent=2)

@@ -184,7 +184,11 @@ class SwappableModel(_Runner):
         }
         self.pack_paths = {}
         for domain, pack_path in (packs_by_domain or {}).items():
-            self.pack_paths[check_domain_argument(domain, [domain])] = os.fspath(pack_path)
+            if isinstance(domain, bool) or not isinstance(domain, (int, np.integer)):
+                raise TypeError(
+                    f"`packs_by_domain` must map int domains to paths. Received key {domain!r}"
+                )
+            self.pack_paths[int(domain)] = os.fspath(pack_path)
         self.domains = sorted(self.pack_paths)
         self.pack = None
 

@@ -18,7 +18,7 @@ import tempfile
 
 import keras
 
-from keras_mdn.surgery.fold import FunctionalGraph, call_with_domain
+from keras_mdn.surgery.graph import FunctionalGraph, call_with_domain
 
 GENERIC_ENDPOINT = "domain_index"
 

@@ -8,9 +8,13 @@
   SavedModel (`TFLiteConverter.from_concrete_functions` silently drops the weights, and an
   endpoint named `serve` collapses the signatures: neither is used). Each signature returns
   its domain's logits `(batch, num_classes[d])`.
-- **swappable**: one base `.tflite` (signature `swappable`) whose per-domain parameters are
-  inputs beside the image (see `keras_mdn.export.swappable`), and one pack file per domain
-  (`keras_mdn.export.packs`). The base carries the model id in its TFLite metadata
+- **swappable**: one base `.tflite` and one pack file per domain (`keras_mdn.export.packs`).
+  The base holds the per-domain tensors (see `keras_mdn.export.swappable`) in resource
+  variables (built-in VAR_HANDLE / READ_VARIABLE / ASSIGN_VARIABLE, shared by the signatures
+  of one interpreter): signature `set_domain` takes a pack's tensors (differences from the
+  reference domain) and writes them, once per domain switch; signature `swappable` takes only
+  `image` and returns the padded logits `(batch, max(num_classes))`. The variables start at
+  the reference domain's values. The base carries the model id in its TFLite metadata
   (`keras_mdn_model_id`), which every pack's header must match.
 
 Every conversion uses `supported_ops=[TFLITE_BUILTINS]`, so an op without a built-in kernel
@@ -30,7 +34,8 @@ from keras_mdn.export.savedmodel import (
     write_endpoints,
 )
 from keras_mdn.export.swappable import SwappablePlan
-from keras_mdn.surgery.fold import FunctionalGraph, fold_domain
+from keras_mdn.surgery.fold import fold_domain
+from keras_mdn.surgery.graph import FunctionalGraph
 
 SWAPPABLE_SIGNATURE = "swappable"
 SET_DOMAIN_SIGNATURE = "set_domain"
@@ -248,7 +253,8 @@ def export_swappable_tflite(model, directory, domains=None, quantization=None,
             with its domain's pack.
         pack_dtype: `"float32"`, `"float16"` or `"int8"`: storage of the pack matrices.
         domain_names: optional list of names, one per domain of the model.
-        plan: an optional `SwappablePlan` of `model`.
+        plan: an optional `SwappablePlan` of `model` (its `reference_domain` is the domain the
+            base model computes before any pack). Defaults to `SwappablePlan(model)`.
         write_packs: write the packs too (they do not depend on `quantization`). Defaults to
             `True`.
 

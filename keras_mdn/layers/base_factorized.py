@@ -25,7 +25,13 @@ from keras_mdn.layers.domain_layer import (
     check_domain,
 )
 from keras_mdn.ops import decomposition
-from keras_mdn.ops.routing import canonicalize_domain, gather_domain, is_uniform
+from keras_mdn.ops.routing import (
+    canonicalize_domain,
+    check_batch,
+    is_uniform,
+    per_example,
+    select,
+)
 
 _VARIANCES = ("glorot", "he")
 
@@ -89,21 +95,49 @@ class BaseFactorized(keras.layers.Layer, DomainLayer):
         """Alias of `num_domains` (the DMTRL paper's name)."""
         return self.num_domains
 
-    def _domain(self, domain, task):
-        """The call's domain (`domain=` or its alias `task=`), canonicalised by routing."""
-        domain = _alias(domain, task, "domain", "task")
-        if domain is None and self.num_domains == 1:
-            return 0
-        return canonicalize_domain(domain, self.num_domains, name="domain")
+    def __call__(self, *args, task=None, **kwargs):
+        # The alias `task=` becomes `domain=` before Keras records the call, so functional
+        # graphs (fold, export) always see `domain`.
+        if task is not None:
+            kwargs["domain"] = _alias(kwargs.get("domain"), task, "domain", "task")
+        return super().__call__(*args, **kwargs)
 
-    def _finish(self, outputs, domain):
+    def _domain(self, domain, inputs=None):
+        """`(ids, selection)` of the call's domain, canonicalised by routing.
+
+        `ids` is what the contraction reads: a Python int, or an int32 tensor (0-d or
+        `(batch,)`) with invalid traced ids clipped into range; `selection` (None for an int)
+        marks those invalid ids, whose outputs `_finish` turns into NaN.
+        """
+        if domain is None and self.num_domains == 1:
+            return 0, None
+        domain = canonicalize_domain(domain, self.num_domains, name="domain")
+        if isinstance(domain, int):
+            return domain, None
+        if inputs is not None:
+            check_batch(domain, inputs)
+        selection = select(domain, self.num_domains)
+        return selection.ids, selection
+
+    def _finish(self, outputs, ids, selection):
         if self.bias is not None:
-            bias = gather_domain(self.bias, domain)
-            if not is_uniform(domain):
-                bias = ops.reshape(bias, (-1,) + (1,) * (len(outputs.shape) - 2)
-                                   + (bias.shape[-1],))
+            if selection is None:
+                bias = self.bias[ids]
+            else:
+                bias = ops.take(self.bias, ids, axis=0)
+                if not is_uniform(ids):
+                    bias = per_example(bias, outputs)
             outputs = outputs + ops.cast(bias, outputs.dtype)
-        return self.activation(outputs) if self.activation is not None else outputs
+        if self.activation is not None:
+            outputs = self.activation(outputs)
+        if selection is None:
+            return outputs
+        # Routing's rule for ids known only at run time: NaN for the bad examples, never
+        # another domain's answer (after the activation, which may map NaN to a number).
+        valid = selection.valid
+        if not is_uniform(ids):
+            valid = ops.reshape(valid, (-1,) + (1,) * (len(outputs.shape) - 1))
+        return ops.where(valid, outputs, ops.cast(float("nan"), outputs.dtype))
 
     def quantize(self, mode=None, type_check=True, config=None):
         """Refuses: the kernel is a product of factors, which Keras' quantizers do not cover.
@@ -138,7 +172,7 @@ class BaseFactorized(keras.layers.Layer, DomainLayer):
 
     def task_kernel(self, domain):
         """Domain `domain`'s reconstructed kernel (the weight of the equivalent plain layer)."""
-        return self.factorization.task_weight(self._domain(domain, None))
+        return self.factorization.task_weight(self._domain(domain)[0])
 
     def get_config(self):
         return {

@@ -2,6 +2,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_mdn import distribution
 from keras_mdn.api import register
 from keras_mdn.layers.domain_layer import (
     DomainLayer,
@@ -39,6 +40,11 @@ class DomainBatchNormalization(keras.layers.Layer, DomainLayer):
         moving_variance_initializer: Defaults to `"ones"`.
         beta_regularizer: optional regularizer of `beta`.
         gamma_regularizer: optional regularizer of `gamma`.
+        synchronized: per-domain statistics over all replicas' examples in training (the
+            per-domain `SyncBatchNormalization`): `None` turns it on under a distribution
+            (`keras_mdn.distribution.is_distributed`), `True`/`False` always/never. Without
+            a distribution the local batch is the global one, so `True` changes nothing; on
+            JAX's `keras.distribution` statistics are always global. Defaults to `None`.
         **kwargs: base layer keyword arguments.
 
     Call arguments:
@@ -75,6 +81,7 @@ class DomainBatchNormalization(keras.layers.Layer, DomainLayer):
         moving_variance_initializer="ones",
         beta_regularizer=None,
         gamma_regularizer=None,
+        synchronized=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -89,6 +96,7 @@ class DomainBatchNormalization(keras.layers.Layer, DomainLayer):
         self.moving_variance_initializer = keras.initializers.get(moving_variance_initializer)
         self.beta_regularizer = keras.regularizers.get(beta_regularizer)
         self.gamma_regularizer = keras.regularizers.get(gamma_regularizer)
+        self.synchronized = distribution.check_synchronized(synchronized)
         self.supports_masking = True
 
     def build(self, input_shape):
@@ -142,6 +150,10 @@ class DomainBatchNormalization(keras.layers.Layer, DomainLayer):
         domain = routing.canonicalize_domain(domain, self.num_domains)
         routing.check_batch(domain, inputs)
         training = bool(training) and self.trainable
+        synchronized = training and distribution.should_synchronize(self.synchronized)
+        if synchronized and routing.is_uniform(domain):
+            # Replicas may hold different domains: reduce per domain, as for a mixed batch.
+            domain = ops.full((ops.shape(inputs)[0],), domain, "int32")
         uniform = routing.is_uniform(domain)
         if not isinstance(domain, int):
             domain = routing.select(domain, self.num_domains)
@@ -153,7 +165,7 @@ class DomainBatchNormalization(keras.layers.Layer, DomainLayer):
                 scale, offset = self.affine(domain)
         else:
             if training:
-                mean, variance = self._mixed_moments(inputs, domain)
+                mean, variance = self._mixed_moments(inputs, domain, synchronized)
             else:
                 mean, variance = self.moving_mean, self.moving_variance
             # Each example's rows, then its affine map: computed per example, as the numbers
@@ -213,16 +225,18 @@ class DomainBatchNormalization(keras.layers.Layer, DomainLayer):
         self._update_moving(mean, variance, present)
         return mean, variance
 
-    def _mixed_moments(self, inputs, domain):
+    def _mixed_moments(self, inputs, domain, synchronized=False):
         # Every example has the same number of positions, so a domain's mean is the average
         # of its examples' means: a segment sum over the batch. A second pass about the
         # domain means keeps the variance stable. Segment sums keep a NaN in its own domain.
         x = ops.cast(inputs, "float32")
         spatial = tuple(range(1, len(inputs.shape) - 1))
         counts = domain.counts()
+        sums = routing.domain_sums(ops.mean(x, axis=spatial) if spatial else x, domain)
+        if synchronized:  # over every replica's examples of each domain
+            sums, counts = distribution.cross_replica_sum(sums, counts)
         divisor = ops.expand_dims(ops.maximum(counts, 1.0), -1)
-        domain_mean = routing.domain_sums(ops.mean(x, axis=spatial) if spatial else x, domain)
-        domain_mean = domain_mean / divisor
+        domain_mean = sums / divisor
         example_mean = routing.per_example(
             routing.take_domains(domain_mean, domain, fill_invalid=False), x
         )
@@ -230,6 +244,8 @@ class DomainBatchNormalization(keras.layers.Layer, DomainLayer):
         square_sums = routing.domain_sums(
             ops.mean(squares, axis=spatial) if spatial else squares, domain
         )
+        if synchronized:
+            square_sums = distribution.cross_replica_sum(square_sums)
         domain_variance = square_sums / divisor
         self._update_moving(domain_mean, domain_variance, ops.greater(counts, 0.0))
         return domain_mean, domain_variance
@@ -268,6 +284,7 @@ class DomainBatchNormalization(keras.layers.Layer, DomainLayer):
             ),
             "beta_regularizer": keras.regularizers.serialize(self.beta_regularizer),
             "gamma_regularizer": keras.regularizers.serialize(self.gamma_regularizer),
+            "synchronized": self.synchronized,
         }
 
     # === Domain-layer interface (keras_mdn.layers.domain_layer) ===

@@ -134,8 +134,14 @@ class DomainLayer:
             return [DomainVariable.rows(self.scale, self.num_domains)]
 
         def fold(self, domain):
-            # A depthwise 1x1 scale is a BatchNormalization with mean 0, variance 1, eps 0.
-            ...
+            # A per-channel scale is a BatchNormalization with beta 0, mean 0 and variance
+            # 1 - epsilon (tests/user_domain_layer.py writes it out in full).
+            norm = keras.layers.BatchNormalization(epsilon=1e-3, center=False)
+            norm.build(self.get_build_config()["input_shape"])
+            channels = self.scale.shape[-1]
+            norm.set_weights([self.scale[domain], np.zeros(channels),
+                              np.full(channels, 1 - 1e-3)])
+            return [norm]
     ```
     """
 

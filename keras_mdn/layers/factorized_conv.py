@@ -113,11 +113,11 @@ class BaseFactorizedConv(BaseFactorized):
         return ops.conv(inputs, kernel, strides=self.strides, padding=self.padding,
                         data_format="channels_last", dilation_rate=self.dilation_rate)
 
-    def call(self, inputs, domain=None, task=None):
-        task = self._domain(domain, task)
+    def call(self, inputs, domain=None):
+        ids, selection = self._domain(domain, inputs)
         inputs = ops.cast(inputs, self.compute_dtype)
-        outputs = planning.conv(self._plan, self.factorization, inputs, task, self._conv)
-        return self._finish(outputs, task)
+        outputs = planning.conv(self._plan, self.factorization, inputs, ids, self._conv)
+        return self._finish(outputs, ids, selection)
 
     def contraction_paths(self):
         """`{"uniform": ..., "mixed": ...}`: `"factored"` (a convolution with some factors as

@@ -129,21 +129,21 @@ class FactorizedDense(BaseFactorized):
             batch = self.batch_size_hint or _DEFAULT_BATCH_HINT
         self._plan = planning.plan_dense(self.factorization, batch, self.contraction)
 
-    def call(self, inputs, domain=None, task=None):
-        task = self._domain(domain, task)
+    def call(self, inputs, domain=None):
+        ids, selection = self._domain(domain, inputs)
         inputs = ops.cast(inputs, self.compute_dtype)
         if len(inputs.shape) == 2:
-            outputs = planning.matmul(self._plan, self.factorization, inputs, task)
-            return self._finish(outputs, task)
+            outputs = planning.matmul(self._plan, self.factorization, inputs, ids)
+            return self._finish(outputs, ids, selection)
         flat = ops.reshape(inputs, (-1, inputs.shape[-1]))
-        flat_task = task
-        if not is_uniform(task):
+        flat_ids = ids
+        if not is_uniform(ids):
             positions = ops.shape(flat)[0] // ops.shape(inputs)[0]
-            flat_task = ops.repeat(task, positions, axis=0)
-        outputs = planning.matmul(self._plan, self.factorization, flat, flat_task)
+            flat_ids = ops.repeat(ids, positions, axis=0)
+        outputs = planning.matmul(self._plan, self.factorization, flat, flat_ids)
         shape = ops.shape(inputs)
         outputs = ops.reshape(outputs, tuple(shape[:-1]) + (self.units,))
-        return self._finish(outputs, task)
+        return self._finish(outputs, ids, selection)
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[:-1]) + (self.units,)

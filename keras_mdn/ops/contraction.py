@@ -31,6 +31,8 @@ TRANSPOSE_COST = 100.0
 # Fixed cost of one step (op dispatch inside a compiled graph, ~10 us).
 STEP_COST = 1.0e6
 EXHAUSTIVE_LIMIT = 10
+# Contracted size up to which a batched matrix-vector step runs as multiply-and-sum.
+_MATVEC_LIMIT = 64
 
 
 class PairPlan:
@@ -311,6 +313,14 @@ def contract_pair(a, labels_a, b, labels_b, keep, sizes, selector=None):
         right = reshape(right, dims_b + (1, _group_size(free_right, sizes)))
         return reshape(left * right, _shape(plan.out_labels, sizes)), plan.out_labels
     dims_c = _group_size(contracted, sizes)
+    if batch and not free_right and dims_c <= _MATVEC_LIMIT:
+        # A batched matrix-vector product with a short vector: a broadcast multiply and a sum
+        # (one fused pass) instead of a batch of tiny GEMMs, slow on CPU backends.
+        dims_b = _group_size(batch, sizes)
+        left = reshape(left, (dims_b, _group_size(free_left, sizes), dims_c))
+        right = reshape(right, (dims_b, 1, dims_c))
+        return reshape(ops.sum(left * right, axis=-1), _shape(plan.out_labels, sizes)), (
+            plan.out_labels)
     if batch:
         dims_b = _group_size(batch, sizes)
         left = reshape(left, (dims_b, _group_size(free_left, sizes), dims_c))

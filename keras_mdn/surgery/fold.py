@@ -25,24 +25,11 @@ import keras
 import numpy as np
 
 from keras_mdn.layers.domain_layer import is_domain_layer
-from keras_mdn.layers.factorized_conv import BaseFactorizedConv
-from keras_mdn.layers.factorized_dense import FactorizedDense
 from keras_mdn.ops import folding, routing
-from keras_mdn.surgery.graph import (  # noqa: F401  (re-exported for keras_mdn.export)
-    FunctionalGraph,
-    accepts_training,
-    call_with_domain,
-    tensor_keys,
-)
+from keras_mdn.surgery.graph import FunctionalGraph
 
 _LINEAR_TYPES = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Dense)
 FACTORIZED_CHOICES = ("auto", "reconstruct", "keep")
-
-# Former names, kept until keras_mdn.export moves to keras_mdn.surgery.graph and the
-# domain-layer interface (`is_domain_layer`, `DomainLayer.factorized`).
-_accepts_training = accepts_training
-_tensor_keys = tensor_keys
-FACTORIZED_LAYERS = (FactorizedDense, BaseFactorizedConv)
 
 
 def fold_domain(model, domain, factorized="auto"):
@@ -251,4 +238,4 @@ def _reads_domain(args, kwargs):
     return any(v is _DOMAIN for v in keras.tree.flatten((args, kwargs)))
 
 
-__all__ = ["FunctionalGraph", "call_with_domain", "fold_domain"]
+__all__ = ["fold_domain"]

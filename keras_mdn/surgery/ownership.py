@@ -47,10 +47,18 @@ class WeightOwnership(NamedTuple):
 
 
 def model_ownership(model):
-    """`WeightOwnership` of every weight of `model`, each variable once, in layer order."""
+    """`WeightOwnership` of every weight of `model`, each variable once, in layer order.
+
+    A one-domain layer in a model of several domains (a frozen pretrained batch norm every
+    domain runs as its domain 0) holds shared weights.
+    """
+    num_domains = count_domains(model)
     seen, result = set(), []
     for layer in leaf_layers(model):
         for entry in layer_ownership(layer):
+            if num_domains > 1 and len(entry.sizes) == 1:
+                entry = WeightOwnership(entry.layer, DomainVariable.shared_weight(
+                    entry.variable, entry.statistic))
             if id(entry.variable) not in seen:
                 seen.add(id(entry.variable))
                 result.append(entry)
@@ -66,6 +74,13 @@ def layer_ownership(layer):
     """`WeightOwnership` of every weight of one layer (nested weights included)."""
     if is_domain_layer(layer):
         entries = layer.domain_variables()
+        missing = {id(w) for w in layer.weights} - {id(e.variable) for e in entries}
+        if missing:
+            names = [w.path for w in layer.weights if id(w) in missing]
+            raise ValueError(
+                f"{type(layer).__name__}.domain_variables() must list every weight of the "
+                f"layer. Received: layer {layer.name!r} leaving out {names}"
+            )
     else:
         entries = [
             DomainVariable.shared_weight(v, statistic=v.path.split("/")[-1] in STATISTICS)

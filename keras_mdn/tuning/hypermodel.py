@@ -6,6 +6,7 @@ import keras
 import keras_tuner as kt
 import numpy as np
 
+from keras_mdn.datasets.multi_domain_data import MultiDomainData
 from keras_mdn.scoring import domain_accuracies
 from keras_mdn.tuning.base_model import adaptable_layers, multi_domain_base
 from keras_mdn.tuning.objectives import OBJECTIVE, Budget, trial_costs
@@ -67,6 +68,10 @@ class MultiDomainHyperModel(kt.HyperModel):
         super().__init__(name="multi_domain", tunable=True)
         if not isinstance(base, keras.Model):
             raise TypeError(f"`base` must be a keras.Model. Received: base={base!r}")
+        if not isinstance(data, MultiDomainData):
+            raise TypeError(
+                f"`data` must be a keras_mdn.datasets.MultiDomainData. Received: data={data!r}"
+            )
         search_space = SearchSpace() if search_space is None else search_space
         if not (isinstance(search_space, SearchSpace) or callable(search_space)):
             raise TypeError(
@@ -142,6 +147,12 @@ class MultiDomainHyperModel(kt.HyperModel):
             raise TypeError(
                 "MultiDomainHyperModel trains on its own `data`: pass no x/y to "
                 f"`tuner.search`. Received: {len(args)} positional arguments"
+            )
+        unknown = sorted(set(kwargs) - {"verbose"})
+        if unknown:
+            raise TypeError(
+                "MultiDomainHyperModel.fit takes `epochs`, `initial_epoch`, `callbacks` and "
+                f"`verbose` from `tuner.search`. Received: {unknown}"
             )
         start = time.perf_counter()
         data = self.data

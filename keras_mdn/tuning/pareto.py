@@ -60,6 +60,7 @@ class ParetoFront:
             title: optional title.
         """
         import matplotlib
+        import matplotlib.ticker
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
@@ -78,6 +79,7 @@ class ParetoFront:
         for index, (label, (cost, value)) in enumerate((reference or {}).items()):
             axes.scatter([cost], [value], marker="*", s=120, color=f"C{index + 1}", label=label)
         axes.set_xscale("log")
+        axes.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         axes.set_xlabel(f"{self.cost} (per domain)")
         axes.set_ylabel(self.objective)
         if title:

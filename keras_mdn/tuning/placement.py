@@ -19,7 +19,8 @@ def place(model, design, source_domain=0, name=None):
     `keras_mdn.surgery.add_adapters`); a per-domain batch norm whose group mode is `"none"`
     becomes a frozen plain `BatchNormalization` holding domain `source_domain`'s parameters
     and statistics (so the group has no per-domain parameter); everything else is re-applied
-    as is.
+    as is. A factorised layer named in `design.factorizations` is decomposed anew (kind,
+    rank or eps) from its per-domain kernels (`fold`), all its factors trainable.
 
     Args:
         model: a multi-domain base from `keras_mdn.tuning.base_model.multi_domain_base`.
@@ -51,9 +52,21 @@ def place(model, design, source_domain=0, name=None):
             return adapter(x, domain)
         if mode == "none" and isinstance(op, DomainBatchNormalization):
             return _shared_batch_norm(op, args[0], source_domain)
+        if op.name in design.factorizations:
+            return _refactorized(op, design.factorizations[op.name], num_domains)(
+                *args, **kwargs
+            )
         return call_layer(op, args, kwargs)
 
     return rebuild(model, call, name=name)
+
+
+def _refactorized(layer, choice, num_domains):
+    """`layer` (factorised) decomposed anew from its per-domain kernels with another kind."""
+    kind, rank, eps = choice
+    folded = [layer.fold(d)[0] for d in range(num_domains)]
+    return type(layer).from_layers(folded, factorization=kind, rank=rank, eps=eps,
+                                   name=layer.name)
 
 
 def _capped_rank(rank, layer, x, mode):

@@ -9,6 +9,11 @@ then asked for one trial's `Design` with KerasTuner hyperparameters (`define`). 
 - `"<group>/rank"`, only inside `hp.conditional_scope` of an adapter mode: `"full"` or a rank
   such as `"8"` (low-rank adapters, capped at each layer's channels).
 
+Per factorised layer (`FactorizedDense`, `FactorizedConv*`: `layer.factorized` is True), when
+the space lists `factorizations`: `"<layer>/factorization"` (the kind) and
+`"<layer>/factorization_rank"` (`"full"`, an int rank, or a float in (0, 1): the relative error
+eps that chooses the ranks). The layer is re-factorised from its current per-domain kernels.
+
 Optional global choices: `"learning_rate"` and `"adapter_weight_decay"`.
 """
 
@@ -36,10 +41,12 @@ class Design:
         layer_ranks: dict layer name -> rank or None.
         learning_rate: float or None (the hypermodel's default).
         weight_decay: float or None (no adapter weight decay).
+        factorizations: dict factorised layer name -> `(kind, rank, eps)` (rank and eps
+            None for full rank).
     """
 
     def __init__(self, group_modes, group_ranks, groups, norms, learning_rate=None,
-                 weight_decay=None):
+                 weight_decay=None, factorizations=None):
         self.group_modes = dict(group_modes)
         self.group_ranks = dict(group_ranks)
         self.layer_modes, self.layer_ranks = {}, {}
@@ -51,6 +58,18 @@ class Design:
             self.layer_modes[name] = self.group_modes[group]
         self.learning_rate = learning_rate
         self.weight_decay = weight_decay
+        self.factorizations = dict(factorizations or {})
+
+    @classmethod
+    def uniform(cls, resolved, mode, rank=None):
+        """Every group of a `ResolvedSpace` in one mode (the paper's hand design:
+        `Design.uniform(resolved, "parallel")`)."""
+        if mode not in MODES:
+            raise ValueError(f"`mode` must be one of {MODES}. Received: mode={mode!r}")
+        groups = resolved.groups
+        return cls({g: mode for g in groups},
+                   {g: rank if mode in ADAPTER_MODES else None for g in groups},
+                   groups, resolved.norms)
 
     def __repr__(self):
         parts = [
@@ -70,9 +89,11 @@ class ResolvedSpace:
         channels: dict layer name -> `(input channels, output channels)`.
         ranks: dict group -> rank choices kept (strings, `"full"` first).
         pruned: list of `(group, rank, reason)` for rank choices removed.
+        factorized: names of the factorised layers whose factorisation is searched.
     """
 
-    def __init__(self, groups, norms, channels, ranks, pruned):
+    def __init__(self, groups, norms, channels, ranks, pruned, factorized=()):
+        self.factorized = list(factorized)
         self.groups = groups
         self.norms = norms
         self.channels = channels
@@ -100,6 +121,11 @@ class SearchSpace:
             hypermodel's `learning_rate`).
         weight_decays: optional list of adapter L2 weight decays to search (0 allowed).
             Defaults to `None` (no adapter weight decay).
+        factorizations: optional list of factorisation kinds (`"laf"`, `"tucker"`, `"tt"`,
+            ...) to search for every factorised layer of the model. Defaults to `None`
+            (factorised layers kept as they are).
+        factorization_ranks: ranks to search with `factorizations`: `"full"`, ints, or floats
+            in (0, 1) (the relative error eps choosing the ranks). Defaults to `("full",)`.
 
     Example:
 
@@ -107,7 +133,8 @@ class SearchSpace:
     """
 
     def __init__(self, groups="depth", num_groups=3, modes=MODES, ranks=(FULL_RANK,),
-                 learning_rates=None, weight_decays=None):
+                 learning_rates=None, weight_decays=None, factorizations=None,
+                 factorization_ranks=(FULL_RANK,)):
         if isinstance(groups, str) and groups not in GROUPINGS:
             raise ValueError(
                 f"`groups` must be one of {GROUPINGS}, a dict or a function. "
@@ -157,6 +184,8 @@ class SearchSpace:
         self.ranks = tuple(FULL_RANK if r == FULL_RANK else int(r) for r in ranks)
         self.learning_rates = _check_values(learning_rates, "learning_rates", positive=True)
         self.weight_decays = _check_values(weight_decays, "weight_decays", positive=False)
+        self.factorizations = _check_factorizations(factorizations)
+        self.factorization_ranks = _check_factorization_ranks(factorization_ranks)
 
     # === Resolution against a model ===
 
@@ -197,8 +226,19 @@ class SearchSpace:
                     kept.append(str(rank))
             ranks[group] = kept or [FULL_RANK]
         for _, _, reason in pruned:
-            warnings.warn(f"Rank choice pruned: {reason}", stacklevel=2)
-        return ResolvedSpace(groups, _norm_groups(model, groups), channels, ranks, pruned)
+            warnings.warn(f"Rank choice pruned: {reason}", stacklevel=3)
+        factorized = []
+        if self.factorizations is not None:
+            factorized = [layer.name for layer in graph_layers(model)
+                          if getattr(layer, "factorized", False)]
+            if not factorized:
+                raise ValueError(
+                    "`factorizations` is set but the model has no factorised layer "
+                    f"(FactorizedDense, FactorizedConv*). Received: factorizations="
+                    f"{list(self.factorizations)}"
+                )
+        return ResolvedSpace(groups, _norm_groups(model, groups), channels, ranks, pruned,
+                             factorized)
 
     def _group(self, candidates):
         names = [layer.name for layer in candidates]
@@ -243,13 +283,23 @@ class SearchSpace:
                     rank = hp.Choice(f"{group}/rank", resolved.ranks[group])
                 if mode in ADAPTER_MODES and rank != FULL_RANK:
                     group_ranks[group] = int(rank)
+        factorizations = {}
+        for name in resolved.factorized:
+            kind = hp.Choice(f"{name}/factorization", list(self.factorizations))
+            value = hp.Choice(f"{name}/factorization_rank", list(self.factorization_ranks))
+            rank = eps = None
+            if value != FULL_RANK:
+                number = float(value)
+                rank, eps = (None, number) if number < 1 else (int(number), None)
+            factorizations[name] = (kind, rank, eps)
         learning_rate = weight_decay = None
         if self.learning_rates is not None:
             learning_rate = hp.Choice("learning_rate", list(self.learning_rates))
         if self.weight_decays is not None:
             weight_decay = hp.Choice("adapter_weight_decay", list(self.weight_decays))
         return Design(group_modes, group_ranks, resolved.groups, resolved.norms,
-                      learning_rate=learning_rate, weight_decay=weight_decay)
+                      learning_rate=learning_rate, weight_decay=weight_decay,
+                      factorizations=factorizations)
 
 
 def _check_values(values, name, positive):
@@ -265,6 +315,41 @@ def _check_values(values, name, positive):
             f"numbers. Received: {name}={values!r}"
         )
     return tuple(float(v) for v in values)
+
+
+def _check_factorizations(factorizations):
+    if factorizations is None:
+        return None
+    from keras_mdn.factorizations import KINDS
+
+    factorizations = tuple(factorizations)
+    if not factorizations or any(k not in KINDS for k in factorizations):
+        raise ValueError(
+            f"`factorizations` must be None or a non-empty list of kinds among {sorted(KINDS)}. "
+            f"Received: factorizations={factorizations!r}"
+        )
+    return factorizations
+
+
+def _check_factorization_ranks(ranks):
+    ranks = tuple(ranks)
+    values = []
+    for rank in ranks:
+        if rank == FULL_RANK:
+            values.append(FULL_RANK)
+        elif isinstance(rank, (int, np.integer)) and not isinstance(rank, bool) and rank >= 1:
+            values.append(str(int(rank)))
+        elif isinstance(rank, float) and 0 < rank < 1:
+            values.append(repr(rank))
+        else:
+            values = None
+            break
+    if not values:
+        raise ValueError(
+            f"`factorization_ranks` must hold {FULL_RANK!r}, positive ints or floats in (0, 1) "
+            f"(eps). Received: factorization_ranks={ranks!r}"
+        )
+    return tuple(values)
 
 
 def _channels(layer):

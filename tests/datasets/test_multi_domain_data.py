@@ -286,3 +286,58 @@ def test_iterating_again_gives_the_next_epoch(batching):
     steps = data.steps_per_epoch("train", 4, batching)
     assert _codes(_collect(repeated.take(2 * steps))) == first + second
     assert _codes(_collect(data.dataset("train", batch_size=4, seed=2, batching=batching))) == first
+
+
+def test_concatenate_offsets_domain_ids():
+    first, second = _data(), _data().select(["c", "a"])
+    merged = MultiDomainData.concatenate([first, second], names=["a", "b", "c", "c2", "a2"])
+    assert merged.names == ("a", "b", "c", "c2", "a2")
+    assert merged.num_classes == NUM_CLASSES + (2, 4)
+    assert MultiDomainData.domain_offsets([first, second]) == [0, 3]
+    for d in range(second.num_domains):
+        for split in SIZES:
+            np.testing.assert_array_equal(merged.arrays(split, 3 + d)[0],
+                                          second.arrays(split, d)[0])
+    images, domain_ids, _ = merged.as_numpy("test", domains=["c2"])
+    assert set(domain_ids) == {3} and len(images) == SIZES["test"][2]
+    with pytest.raises(ValueError, match=r"duplicate names \['a', 'c'\]"):
+        MultiDomainData.concatenate([first, second])
+    with pytest.raises(ValueError, match="one name per merged domain"):
+        MultiDomainData.concatenate([first, second], names=["x"])
+    other = MultiDomainData.from_arrays(
+        ["z"], [2], {"test": [(np.zeros((2, 3, 3, 1), "float32"), np.zeros(2))]}
+    )
+    with pytest.raises(ValueError, match="image shape"):
+        MultiDomainData.concatenate([first, other])
+    with pytest.raises(TypeError, match="datas"):
+        MultiDomainData.concatenate([])
+
+
+def test_evaluation_batches_have_one_shape():
+    data = _data()
+    batches = list(data.evaluation_batches("train", "a", batch_size=4))
+    assert [count for _, _, count in batches] == [4, 4, 2]
+    assert all(inputs["image"].shape == (4, 4, 4, 1) for inputs, _, _ in batches)
+    assert all(np.all(inputs["domain"] == 0) for inputs, _, _ in batches)
+    codes = [int(c) for inputs, _, count in batches for c in inputs["image"][:count, 0, 0, 0]]
+    assert codes == list(range(10))
+    labels = np.concatenate([labels for _, labels, _ in batches])
+    np.testing.assert_array_equal(labels, data.arrays("train", "a")[1])
+
+
+@tensorflow_only
+def test_fit_on_a_package_dataset_does_not_warn_about_shuffle():
+    import warnings
+
+    import keras
+
+    data = _data()
+    image = keras.Input((4, 4, 1), name="image")
+    domain = keras.Input((), dtype="int32", name="domain")
+    logits = keras.layers.Dense(4)(keras.layers.Flatten()(image))
+    model = keras.Model({"image": image, "domain": domain}, logits)
+    model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.fit(data.dataset("train", batch_size=4), epochs=1, verbose=0)
+    assert not [w for w in caught if "shuffle=True" in str(w.message)]

@@ -1,4 +1,5 @@
-"""Factorised layers export per task: reconstructed kernels (constants) or kept factorised."""
+"""Factorised layers export per task: reconstructed kernels (constants) or kept factorised,
+or swapped at run time (each task's kernel in the pack)."""
 
 import numpy as np
 import pytest
@@ -16,11 +17,11 @@ def factorized_export(tmp_path_factory):
 
     model = factorized_model()
     directory = str(tmp_path_factory.mktemp("factorized"))
-    export_all(model, directory, layouts=("folded", "multi_signature"))
+    export_all(model, directory, layouts=("folded", "multi_signature", "swappable"))
     return model, directory
 
 
-@pytest.mark.parametrize("layout", ["folded", "multi_signature"])
+@pytest.mark.parametrize("layout", ["folded", "multi_signature", "swappable"])
 def test_factorized_model_parity_per_task(factorized_export, layout):
     from keras_mdn.export import load
 
@@ -43,8 +44,15 @@ def test_folded_factorized_has_plain_ops(factorized_export):
     assert ops["CONV_2D"] == 1 and ops["FULLY_CONNECTED"] == 2
 
 
-def test_swappable_rejects_factorized_layers_clearly():
+def test_swappable_factorized_pack_holds_each_tasks_kernel(factorized_export):
     from keras_mdn.export import SwappablePlan
 
-    with pytest.raises(ValueError, match="factorised layer 'fconv'.*folded or multi-signature"):
-        SwappablePlan(factorized_model())
+    model, _ = factorized_export
+    plan = SwappablePlan(model)
+    layer = model.get_layer("fconv")
+    tensors = plan.domain_tensors(1)
+    # The batch norm that only the conv feeds is merged into the kernel, not swapped alone.
+    assert "bn__scale" not in tensors
+    scale, _ = model.get_layer("bn").affine(1)
+    np.testing.assert_allclose(tensors["fconv__kernel"],
+                               np.asarray(layer.task_kernel(1)) * np.asarray(scale), atol=1e-5)

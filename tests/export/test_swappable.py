@@ -15,20 +15,6 @@ def _plan(model, **kwargs):
     return SwappablePlan(model, **kwargs)
 
 
-def _without_adapters(model, domain):
-    """A copy of `model` whose adapters of `domain` are zero (the base network)."""
-    from keras_mdn.layers.residual_adapter import ResidualAdapter
-
-    copy = keras.models.clone_model(model)
-    copy.set_weights(model.get_weights())
-    for layer in copy.layers:
-        if isinstance(layer, ResidualAdapter):
-            kernel = np.array(layer.adapter_kernel)
-            kernel[domain] = 0.0
-            layer.adapter_kernel.assign(kernel)
-    return copy
-
-
 @pytest.mark.parametrize("adapter, rank", [("parallel", None), ("parallel", 2),
                                            ("series", None), ("series", 2)])
 def test_plan_call_equals_the_keras_model(adapter, rank, images):
@@ -45,28 +31,32 @@ def test_plan_call_equals_the_keras_model(adapter, rank, images):
 def test_packs_are_deltas_from_the_reference(model):
     plan = _plan(model, reference_domain=1)
     reference = plan.reference_tensors()
+    assert list(reference) == list(plan.specs)
+    for name, value in plan.domain_tensors(1).items():
+        np.testing.assert_array_equal(reference[name], value)
     for domain in range(T):
         absolute, delta = plan.domain_tensors(domain), plan.pack_tensors(domain)
         assert list(delta) == list(absolute) == list(plan.specs)
         for name in absolute:
             np.testing.assert_allclose(delta[name], absolute[name] - reference[name])
-    # The reference is domain 1 without adapters: adapters 0, BN and head domain 1's.
-    without = plan.domain_tensors(1, adapters=False)
-    for name, value in reference.items():
-        np.testing.assert_array_equal(value, without[name])
-        if name.endswith("__adapter"):
-            assert not value.any()
-    own = plan.pack_tensors(1)
-    assert not any(value.any() for name, value in own.items() if "bn" in name)
-    assert any(value.any() for name, value in own.items() if name.endswith("__adapter"))
+    # The reference domain's own pack is all zeros; the others are not.
+    assert not any(value.any() for value in plan.pack_tensors(1).values())
+    assert all(any(value.any() for value in plan.pack_tensors(d).values()) for d in (0, 2))
 
 
-def test_all_zero_pack_reproduces_the_base_network(exported, model, images):
-    """An all-zero pack (and the model before any pack) computes the network without adapters."""
+def test_batch_norms_merge_into_the_adapter_before_them(model):
+    plan = _plan(model)
+    names = {name.split("__")[0] for name in plan.specs}
+    # bn1, bn2, bn3 follow only an adapter: merged; final_bn follows an add: swapped alone.
+    assert names == {"conv1", "conv2", "conv3", "final_bn", "head"}
+
+
+def test_all_zero_pack_reproduces_the_base_model(exported, model, images):
+    """An all-zero pack gives what the base model computes before any pack: domain 0."""
     from keras_mdn.export import Pack, load
 
     directory, _ = exported
-    expected = expected_logits(_without_adapters(model, 0), images, 0)
+    expected = expected_logits(model, images, 0)
     runner = load(directory, layout="swappable")
     before = runner.runner(image=images)["output_0"][:, : NUM_CLASSES[0]]
     np.testing.assert_allclose(before, expected, atol=1e-5)
@@ -130,3 +120,23 @@ def test_unsupported_layer_is_named(tmp_path):
         _plan(gated)
     with pytest.raises(ValueError, match="'my_gate' \\(Gate\\)"):
         export_folded_tflite(gated, str(tmp_path))
+
+
+def test_a_user_written_domain_layer_exports(tmp_path, images):
+    """A layer implementing DomainLayer (tests/user_domain_layer.py) goes through every layout."""
+    from keras_mdn.export import export_all, load
+    from tests.user_domain_layer import DomainScale
+
+    model = small_model(extra=lambda x, domain: DomainScale(T, name="film")(x, domain))
+    film = model.get_layer("film")
+    r = np.random.default_rng(5)
+    film.scale.assign(r.uniform(0.5, 1.5, size=film.scale.shape).astype("float32"))
+    film.offset.assign(r.normal(size=film.offset.shape).astype("float32"))
+    export_all(model, str(tmp_path), layouts=("folded", "swappable"))
+    plan = _plan(model)
+    assert "film__scale" in plan.specs and "film__offset" in plan.specs
+    for layout in ("folded", "swappable"):
+        runner = load(str(tmp_path), layout=layout)
+        for domain in range(T):
+            np.testing.assert_allclose(runner.predict(images, domain),
+                                       expected_logits(model, images, domain), atol=1e-5)

@@ -1,35 +1,9 @@
-"""Gradient helper for the factorised-layer tests: grads of a scalar w.r.t. input and weights."""
+"""Helpers of the factorised-layer tests (gradients come from tests.helpers, on every backend)."""
 
 import keras
 import numpy as np
 
-from tests.helpers import backend
-
-
-def gradients(fn, x, variables):
-    """`(d fn / d x, [d fn / d v for v in variables])` as NumPy, on TensorFlow or JAX."""
-    if backend() == "tensorflow":
-        import tensorflow as tf
-
-        x = tf.constant(x)
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            value = fn(x)
-        grads = tape.gradient(value, [x] + list(variables))
-        # IndexedSlices (gathers) become dense; an unused input gets zeros.
-        grads = [np.zeros(np.shape(v)) if g is None else np.asarray(tf.convert_to_tensor(g))
-                 for g, v in zip(grads, [x] + list(variables))]
-        return grads[0], grads[1:]
-    import jax
-
-    def pure(x, values):
-        with keras.StatelessScope(state_mapping=list(zip(variables, values))):
-            return fn(x)
-
-    grad_x, grad_values = jax.grad(pure, argnums=(0, 1))(
-        np.asarray(x), [v.value for v in variables]
-    )
-    return np.asarray(grad_x), [np.asarray(g) for g in grad_values]
+from tests.helpers import gradients  # noqa: F401  (re-exported for the layer tests)
 
 
 def check_mixed_precision(make_layer, input_shape, policy, where, tmp_path):
@@ -75,3 +49,23 @@ def check_mixed_precision(make_layer, input_shape, policy, where, tmp_path):
                      atol=0)
     finally:
         keras.config.set_dtype_policy(previous)
+
+
+def check_bad_ids_give_nan_in_compiled_graphs(layer, x, jit_compile):
+    """Inside a compiled `predict` (TF graph / TF XLA / JAX jit) an id outside
+    `[0, num_domains)` gives NaN outputs for its example only; the others are exact."""
+    from tests.helpers import assert_close
+
+    inputs = keras.Input(x.shape[1:], name="features")
+    domain = keras.Input((), dtype="int32", name="domain")
+    model = keras.Model([inputs, domain], layer(inputs, domain=domain))
+    model.compile(jit_compile=jit_compile)
+    bad = layer.num_domains
+    domains = np.array([0, bad, 1, -1][: len(x)], dtype="int32")
+    outputs = keras.ops.convert_to_numpy(model.predict_on_batch([x, domains]))
+    for index, value in enumerate(domains):
+        if 0 <= value < layer.num_domains:
+            expected = layer(x[index:index + 1], domain=int(value))
+            assert_close(outputs[index:index + 1], expected, atol=1e-5)
+        else:
+            assert np.all(np.isnan(outputs[index])), (index, value)

@@ -7,8 +7,12 @@ from keras import ops
 
 import keras_mdn
 from keras_mdn import FactorizedConv, FactorizedConv1D, FactorizedConv2D
-from tests.helpers import assert_close, rng, save_and_load, to_numpy
-from tests.layers.factorized_helpers import check_mixed_precision, gradients
+from tests.helpers import assert_close, backend, rng, save_and_load, to_numpy
+from tests.layers.factorized_helpers import (
+    check_bad_ids_give_nan_in_compiled_graphs,
+    check_mixed_precision,
+    gradients,
+)
 
 KINDS = ["laf", "tucker", "tt", "tt_matrix"]
 TASKS = 3
@@ -79,12 +83,12 @@ def test_gradients_match_dense_reference(kind, contraction):
     tasks = np.array([2, 0, 2], dtype="int32")
     upstream = rng(3).normal(size=(3, 5, 5, 4)).astype("float32")
     grad_x, grad_factors = gradients(
-        lambda inputs: ops.sum(layer(inputs, domain=tasks) * upstream), x,
+        lambda inputs: ops.sum(ops.multiply(layer(inputs, domain=tasks), upstream)), x,
         layer.factorization.variables)
     stacked = to_numpy(layer.stacked_kernel())
     # dL/dx of the per-example reference convolutions.
     grad_x_ref, _ = gradients(
-        lambda inputs: ops.sum(_per_example(inputs, stacked, tasks) * upstream), x, [])
+        lambda inputs: ops.sum(ops.multiply(_per_example(inputs, stacked, tasks), upstream)), x, [])
     np.testing.assert_allclose(grad_x, grad_x_ref, atol=1e-4)
     # Factor gradients: dL/dW per task in NumPy, pulled back through the reconstruction.
     grad_w = np.zeros_like(stacked)
@@ -92,7 +96,7 @@ def test_gradients_match_dense_reference(kind, contraction):
         picked = tasks == t
         if picked.any():
             grad_w[..., t] = _kernel_grad(x[picked], upstream[picked])
-    _, expected = gradients(lambda inputs: ops.sum(layer.stacked_kernel() * grad_w), x,
+    _, expected = gradients(lambda inputs: ops.sum(ops.multiply(layer.stacked_kernel(), grad_w)), x,
                             layer.factorization.variables)
     for got, want in zip(grad_factors, expected):
         np.testing.assert_allclose(got, want, atol=1e-4)
@@ -224,3 +228,14 @@ def test_quantize_refuses_clearly():
     layer = make("tt")
     with pytest.raises(ValueError, match=r"FactorizedConv2D .* cannot be quantized"):
         layer.quantize("int8")
+
+
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_bad_ids_in_compiled_graphs_give_nan_for_their_examples_only(jit_compile):
+    if backend() == "jax" and not jit_compile:
+        pytest.skip("JAX always compiles with XLA")
+    x = rng(3).normal(size=(4, 6, 6, 3)).astype("float32")
+    check_bad_ids_give_nan_in_compiled_graphs(make("laf"), x, jit_compile)
+    layer = FactorizedConv2D(4, 3, num_domains=TASKS, factorization="tt", rank=2,
+                             padding="same", use_bias=False, activation="relu")
+    check_bad_ids_give_nan_in_compiled_graphs(layer, x, jit_compile)

@@ -8,8 +8,19 @@ from keras import ops
 import keras_mdn
 from keras_mdn import FactorizedDense
 from keras_mdn.factorizations import TTMatrix
-from tests.helpers import assert_close, rng, save_and_load, skip_unless_tensorflow, to_numpy
-from tests.layers.factorized_helpers import check_mixed_precision, gradients
+from tests.helpers import (
+    assert_close,
+    backend,
+    rng,
+    save_and_load,
+    skip_unless_tensorflow,
+    to_numpy,
+)
+from tests.layers.factorized_helpers import (
+    check_bad_ids_give_nan_in_compiled_graphs,
+    check_mixed_precision,
+    gradients,
+)
 
 KINDS = ["laf", "tucker", "tt", "tt_matrix"]
 TASKS = 3
@@ -55,7 +66,7 @@ def test_gradients_match_dense_reference(kind):
     upstream = rng(2).normal(size=(5, 8)).astype("float32")
     stacked = to_numpy(layer.stacked_kernel())
     grad_x, grad_factors = gradients(
-        lambda inputs: ops.sum(layer(inputs, domain=tasks) * upstream), x,
+        lambda inputs: ops.sum(ops.multiply(layer(inputs, domain=tasks), upstream)), x,
         layer.factorization.variables)
     expected_x = np.einsum("bo,iob->bi", upstream, stacked[..., tasks])
     np.testing.assert_allclose(grad_x, expected_x, atol=1e-5)
@@ -64,7 +75,7 @@ def test_gradients_match_dense_reference(kind):
     for b, t in enumerate(tasks):
         grad_stacked[..., t] += np.outer(x[b], upstream[b])
     _, expected = gradients(
-        lambda inputs: ops.sum(layer.stacked_kernel() * grad_stacked), x,
+        lambda inputs: ops.sum(ops.multiply(layer.stacked_kernel(), grad_stacked)), x,
         layer.factorization.variables)
     for got, want in zip(grad_factors, expected):
         np.testing.assert_allclose(got, want, atol=1e-4)
@@ -297,3 +308,15 @@ def test_quantize_refuses_clearly_and_filters_let_the_rest_quantize():
     after = to_numpy(model.predict_on_batch([x, domains]))
     # Keras' own Dense int8 tolerance is loose; only the head is quantized.
     np.testing.assert_allclose(after, before, atol=0.1 * np.abs(before).max() + 1e-3)
+
+
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_bad_ids_in_compiled_graphs_give_nan_for_their_examples_only(jit_compile):
+    if backend() == "jax" and not jit_compile:
+        pytest.skip("JAX always compiles with XLA")
+    layer = make("tucker")
+    layer.activation = keras.activations.get("relu")
+    x = rng(3).normal(size=(4, 12)).astype("float32")
+    check_bad_ids_give_nan_in_compiled_graphs(layer, x, jit_compile)
+    layer = FactorizedDense(8, num_domains=TASKS, factorization="laf", rank=2, use_bias=False)
+    check_bad_ids_give_nan_in_compiled_graphs(layer, x, jit_compile)

@@ -130,3 +130,21 @@ def test_closed_form_flops_match_the_searched_path():
     assert core_by_core.flops == contraction.tt_matrix_core_by_core_flops(
         32, (16, 8, 8), (16, 8, 8), (1, 4, 4, 1))
     assert contraction.dense_flops(32, 1024, 1024) == 2 * 32 * 1024 * 1024
+
+
+def test_outer_product_step_matches_einsum():
+    # (B, i) and (B, k) share only the kept batch label: a broadcast product, then a GEMM.
+    labels = [("B", "i"), ("B", "k"), ("i", "k", "o")]
+    sizes = {"B": 5, "i": 3, "k": 4, "o": 2}
+    operands = random_operands(labels, sizes, seed=3)
+    path = contraction.search_path(labels, ("B", "o"), sizes, forced=((0, 1), 2))
+    assert_close(contraction.contract(path, operands),
+                 einsum_reference(labels, ("B", "o"), operands), atol=1e-5)
+
+
+def test_reshape_is_skipped_only_when_the_static_shape_matches():
+    x = np.zeros((4, 3), "float32")
+    assert contraction.reshape(x, (-1, 3)) is x
+    assert contraction.reshape(x, (4, 3)) is x
+    assert tuple(contraction.reshape(x, (2, 6)).shape) == (2, 6)
+    assert tuple(contraction.reshape(x, (-1,)).shape) == (12,)

@@ -4,7 +4,7 @@ import pytest
 
 from keras_mdn import DomainBatchNormalization, DomainHead, ResidualAdapter
 from keras_mdn.surgery import fold_domain
-from keras_mdn.surgery.fold import call_with_domain
+from keras_mdn.surgery.graph import call_with_domain
 from tests.helpers import rng, to_numpy
 
 NUM_CLASSES = [3, 5, 4]

@@ -13,7 +13,7 @@ from tests.tuning.test_tuners import ROOT, SCRIPT, run_script
 
 pytestmark = tensorflow_only
 
-TRIALS = 5
+TRIALS = 4
 
 
 def test_chief_and_two_workers_finish_even_when_a_worker_is_killed(tmp_path):
@@ -30,7 +30,7 @@ def test_chief_and_two_workers_finish_even_when_a_worker_is_killed(tmp_path):
             killed.append(started[0])
 
     command = [sys.executable, SCRIPT, str(tmp_path / "search"), "--base", str(base),
-               "--max-trials", str(TRIALS), "--epochs", "2", "--epoch-sleep", "0.5",
+               "--max-trials", str(TRIALS), "--epochs", "2", "--epoch-sleep", "0.3",
                "--markers", str(markers), "--records", str(tmp_path / "records.json")]
     env = {**os.environ, "PYTHONPATH": ROOT, "KERAS_BACKEND": "tensorflow"}
     run = run_distributed(command, num_workers=2, log_directory=tmp_path / "logs",

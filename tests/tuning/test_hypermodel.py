@@ -87,6 +87,8 @@ def test_bad_inputs():
     base = tiny_base(data, epochs=1)
     with pytest.raises(TypeError, match="search_space"):
         MultiDomainHyperModel(base, data, search_space="parallel")
+    with pytest.raises(TypeError, match="MultiDomainData"):
+        MultiDomainHyperModel(base, data.arrays("train", 0))
     with pytest.raises(TypeError, match="budget"):
         MultiDomainHyperModel(base, data, budget=1000)
     with pytest.raises(ValueError, match="learning_rate"):
@@ -102,3 +104,47 @@ def test_bad_inputs():
     model = hypermodel.build(hp)
     with pytest.raises(TypeError, match="pass no x/y"):
         hypermodel.fit(hp, model, np.zeros((2, 4, 4, 1)))
+    with pytest.raises(TypeError, match="validation_data"):
+        hypermodel.fit(hp, model, validation_data=None)
+
+
+def factorized_base(data):
+    from keras_mdn.layers import DomainHead, FactorizedDense
+
+    image = keras.Input((4, 4, 1), name="image")
+    domain = keras.Input((), dtype="int32", name="domain")
+    x = keras.layers.Flatten()(image)
+    x = keras.layers.Dense(8, activation="relu", name="dense1")(x)
+    x = FactorizedDense(6, num_domains=3, factorization="laf", rank=3, activation="relu",
+                        name="shared_fd")(x, domain)
+    logits = DomainHead(list(data.num_classes), name="head")(x, domain)
+    return keras.Model([image, domain], logits, name="factorized")
+
+
+def test_factorization_kind_and_rank_per_factorized_layer():
+    data = tiny_data()
+    base = factorized_base(data)
+    space = SearchSpace(groups="layer", modes=("bn", "parallel"),
+                        factorizations=("laf", "tucker"), factorization_ranks=("full", 2, 0.5))
+    hypermodel = MultiDomainHyperModel(base, data, space, compile_options={"run_eagerly": True})
+    assert hypermodel.resolved.factorized == ["shared_fd"]
+    assert list(hypermodel.resolved.groups) == ["dense1"]
+    images, _ = data.arrays("test", 2)
+    inputs = {"image": images[:4], "domain": np.full(4, 2, "int32")}
+    for kind, rank in (("tucker", "full"), ("laf", "2"), ("tucker", "0.5")):
+        hp = fixed({"dense1/mode": "bn", "shared_fd/factorization": kind,
+                    "shared_fd/factorization_rank": rank})
+        model = hypermodel.build(hp)
+        layer = model.get_layer("shared_fd")
+        assert layer.factorization.name == kind
+        if rank == "full":  # a full-rank decomposition computes what the base computes
+            np.testing.assert_allclose(model.predict_on_batch(inputs),
+                                       base.predict_on_batch(inputs), atol=1e-4)
+    assert hypermodel.fit(hp, model, epochs=1)["parameters"] > 0
+    with pytest.raises(ValueError, match="factorizations"):
+        SearchSpace(factorizations=("svd",))
+    with pytest.raises(ValueError, match="factorization_ranks"):
+        SearchSpace(factorizations=("laf",), factorization_ranks=(1.5,))
+    with pytest.raises(ValueError, match="no factorised layer"):
+        MultiDomainHyperModel(tiny_base(data, epochs=1), data,
+                              SearchSpace(factorizations=("laf",)))

@@ -2,7 +2,7 @@ import keras_tuner as kt
 import pytest
 
 from keras_mdn.tuning.base_model import adaptable_layers, multi_domain_base
-from keras_mdn.tuning.search_space import SearchSpace
+from keras_mdn.tuning.search_space import Design, SearchSpace
 from tests.helpers import tensorflow_only
 from tests.tuning.helpers import tiny_base, tiny_data
 
@@ -90,3 +90,14 @@ def test_rank_exists_only_where_an_adapter_does(probe):
                                   "bn2": "parallel"}
     assert design.learning_rate == 0.01 and design.weight_decay == 0.0
     assert set(hp.values) >= {"learning_rate", "adapter_weight_decay"}
+
+
+def test_uniform_design(probe):
+    resolved = SearchSpace(groups="layer").resolve(*probe)
+    design = Design.uniform(resolved, "parallel", rank=2)
+    assert design.layer_modes == {"dense1": "parallel", "bn1": "parallel", "dense2": "parallel",
+                                  "bn2": "parallel"}
+    assert design.layer_ranks == {"dense1": 2, "dense2": 2}
+    assert Design.uniform(resolved, "bn", rank=2).layer_ranks == {"dense1": None, "dense2": None}
+    with pytest.raises(ValueError, match="mode"):
+        Design.uniform(resolved, "lora")
