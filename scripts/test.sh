@@ -14,12 +14,7 @@ KERAS_BACKEND=jax python -m pytest -q -m "not tensorflow_only" "${BACKEND_TESTS[
 # torch: a CPU wheel (here from pip's local wheel directory); skipped where none installs.
 if python -c "import torch" 2>/dev/null \
     || pip install -q --disable-pip-version-check "torch==2.13.0+cpu" 2>/dev/null; then
-  # Known torch failures, to drop once fixed: the factorised gradient tests' helper has no
-  # torch branch (tests.helpers.gradients has one), ops.folding.fold_affine multiplies a NumPy
-  # kernel by a tensor that requires grad, and canonicalize_domain accepts float ids on torch.
-  KERAS_BACKEND=torch python -m pytest -q -m "not tensorflow_only" "${BACKEND_TESTS[@]}" \
-    -k "not test_gradients_match_dense_reference and not test_swappable_tensors \
-        and not test_tensor_domains"
+  KERAS_BACKEND=torch python -m pytest -q -m "not tensorflow_only" "${BACKEND_TESTS[@]}"
 else
   echo "torch backend tests skipped: no CPU build of torch installs here" \
     "(pip install 'torch==2.13.0+cpu' or any torch>=2.1 CPU wheel, then rerun)."

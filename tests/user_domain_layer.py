@@ -59,8 +59,8 @@ class DomainScale(DomainLayer, keras.layers.Layer):
 
     def swappable_tensors(self, domain, affine=None):
         check_affine(self, affine)  # merges_affine() is False: refuses a following affine map
-        return {"scale": np.asarray(self.scale[domain], "float32"),
-                "offset": np.asarray(self.offset[domain], "float32")}
+        return {"scale": ops.convert_to_numpy(self.scale[domain]).astype("float32"),
+                "offset": ops.convert_to_numpy(self.offset[domain]).astype("float32")}
 
     def swappable_call(self, inputs, tensors):
-        return inputs * tensors["scale"] + tensors["offset"]
+        return ops.add(ops.multiply(inputs, tensors["scale"]), tensors["offset"])

@@ -404,25 +404,25 @@ class ResidualAdapter(keras.layers.Layer, DomainLayer):
         return {name: as_float32(value) for name, value in tensors.items()}
 
     def swappable_call(self, inputs, tensors):
+        # keras.ops throughout: the tensors are NumPy arrays or the export's symbolic inputs.
         if self.mode == "parallel":
             taps = self.tap_input(inputs)
             if self.adapter_projection is not None:
                 taps = _channel_matmul(taps, self.adapter_projection)
             outputs = self._base_linear(inputs)
             if "scale" in tensors:
-                outputs = outputs * tensors["scale"]
-            outputs = outputs + _channel_matmul(taps, tensors["adapter"])
+                outputs = ops.multiply(outputs, tensors["scale"])
+            outputs = ops.add(outputs, _channel_matmul(taps, tensors["adapter"]))
             if "offset" in tensors:
-                outputs = outputs + tensors["offset"]
+                outputs = ops.add(outputs, tensors["offset"])
             return self._activation(outputs)
         y = self._activation(self._base_linear(inputs))
         if self.rank is None:
-            return _channel_matmul(y, tensors["adapter"]) + tensors["offset"]
-        hidden = _channel_matmul(y * tensors["norm_scale"] + tensors["norm_offset"],
-                                 self.adapter_projection)
-        return (y * tensors["scale"] + _channel_matmul(hidden, tensors["adapter"])
-                + tensors["offset"])
-
+            return ops.add(_channel_matmul(y, tensors["adapter"]), tensors["offset"])
+        normalized = ops.add(ops.multiply(y, tensors["norm_scale"]), tensors["norm_offset"])
+        hidden = _channel_matmul(normalized, self.adapter_projection)
+        return ops.add(ops.add(ops.multiply(y, tensors["scale"]),
+                               _channel_matmul(hidden, tensors["adapter"])), tensors["offset"])
 
 def _input_spec(adapter, input_shape):
     """Fixes the channels; and the spatial size where a strided parallel adapter's tap needs it.

@@ -49,4 +49,4 @@ def fold_affine(kernel, bias, scale, offset):
     """Folds a following per-channel affine map `y * scale + offset` into kernel and bias."""
     if bias is None:
         bias = ops.zeros_like(scale)
-    return kernel * scale, bias * scale + offset
+    return ops.multiply(kernel, scale), ops.add(ops.multiply(bias, scale), offset)
