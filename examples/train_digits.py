@@ -47,8 +47,6 @@ def compile_model(model, learning_rate):
         optimizer=keras.optimizers.SGD(learning_rate, momentum=0.9),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
-        # XLA compiles a ResNet-26 for about a minute on a CPU, longer than these runs last.
-        jit_compile=False,
     )
 
 
