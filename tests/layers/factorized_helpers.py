@@ -54,8 +54,12 @@ def check_mixed_precision(make_layer, input_shape, policy, where, tmp_path):
 def check_bad_ids_give_nan_in_compiled_graphs(layer, x, jit_compile):
     """Inside a compiled `predict` (TF graph / TF XLA / JAX jit) an id outside
     `[0, num_domains)` gives NaN outputs for its example only; the others are exact."""
-    from tests.helpers import assert_close
+    import pytest
 
+    from tests.helpers import assert_close, backend
+
+    if backend() == "torch":
+        pytest.skip("torch runs eagerly: bad ids raise there (test_domain_safety's eager path)")
     inputs = keras.Input(x.shape[1:], name="features")
     domain = keras.Input((), dtype="int32", name="domain")
     model = keras.Model([inputs, domain], layer(inputs, domain=domain))
