@@ -246,6 +246,22 @@ class ResidualAdapter(keras.layers.Layer, DomainLayer):
             return inputs
         return inputs[(slice(None),) + self._slices + (slice(None),)]
 
+    def _delegated_tap_input(self, inputs):
+        """`tap_input` as a unit-step slice and a 1x1 depthwise conv of ones at the stride.
+
+        The same values; for TFLite, where XNNPACK does not take a STRIDED_SLICE with a step
+        (the graph splits into several delegate partitions) but takes DEPTHWISE_CONV_2D.
+        """
+        if self._slices is None:
+            return inputs
+        steps = tuple(sl.step or 1 for sl in self._slices)
+        unit = tuple(slice(sl.start, sl.stop) for sl in self._slices)
+        inputs = inputs[(slice(None),) + unit + (slice(None),)]
+        if all(step == 1 for step in steps):
+            return inputs
+        ones = ops.ones((1,) * len(steps) + (inputs.shape[-1], 1), dtype=inputs.dtype)
+        return ops.depthwise_conv(inputs, ones, strides=steps, padding="valid")
+
     def _base_linear(self, inputs):
         """The wrapped layer's output before its activation."""
         layer = self.layer
@@ -406,7 +422,7 @@ class ResidualAdapter(keras.layers.Layer, DomainLayer):
     def swappable_call(self, inputs, tensors):
         # keras.ops throughout: the tensors are NumPy arrays or the export's symbolic inputs.
         if self.mode == "parallel":
-            taps = self.tap_input(inputs)
+            taps = self._delegated_tap_input(inputs)
             if self.adapter_projection is not None:
                 taps = _channel_matmul(taps, self.adapter_projection)
             outputs = self._base_linear(inputs)
