@@ -37,6 +37,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from dmtrl_layers import PerTaskConv2D, PerTaskDense, TaskLogitMask  # noqa: E402
 
 from keras_mdn import FactorizedConv2D, FactorizedDense  # noqa: E402
+from keras_mdn.ops.decomposition import Tolerance  # noqa: E402
 
 REGENERATE = "timeout 1800 python benchmarks/dmtrl.py --time-limit 1500"
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -95,7 +96,10 @@ def ranks(model):
 
 
 def factorize(per_task_layer, kind, eps, name, batch_size):
-    """`from_layers` on the T plain Keras layers holding the STL network's weights."""
+    """`from_layers` on the T plain Keras layers holding the STL network's weights.
+
+    `eps` is a `Tolerance` (threshold and its semantics, `"frobenius"` or `"authors"`).
+    """
     layers = per_task_layer.to_keras_layers()
     if isinstance(per_task_layer, PerTaskConv2D):
         return FactorizedConv2D.from_layers(layers, factorization=kind, eps=eps, name=name)
@@ -189,24 +193,36 @@ def run_digits(args, progress):
                 fit(model, inputs, label, loss, args.steps, args.batch_size, args.lr, seed)
                 results[method] = (model, time.perf_counter() - start)
             stl_model = results["stl"][0]
-            for method in DMTRL:
-                keras.utils.set_random_seed(seed)
-                model = mlp(method, 10, args.hidden, stl=stl_model, eps=args.eps,
-                            batch_size=args.batch_size)
-                init = {"rho_init": sharing(model), "ranks": ranks(model),
-                        "error_init": digits_errors(model, x_test, y_test)[0]}
-                start = time.perf_counter()
-                fit(model, inputs, label, loss, args.steps, args.batch_size, args.lr, seed)
-                results[method] = (model, time.perf_counter() - start, init)
-            for method in ("stl", "hard") + DMTRL:
-                model, seconds = results[method][:2]
+            for method in ("stl", "hard"):
+                model, seconds = results[method]
                 balanced, plain = digits_errors(model, x_test, y_test)
-                run = {"size": size, "seed": seed, "method": method, "error": balanced,
-                       "plain_error": plain, "train_seconds": round(seconds, 2),
-                       "parameters": parameter_count(model)}
-                if method in DMTRL:
-                    run.update(results[method][2], rho=sharing(model))
-                runs.append(run)
+                runs.append({"size": size, "seed": seed, "method": method, "error": balanced,
+                             "plain_error": plain, "train_seconds": round(seconds, 2),
+                             "parameters": parameter_count(model)})
+            trained = {}  # (method, ranks) -> run: equal ranks give the same network
+            for tolerance in tolerances(args):
+                for method in args.methods:
+                    keras.utils.set_random_seed(seed)
+                    model = mlp(method, 10, args.hidden, stl=stl_model, eps=tolerance,
+                                batch_size=args.batch_size)
+                    key = (method, json.dumps(ranks(model)))
+                    tag = {"size": size, "seed": seed, "eps": tolerance.eps,
+                           "eps_mode": tolerance.mode}
+                    if key in trained:
+                        runs.append({**trained[key], **tag, "same_ranks_as": trained[key]["eps"]})
+                        continue
+                    init = {"rho_init": sharing(model), "ranks": ranks(model),
+                            "error_init": digits_errors(model, x_test, y_test)[0]}
+                    start = time.perf_counter()
+                    fit(model, inputs, label, loss, args.steps, args.batch_size, args.lr, seed)
+                    seconds = time.perf_counter() - start
+                    balanced, plain = digits_errors(model, x_test, y_test)
+                    trained[key] = {**tag, "method": method, "error": balanced,
+                                    "plain_error": plain, "train_seconds": round(seconds, 2),
+                                    "parameters": parameter_count(model), **init,
+                                    "rho": sharing(model)}
+                    runs.append(trained[key])
+                    progress(runs)
             # The matching control: STL trained for the STL budget plus the DMTRL budget.
             start = time.perf_counter()
             fit(stl_model, inputs, label, loss, args.steps, args.batch_size, args.lr, seed + 1)
@@ -215,7 +231,8 @@ def run_digits(args, progress):
                          "plain_error": plain,
                          "train_seconds": round(time.perf_counter() - start, 2),
                          "parameters": parameter_count(stl_model)})
-            line = "  ".join(f"{r['method']}={r['error']:.3f}" for r in runs[-6:])
+            line = "  ".join(f"{variant(r)}={r['error']:.3f}" for r in runs
+                             if r["size"] == size and r["seed"] == seed)
             print(f"digits size={size} seed={seed}: {line}", flush=True)
             progress(runs)
             keras.backend.clear_session()
@@ -296,24 +313,37 @@ def run_omniglot(args, progress):
                     args.omniglot_batch_size, args.omniglot_lr, seed, tasks=inputs["domain"])
                 results[method] = (model, time.perf_counter() - start)
             stl_model = results["stl"][0]
-            for method in DMTRL:
-                keras.utils.set_random_seed(seed)
-                model = cnn(method, num_classes, args.filters, stl=stl_model, eps=args.eps,
-                            batch_size=args.omniglot_batch_size)
-                init = {"rho_init": sharing(model), "ranks": ranks(model),
-                        "error_init": omniglot_error(model, x_test, d_test, y_test, num_tasks)}
-                start = time.perf_counter()
-                fit(model, inputs, labels, loss, args.omniglot_steps,
-                    args.omniglot_batch_size, args.omniglot_lr, seed, tasks=inputs["domain"])
-                results[method] = (model, time.perf_counter() - start, init)
-            for method in ("stl", "hard") + DMTRL:
-                model, seconds = results[method][:2]
-                run = {"drawings": drawings, "seed": seed, "method": method,
-                       "error": omniglot_error(model, x_test, d_test, y_test, num_tasks),
-                       "train_seconds": round(seconds, 2), "parameters": parameter_count(model)}
-                if method in DMTRL:
-                    run.update(results[method][2], rho=sharing(model))
-                runs.append(run)
+            for method in ("stl", "hard"):
+                model, seconds = results[method]
+                runs.append({"drawings": drawings, "seed": seed, "method": method,
+                             "error": omniglot_error(model, x_test, d_test, y_test, num_tasks),
+                             "train_seconds": round(seconds, 2),
+                             "parameters": parameter_count(model)})
+            trained = {}
+            for tolerance in tolerances(args):
+                for method in args.methods:
+                    keras.utils.set_random_seed(seed)
+                    model = cnn(method, num_classes, args.filters, stl=stl_model, eps=tolerance,
+                                batch_size=args.omniglot_batch_size)
+                    key = (method, json.dumps(ranks(model)))
+                    tag = {"drawings": drawings, "seed": seed, "eps": tolerance.eps,
+                           "eps_mode": tolerance.mode}
+                    if key in trained:
+                        runs.append({**trained[key], **tag, "same_ranks_as": trained[key]["eps"]})
+                        continue
+                    init = {"rho_init": sharing(model), "ranks": ranks(model), "error_init":
+                            omniglot_error(model, x_test, d_test, y_test, num_tasks)}
+                    start = time.perf_counter()
+                    fit(model, inputs, labels, loss, args.omniglot_steps,
+                        args.omniglot_batch_size, args.omniglot_lr, seed,
+                        tasks=inputs["domain"])
+                    trained[key] = {
+                        **tag, "method": method,
+                        "error": omniglot_error(model, x_test, d_test, y_test, num_tasks),
+                        "train_seconds": round(time.perf_counter() - start, 2),
+                        "parameters": parameter_count(model), **init, "rho": sharing(model)}
+                    runs.append(trained[key])
+                    progress(runs, data.names, num_classes)
             start = time.perf_counter()
             fit(stl_model, inputs, labels, loss, args.omniglot_steps, args.omniglot_batch_size,
                 args.omniglot_lr, seed + 1, tasks=inputs["domain"])
@@ -321,7 +351,8 @@ def run_omniglot(args, progress):
                          "error": omniglot_error(stl_model, x_test, d_test, y_test, num_tasks),
                          "train_seconds": round(time.perf_counter() - start, 2),
                          "parameters": parameter_count(stl_model)})
-            line = "  ".join(f"{r['method']}={r['error']:.3f}" for r in runs[-6:])
+            line = "  ".join(f"{variant(r)}={r['error']:.3f}" for r in runs
+                             if r["drawings"] == drawings and r["seed"] == seed)
             print(f"omniglot drawings={drawings} seed={seed}: {line}", flush=True)
             progress(runs, data.names, num_classes)
             keras.backend.clear_session()
@@ -331,67 +362,108 @@ def run_omniglot(args, progress):
 # === Summaries, report and plots ===
 
 
+def tolerances(args):
+    return [Tolerance(eps, mode) for mode in args.eps_mode for eps in args.eps]
+
+
+def variant(run):
+    """The method, with its threshold for DMTRL runs: `tucker a0.3` (authors), `tt f0.5`."""
+    if "eps" not in run:
+        return run["method"]
+    return f"{run['method']} {run['eps_mode'][0]}{run['eps']:g}"
+
+
+def variant_label(name):
+    method, _, threshold = name.partition(" ")
+    if not threshold:
+        return LABELS[method]
+    mode = {"a": "authors", "f": "frobenius"}[threshold[0]]
+    return f"{LABELS[method]} ({mode} {threshold[1:]})"
+
+
+def variants(runs):
+    """Variant names in a stable order: baselines, then DMTRL by kind, mode and eps."""
+    names = {variant(r) for r in runs}
+    order = [m for m in ("stl", "stl_2x", "hard") if m in names]
+    dmtrl = sorted((r["method"], r["eps_mode"], r["eps"]) for r in runs if "eps" in r)
+    for method, mode, eps in dmtrl:
+        name = variant({"method": method, "eps_mode": mode, "eps": eps})
+        if name not in order:
+            order.append(name)
+    return order
+
+
 def summarize(runs, key):
-    """{setting: {method: {"mean", "std", "n"}}} of the error."""
+    """{setting: {variant: {"mean", "std", "n"}}} of the error."""
     table = {}
     for setting in sorted({r[key] for r in runs}):
         table[setting] = {}
-        for method in METHODS:
-            errors = [r["error"] for r in runs if r[key] == setting and r["method"] == method]
+        for name in variants(runs):
+            errors = [r["error"] for r in runs if r[key] == setting and variant(r) == name]
             if errors:
-                table[setting][method] = {"mean": float(np.mean(errors)),
-                                          "std": float(np.std(errors)), "n": len(errors)}
+                table[setting][name] = {"mean": float(np.mean(errors)),
+                                        "std": float(np.std(errors)), "n": len(errors)}
     return table
 
 
-def mean_rho(runs, key, setting, field="rho"):
-    """{method: {layer: mean rho over seeds}} for one setting."""
+def mean_rho(runs, key, setting, field="rho", names=None):
+    """{label: {layer: mean rho over seeds}} for one setting."""
     out = {}
-    for method in DMTRL:
-        chosen = [r[field] for r in runs if r[key] == setting and r["method"] == method]
+    for name in names or [v for v in variants(runs) if " " in v]:
+        chosen = [r[field] for r in runs if r[key] == setting and variant(r) == name]
         if chosen:
-            out[LABELS[method]] = {layer: float(np.mean([c[layer] for c in chosen]))
-                                   for layer in chosen[0]}
+            out[variant_label(name)] = {layer: float(np.mean([c[layer] for c in chosen]))
+                                        for layer in chosen[0]}
     return out
 
 
 def rank_summary(runs, key, setting):
-    """{method: {layer: "r (min-max)"}} over seeds for one setting."""
+    """{variant: {layer: "r / r'"}} (distinct ranks over seeds) for one setting."""
     out = {}
-    for method in DMTRL:
-        chosen = [r["ranks"] for r in runs if r[key] == setting and r["method"] == method]
+    for name in [v for v in variants(runs) if " " in v]:
+        chosen = [r["ranks"] for r in runs if r[key] == setting and variant(r) == name]
         if not chosen:
             continue
-        out[method] = {}
+        out[name] = {}
         for layer in chosen[0]:
             values = sorted({tuple(c[layer]) for c in chosen})
-            out[method][layer] = " / ".join(str(v) for v in values)
+            out[name][layer] = " / ".join(str(v) for v in values)
     return out
 
 
 def error_table(table, key_name):
-    header = f"| {key_name} | " + " | ".join(LABELS[m] for m in METHODS) + " |"
-    lines = [header, "|" + "---|" * (len(METHODS) + 1)]
-    for setting, row in table.items():
-        best = min(v["mean"] for v in row.values())
+    """Rows: one per variant; columns: settings (the sweep reads down a column)."""
+    settings = list(table)
+    names = variants_of(table)
+    lines = ["| method | " + " | ".join(f"{key_name} {s}" for s in settings) + " |",
+             "|" + "---|" * (len(settings) + 1)]
+    best = {s: min(v["mean"] for v in table[s].values()) for s in settings}
+    for name in names:
         cells = []
-        for method in METHODS:
-            if method not in row:
+        for s in settings:
+            v = table[s].get(name)
+            if v is None:
                 cells.append("-")
                 continue
-            v = row[method]
-            text = f"{100 * v['mean']:.1f} ± {100 * v['std']:.1f}"
-            cells.append(f"**{text}**" if v["mean"] == best else text)
-        seeds = max(v["n"] for v in row.values())
-        lines.append(f"| {setting} ({seeds} seed{'s' if seeds > 1 else ''}) | "
-                     + " | ".join(cells) + " |")
+            text = f"{100 * v['mean']:.1f} ± {100 * v['std']:.1f} ({v['n']})"
+            cells.append(f"**{text}**" if v["mean"] == best[s] else text)
+        lines.append(f"| {variant_label(name)} | " + " | ".join(cells) + " |")
     return lines
+
+
+def variants_of(table):
+    names = []
+    for row in table.values():
+        names += [n for n in row if n not in names]
+    return names
 
 
 def rho_table(runs, key, settings):
     lines = []
     for setting in settings:
         final, init = mean_rho(runs, key, setting), mean_rho(runs, key, setting, "rho_init")
+        if not final:
+            continue
         layers = list(next(iter(final.values())))
         lines.append(f"{key} = {setting}: rho after training (at initialisation)\n")
         lines.append("| method | " + " | ".join(layers) + " |")
@@ -407,18 +479,21 @@ def rank_table(runs, key, settings):
     lines = []
     for setting in settings:
         summary = rank_summary(runs, key, setting)
+        if not summary:
+            continue
         layers = list(next(iter(summary.values())))
         lines.append(f"{key} = {setting} (distinct ranks over seeds)\n")
         lines.append("| method | " + " | ".join(layers) + " |")
         lines.append("|" + "---|" * (len(layers) + 1))
-        for method, values in summary.items():
-            lines.append(f"| {LABELS[method]} | " + " | ".join(values[lay] for lay in layers)
-                         + " |")
+        for name, values in summary.items():
+            lines.append(f"| {variant_label(name)} | "
+                         + " | ".join(values[lay] for lay in layers) + " |")
         lines.append("")
     return lines
 
 
 def plot(digits_table, omniglot_table, digits_runs, omniglot_runs, prefix):
+    """Error vs training size: one panel per DMTRL kind (its eps values) against STL/hard."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -427,15 +502,20 @@ def plot(digits_table, omniglot_table, digits_runs, omniglot_runs, prefix):
 
     from keras_mdn.sharing import plot_sharing_strength
 
-    panels = [(t, k) for t, k in ((digits_table, "digits"), (omniglot_table, "omniglot")) if t]
-    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), squeeze=False)
-    for ax, (table, name) in zip(axes[0], panels):
+    panels = [(t, k, m) for t, k in ((digits_table, "digits"), (omniglot_table, "omniglot"))
+              if t for m in DMTRL if any(n.split(" ")[0] == m for n in variants_of(t))]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
+    for ax, (table, name, kind) in zip(axes[0], panels):
         settings = list(table)
-        for method in METHODS:
-            means = [100 * table[s][method]["mean"] for s in settings if method in table[s]]
-            stds = [100 * table[s][method]["std"] for s in settings if method in table[s]]
-            style = "--" if method.startswith("stl") else "-"
-            ax.errorbar(settings[: len(means)], means, yerr=stds, label=LABELS[method],
+        for variant_name in variants_of(table):
+            if " " in variant_name and variant_name.split(" ")[0] != kind:
+                continue
+            points = [(s, 100 * table[s][variant_name]["mean"],
+                       100 * table[s][variant_name]["std"]) for s in settings
+                      if variant_name in table[s]]
+            style = "--" if " " not in variant_name else "-"
+            ax.errorbar([p[0] for p in points], [p[1] for p in points],
+                        yerr=[p[2] for p in points], label=variant_label(variant_name),
                         linestyle=style, marker="o", capsize=3)
         ax.set_xscale("log")
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
@@ -443,16 +523,16 @@ def plot(digits_table, omniglot_table, digits_runs, omniglot_runs, prefix):
         ax.set_xticklabels([str(s) for s in settings])
         if name == "digits":
             ax.set_xlabel("training examples per task")
-            ax.set_ylabel("balanced test error (%), mean over 10 tasks")
-            ax.set_title("Digits, 10 one-vs-all tasks")
+            ax.set_ylabel("balanced test error (%), mean of 10 tasks")
+            ax.set_title(f"Digits, {LABELS[kind]}")
         else:
             ax.set_xlabel("training drawings per character")
             ax.set_ylabel("test error (%), mean over 5 alphabets")
-            ax.set_title("Omniglot small1, 5 alphabets")
+            ax.set_title(f"Omniglot small1, {LABELS[kind]}")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=6)
     fig.tight_layout()
-    fig.savefig(f"{prefix}_error.png", dpi=120)
+    fig.savefig(f"{prefix}_error.png", dpi=110)
     plt.close(fig)
 
     rho_panels = []
@@ -464,12 +544,12 @@ def plot(digits_table, omniglot_table, digits_runs, omniglot_runs, prefix):
         for drawings in sorted({r["drawings"] for r in omniglot_runs}):
             rho_panels.append((omniglot_runs, "drawings", drawings,
                                "Omniglot, %d drawings per character"))
-    fig, axes = plt.subplots(1, len(rho_panels), figsize=(5 * len(rho_panels), 3.6),
+    fig, axes = plt.subplots(1, len(rho_panels), figsize=(6 * len(rho_panels), 4),
                              squeeze=False)
     for ax, (runs, key, setting, title) in zip(axes[0], rho_panels):
         plot_sharing_strength(mean_rho(runs, key, setting), ax=ax, title=title % setting)
     fig.tight_layout()
-    fig.savefig(f"{prefix}_rho.png", dpi=120)
+    fig.savefig(f"{prefix}_rho.png", dpi=110)
     plt.close(fig)
 
 
@@ -483,8 +563,15 @@ def parse_args(argv=None):
     parser.add_argument("--hidden", type=int, nargs="+", default=[64, 32])
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument("--eps", type=float, default=1e-3,
-                        help="relative error threshold choosing the DMTRL ranks")
+    parser.add_argument("--eps", type=float, nargs="+", default=[1e-3],
+                        help="thresholds choosing the DMTRL ranks (a sweep: one DMTRL network "
+                             "per value; values giving the same ranks are trained once)")
+    parser.add_argument("--eps-mode", nargs="+", default=["frobenius"],
+                        choices=("frobenius", "authors"),
+                        help="eps semantics: keras_mdn's relative Frobenius error, or the "
+                             "authors' per-step pivoted-QR precision")
+    parser.add_argument("--methods", nargs="+", default=list(DMTRL), choices=DMTRL,
+                        help="DMTRL kinds to run")
     parser.add_argument("--omniglot", default=OMNIGLOT_ZIP)
     parser.add_argument("--omniglot-drawings", type=int, nargs="+", default=[2, 12])
     parser.add_argument("--omniglot-seeds", type=int, nargs="+", default=[0])
@@ -607,11 +694,14 @@ def write_markdown(args, payload, digits_table, omniglot_table, digits_runs, omn
             "digit t vs the rest. Each task gets its own training sample of n examples: n/2 "
             "positives and n/2 negatives drawn uniformly from the other digits, seeded. Error: "
             "balanced test error (mean of miss and false-alarm rates) on the full test split, "
-            "averaged over the 10 tasks; mean ± std over seeds (the count per row). MLP 64 -> "
+            "averaged over the 10 tasks. MLP 64 -> "
             f"{' -> '.join(map(str, args.hidden))} -> 1, ReLU; Adam lr {args.lr}, batch "
             f"{args.batch_size} (mixed tasks), {args.steps} steps for every method; DMTRL "
-            f"initialised from the trained STL networks with eps = {args.eps}, then "
-            f"{args.steps} steps.",
+            "initialised from the trained STL networks with "
+            f"`from_layers(eps=Tolerance(eps, mode))` for eps in {args.eps} and mode in "
+            f"{args.eps_mode}, then {args.steps} steps (a "
+            "threshold giving the same ranks as a smaller one reuses that network's result: "
+            "the network is the same). Each cell: mean ± std (number of seeds).",
             "",
             "Balanced test error (%):",
             "",
@@ -620,11 +710,10 @@ def write_markdown(args, payload, digits_table, omniglot_table, digits_runs, omn
             "Ranks chosen by `from_layers(eps=...)` (per layer: the factorisation's rank "
             "tuple; LAF `(K,)`, Tucker `(r_in, r_out, r_task)`, TT `(r_1, r_2)`):",
             "",
-            *rank_table(digits_runs, "size", sorted({r["size"] for r in digits_runs})[:1]
-                        + sorted({r["size"] for r in digits_runs})[-1:]),
+            *rank_table(digits_runs, "size", sorted({r["size"] for r in digits_runs})[:1]),
             "Sharing strength rho per layer (mean over seeds):",
             "",
-            *rho_table(digits_runs, "size", sorted({r["size"] for r in digits_runs})),
+            *rho_table(digits_runs, "size", sorted({r["size"] for r in digits_runs})[:1]),
         ]
     if omniglot_table:
         lines += [
@@ -639,7 +728,7 @@ def write_markdown(args, payload, digits_table, omniglot_table, digits_runs, omn
             "dense layer a `FactorizedDense`, all from `from_layers(eps=...)`. "
             f"Adam lr {args.omniglot_lr}, {args.omniglot_steps} steps of one-task batches of "
             f"{args.omniglot_batch_size} (tasks in turn) for every method; DMTRL from STL with "
-            f"eps = {args.eps}, then the same budget.",
+            f"eps in {args.eps}, mode in {args.eps_mode}, then the same budget.",
             "",
             "Test error (%), mean over alphabets:",
             "",
