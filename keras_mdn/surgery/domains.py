@@ -1,6 +1,7 @@
 """Adding domains to a trained multi-domain model without changing the existing domains."""
 
 import inspect
+from typing import NamedTuple
 
 import keras
 import numpy as np
@@ -156,8 +157,113 @@ def add_domain(model, num_classes=None, init_from=None, freeze_existing=True, na
     )
 
 
+class ClosestDomain(NamedTuple):
+    """The result of `closest_domain`: the chosen domain and every candidate's score."""
+
+    domain: int
+    scores: dict
+
+
+def closest_domain(model, inputs, labels, candidates=None, batch_size=256):
+    """The existing domain whose features separate a new domain's classes best.
+
+    For each candidate domain `d`, the examples run through domain `d`'s path of `model` (its
+    adapters and batch norms, in inference mode) up to the input of the model's `DomainHead`;
+    the score is the accuracy of a nearest-class-mean classifier (cosine similarity) on those
+    features, with two folds (class means from even examples score the odd ones, and the
+    reverse). The domain with the highest score (the lowest id on ties) is the natural
+    `init_from` of `add_domain`: its network already suits the new data best, and the new
+    domain's adapters then start there instead of at zero.
+
+    Args:
+        model: a functional multi-domain model with a `"domain"` input and a `DomainHead`.
+        inputs: the new domain's examples: an array for the model's one other input, or a
+            dict of arrays keyed by input name (without `"domain"`).
+        labels: int array `(n,)`, the examples' classes in the new domain.
+        candidates: optional list of domain ids to compare. Defaults to every domain.
+        batch_size: examples per forward pass. Defaults to 256.
+
+    Returns:
+        A `ClosestDomain(domain, scores)`, `scores` mapping each candidate to its accuracy.
+
+    Example:
+
+    >>> closest = closest_domain(model, new_images, new_labels)
+    >>> bigger = add_domain(model, num_classes=10, init_from=closest.domain)
+    """
+    num_domains = count_domains(model)
+    if num_domains == 0:
+        raise ValueError(
+            "`model` has no domain layer (ResidualAdapter, DomainBatchNormalization, "
+            f"DomainHead, ...). Received: model={model.name!r}"
+        )
+    from keras_mdn.layers.domain_head import DomainHead
+
+    heads = [layer for layer in graph_layers(model) if isinstance(layer, DomainHead)]
+    if len(heads) != 1:
+        raise ValueError(
+            f"`model` must have one DomainHead (its input is the feature). Received: "
+            f"model={model.name!r} with {len(heads)} DomainHead layers"
+        )
+    labels = np.asarray(labels).reshape(-1)
+    structure = model.input
+    names = [tensor.name for tensor in keras.tree.flatten(structure)]
+    if "domain" not in names:
+        raise ValueError(f"`model` has no input named 'domain'. Received: inputs {names}")
+    if not isinstance(inputs, dict):
+        others = [name for name in names if name != "domain"]
+        if len(others) != 1:
+            raise ValueError(
+                "Pass `inputs` as a dict keyed by input name: the model has inputs "
+                f"{names}. Received: inputs of type {type(inputs).__name__}"
+            )
+        inputs = {others[0]: inputs}
+    missing = sorted(set(names) - set(inputs) - {"domain"})
+    if missing:
+        raise ValueError(f"`inputs` lacks the model inputs {missing}. Received: {sorted(inputs)}")
+    sizes = {len(np.asarray(value)) for value in inputs.values()}
+    if sizes != {len(labels)} or len(labels) < 4:
+        raise ValueError(
+            "`inputs` and `labels` must hold the same number (at least 4) of examples. "
+            f"Received: {sorted(sizes)} examples and labels of shape {labels.shape}"
+        )
+    if candidates is None:
+        candidates = list(range(num_domains))
+    candidates = [check_domain(d, num_domains, "candidates") for d in candidates]
+    # The head is called as head(features, domain): its first input is the feature.
+    features = keras.Model(structure, keras.tree.flatten(heads[0].input)[0])
+    scores = {}
+    for d in candidates:
+        values = dict(inputs, domain=np.full(len(labels), d, dtype="int32"))
+        values = keras.tree.map_structure(lambda t, v=values: np.asarray(v[t.name]), structure)
+        batches = [
+            keras.ops.convert_to_numpy(features(
+                keras.tree.map_structure(lambda v, s=start: v[s:s + batch_size], values),
+                training=False))
+            for start in range(0, len(labels), batch_size)
+        ]
+        scores[d] = _nearest_mean_accuracy(np.concatenate(batches), labels)
+    best = max(candidates, key=lambda d: (scores[d], -d))
+    return ClosestDomain(int(best), scores)
+
+
+def _nearest_mean_accuracy(features, labels):
+    """Two-fold accuracy of a cosine nearest-class-mean classifier."""
+    features = np.asarray(features, dtype=np.float64).reshape(len(labels), -1)
+    features /= np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
+    order = np.arange(len(labels))
+    correct = 0
+    for fit, score in ((order % 2 == 0, order % 2 == 1), (order % 2 == 1, order % 2 == 0)):
+        classes = np.unique(labels[fit])
+        means = np.stack([features[fit][labels[fit] == c].mean(axis=0) for c in classes])
+        means /= np.maximum(np.linalg.norm(means, axis=1, keepdims=True), 1e-12)
+        guess = classes[np.argmax(features[score] @ means.T, axis=1)]
+        correct += int(np.sum(guess == labels[score]))
+    return correct / len(labels)
+
+
 def _takes_num_classes(layer):
     return "num_classes" in inspect.signature(layer.with_num_domains).parameters
 
 
-__all__ = ["add_domain", "add_domains"]
+__all__ = ["ClosestDomain", "add_domain", "add_domains", "closest_domain"]

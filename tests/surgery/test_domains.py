@@ -198,3 +198,43 @@ def test_train_only_domains_chooses_the_parts_that_train():
         train_only_domains(model, [1], layers=["nope"])
     with pytest.raises(TypeError, match="layers=3"):
         train_only_domains(model, [1], layers=3)
+
+
+def test_closest_domain_picks_the_domain_whose_features_separate_the_classes():
+    from keras_mdn.surgery.domains import closest_domain
+
+    model = toy_multi_domain()
+    x = rng(11).normal(size=(40, 6, 6, 3)).astype("float32")
+    # Labels that domain 1's features separate: its own nearest-mean classes (a NumPy
+    # reference of the rule on domain 1's pooled features).
+    pool = keras.Model(model.input, model.get_layer("pool").output)
+    feats = [to_numpy(pool([x, np.full(40, d, "int32")], training=False)) for d in range(3)]
+    # Two classes split along domain 1's main direction of variation.
+    centred = feats[1] - feats[1].mean(0)
+    direction = np.linalg.svd(centred, full_matrices=False)[2][0]
+    labels = (centred @ direction > np.median(centred @ direction)).astype("int32")
+    result = closest_domain(model, x, labels)
+    assert set(result.scores) == {0, 1, 2}
+    for d in range(3):
+        g = feats[d] / np.linalg.norm(feats[d], axis=1, keepdims=True)
+        correct = 0
+        for fit in (np.arange(40) % 2 == 0, np.arange(40) % 2 == 1):
+            classes = np.unique(labels[fit])
+            means = np.stack([g[fit][labels[fit] == c].mean(0) for c in classes])
+            means /= np.linalg.norm(means, axis=1, keepdims=True)
+            correct += np.sum(classes[np.argmax(g[~fit] @ means.T, 1)] == labels[~fit])
+        assert result.scores[d] == pytest.approx(correct / 40)
+    assert result.domain == max(range(3), key=lambda d: (result.scores[d], -d))
+    assert result.scores[1] >= 0.7  # well above chance (0.5)
+    assert closest_domain(model, {"image": x}, labels, candidates=[0, 2]).domain in (0, 2)
+
+
+def test_closest_domain_bad_arguments():
+    from keras_mdn.surgery.domains import closest_domain
+
+    model = toy_multi_domain()
+    x = _x(8)
+    with pytest.raises(ValueError, match="same number"):
+        closest_domain(model, x, np.zeros(5, "int32"))
+    with pytest.raises(ValueError, match="Received: candidates=3"):
+        closest_domain(model, x, np.zeros(8, "int32"), candidates=[3])
