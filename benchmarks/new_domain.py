@@ -225,7 +225,7 @@ def run(args):
                       f"({epochs} epochs, best {best})", flush=True)
                 keras.backend.clear_session()
     results["loadavg"].append(loadavg("end"))
-    results["settings"] = {k: v for k, v in vars(args).items() if k != "report"}
+    results["settings"] = {k: v for k, v in vars(args).items() if k not in ("report", "merge")}
     save_results(args.out, results)
 
 
@@ -288,6 +288,15 @@ def summary(runs, dataset):
 
 def report(args):
     results = load_results(args.out)
+    for prefix in args.merge or []:  # runs of other processes (other rotations)
+        other = load_results(prefix)
+        results.setdefault("runs", []).extend(other.get("runs", []))
+        results.setdefault("pretrained", {}).update(other.get("pretrained", {}))
+        results.setdefault("loadavg", []).extend(other.get("loadavg", []))
+    unique = {}
+    for r in results.get("runs", []):  # one run per (domain, method, seed): the first one
+        unique.setdefault((r["dataset"], r["new_domain"], r["method"], r["seed"]), r)
+    results["runs"] = list(unique.values())
     runs = results.get("runs", [])
     lines = ["# New domains: adapters against fine-tuning, to convergence", "",
              "Protocol and methods: the docstring of `benchmarks/new_domain.py`. Written by "
@@ -428,6 +437,8 @@ def parse_args(argv=None):
     parser.add_argument("--time-limit", type=float, default=None,
                         help="seconds after which no new run starts (seed-major order)")
     parser.add_argument("--out", default=os.path.join(RESULTS, "new_domain"))
+    parser.add_argument("--merge", nargs="+", default=None,
+                        help="with --report: result prefixes of other processes to merge")
     parser.add_argument("--report", action="store_true",
                         help="only rewrite the .md and .png from the .json")
     return parser.parse_args(argv)
