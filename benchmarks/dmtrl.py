@@ -744,8 +744,9 @@ def write_markdown(args, payload, digits_table, omniglot_table, digits_runs, omn
         ]
     lines += [f"Plots: `{base}_error.png` (error vs training size), `{base}_rho.png` (rho "
               "per layer).", ""]
-    claims = os.path.join(os.path.dirname(os.path.abspath(__file__)), "dmtrl_claims.md")
-    if os.path.isfile(claims) and not args.quick and base == "dmtrl":
+    # Hand-written discussion of a run: benchmarks/<output name>_claims.md.
+    claims = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{base}_claims.md")
+    if os.path.isfile(claims) and not args.quick:
         with open(claims) as f:
             lines += ["", f.read()]
     with open(args.out + ".md", "w") as f:
