@@ -662,7 +662,8 @@ def report(args, argv, part_files):
                 if key not in ("out", "from_json")}
     command = " ".join(["python", "benchmarks/dmtrl.py"] + argv)
     if args.from_json:
-        command = f"{REGENERATE}, report rewritten from its part files with --from-json"
+        command = ("report rewritten with --from-json from the part files "
+                   + ", ".join(os.path.basename(p) for p in part_files))
     payload = {"command": command, "settings": settings, "seconds": seconds,
                "digits": {"summary": digits_table, "runs": digits_runs},
                "omniglot": {"alphabets": alphabets, "num_classes": num_classes,
