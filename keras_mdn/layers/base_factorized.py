@@ -26,11 +26,13 @@ from keras_mdn.layers.domain_layer import (
 )
 from keras_mdn.ops import decomposition
 from keras_mdn.ops.routing import (
+    Selection,
     canonicalize_domain,
     check_batch,
     is_uniform,
     per_example,
     select,
+    take_domains,
 )
 
 _VARIANCES = ("glorot", "he")
@@ -103,11 +105,12 @@ class BaseFactorized(keras.layers.Layer, DomainLayer):
         return super().__call__(*args, **kwargs)
 
     def _domain(self, domain, inputs=None):
-        """`(ids, selection)` of the call's domain, canonicalised by routing.
+        """`(route, selection)` of the call's domain, canonicalised by routing.
 
-        `ids` is what the contraction reads: a Python int, or an int32 tensor (0-d or
-        `(batch,)`) with invalid traced ids clipped into range; `selection` (None for an int)
-        marks those invalid ids, whose outputs `_finish` turns into NaN.
+        `route` is what the factorisation's plan reads: a Python int, a 0-d int32 tensor (an
+        invalid traced id replaced by 0), or for a domain vector its `Selection` (ids gathered
+        per example, invalid ones reading domain 0). `selection` (None for an int) marks the
+        invalid ids, whose outputs `_finish` turns into NaN.
         """
         if domain is None and self.num_domains == 1:
             return 0, None
@@ -117,25 +120,28 @@ class BaseFactorized(keras.layers.Layer, DomainLayer):
         if inputs is not None:
             check_batch(domain, inputs)
         selection = select(domain, self.num_domains)
-        return selection.ids, selection
+        return (selection.ids if is_uniform(domain) else selection), selection
 
-    def _finish(self, outputs, ids, selection):
+    def _finish(self, outputs, route, selection):
+        uniform = not isinstance(route, Selection)
         if self.bias is not None:
             if selection is None:
-                bias = self.bias[ids]
+                bias = self.bias[route]
+            elif uniform:
+                bias = take_domains(self.bias, selection, fill_invalid=False)
             else:
-                bias = ops.take(self.bias, ids, axis=0)
-                if not is_uniform(ids):
-                    bias = per_example(bias, outputs)
+                bias = per_example(take_domains(self.bias, selection, fill_invalid=False),
+                                   outputs)
             outputs = outputs + ops.cast(bias, outputs.dtype)
         if self.activation is not None:
             outputs = self.activation(outputs)
         if selection is None:
             return outputs
         # Routing's rule for ids known only at run time: NaN for the bad examples, never
-        # another domain's answer (after the activation, which may map NaN to a number).
+        # another domain's answer (after the activation, which may map NaN to a number). A
+        # `where`, so the bad examples send zero, not NaN, gradients to the weights.
         valid = selection.valid
-        if not is_uniform(ids):
+        if not uniform:
             valid = ops.reshape(valid, (-1,) + (1,) * (len(outputs.shape) - 1))
         return ops.where(valid, outputs, ops.cast(float("nan"), outputs.dtype))
 

@@ -1,13 +1,14 @@
 """Tensor-network contraction: path search, cost model and execution as large GEMMs.
 
 Every factorised layer is a small tensor network: the factors of the stacked weight plus the
-input `x` (labelled with the batch label `"B"`), and for a mixed-task batch a one-hot selector
-`(B, T)`. One function, `search_path`, finds the cheapest order of pairwise contractions once
-at build time (an exhaustive dynamic programme over subsets, as opt_einsum's "dp"/"optimal",
-for up to 10 operands; greedy above). Reconstruct-then-matmul and core-by-core contraction are
-both paths of that search, so the cheaper one is picked from the static shapes, the batch size
-hint and the ranks. `contract` executes a path: each step is one transpose-reshape-`matmul`
-(batched when the two sides share a kept label), never a Python loop over the batch.
+input `x` (labelled with the batch label `"B"`); for a mixed-task batch the task operand is
+gathered per example first (its task label becomes `"B"`). One function, `search_path`, finds
+the cheapest order of pairwise contractions once at build time (an exhaustive dynamic
+programme over subsets, as opt_einsum's "dp"/"optimal", for up to 10 operands; greedy above).
+Reconstruct-then-matmul and core-by-core contraction are both paths of that search, so the
+cheaper one is picked from the static shapes, the batch size hint and the ranks. `contract`
+executes a path: each step is one transpose-reshape-`matmul` (batched when the two sides
+share a kept label), never a Python loop over the batch.
 
 Cost model: seconds ~ flops / F + moved elements / M + steps * overhead, in flop units (see
 `plan_pair`): on a CPU one GEMM flop is about 100x cheaper than writing or transposing one
@@ -36,7 +37,7 @@ _MATVEC_LIMIT = 64
 
 
 class PairPlan:
-    """How one pairwise step runs: a gather, or `left @ right` after two transposes."""
+    """How one pairwise step runs: `left @ right` after two transposes."""
 
     def __init__(self, kind, out_labels, flops, cost, swap=False, left=None, right=None,
                  groups=None):
@@ -54,20 +55,13 @@ def _size(labels, sizes):
     return math.prod(sizes[label] for label in labels)
 
 
-def plan_pair(labels_a, labels_b, keep, sizes, selector=None):
+def plan_pair(labels_a, labels_b, keep, sizes):
     """Plans one pairwise step on operands laid out as `labels_a`, `labels_b`.
 
     The step is a single (batched) matmul; of the two operand orders and two orders of the
-    contracted labels it takes the one that transposes the fewest elements. Contracting the
-    one-hot selector `(B, t)` with an operand that has `t` but not `B` is a gather.
+    contracted labels it takes the one that transposes the fewest elements.
     """
     labels_a, labels_b = tuple(labels_a), tuple(labels_b)
-    if selector is not None and _is_gather(labels_a, labels_b, selector):
-        other = labels_b if labels_a == (BATCH, selector) else labels_a
-        axis = other.index(selector)
-        out = other[:axis] + (BATCH,) + other[axis + 1 :]
-        cost = OUTPUT_COST * _size(out, sizes) + STEP_COST
-        return PairPlan("gather", out, 0, cost, swap=labels_a == (BATCH, selector))
     set_a, set_b = set(labels_a), set(labels_b)
     flops = 2 * _size(set_a | set_b, sizes)
     best = None
@@ -98,24 +92,16 @@ def plan_pair(labels_a, labels_b, keep, sizes, selector=None):
     return PairPlan("matmul", out, flops, cost, swap, left_order, right_order, groups)
 
 
-def _is_gather(labels_a, labels_b, selector):
-    for sel, other in ((labels_a, labels_b), (labels_b, labels_a)):
-        if tuple(sel) == (BATCH, selector) and selector in other and BATCH not in other:
-            return True
-    return False
-
-
 class Path:
     """A contraction tree over the operands `0..n-1`: a leaf index or a pair of subtrees."""
 
-    def __init__(self, tree, operand_labels, output_labels, sizes, cost, flops, selector=None):
+    def __init__(self, tree, operand_labels, output_labels, sizes, cost, flops):
         self.tree = tree
         self.operand_labels = [tuple(labels) for labels in operand_labels]
         self.output_labels = tuple(output_labels)
         self.sizes = dict(sizes)
         self.cost = cost
         self.flops = flops
-        self.selector = selector
 
     def describe(self, names=None):
         """The path as nested parentheses, e.g. `((core_0, x), core_1)`."""
@@ -161,14 +147,13 @@ class _Network:
         return TRANSPOSE_COST * _size(layout, self.sizes)
 
 
-def search_path(operand_labels, output_labels, sizes, selector=None, cost="model", forced=None):
+def search_path(operand_labels, output_labels, sizes, cost="model", forced=None):
     """Finds the cheapest pairwise contraction order of a tensor network.
 
     Args:
         operand_labels: one tuple of labels per operand (its memory layout).
         output_labels: labels of the result, in order.
         sizes: dict label -> size (the batch label gets the batch size hint).
-        selector: the task label when one operand is the one-hot selector `(B, t)`.
         cost: `"model"` (flops + memory traffic + transposes + per-step overhead, see
             `plan_pair`) or `"flops"`.
         forced: optional tree to evaluate instead of searching.
@@ -182,7 +167,7 @@ def search_path(operand_labels, output_labels, sizes, selector=None, cost="model
 
     def step(entry_a, entry_b):
         mask = entry_a[0] | entry_b[0]
-        plan = plan_pair(entry_a[4], entry_b[4], net.kept(mask), sizes, selector)
+        plan = plan_pair(entry_a[4], entry_b[4], net.kept(mask), sizes)
         price = plan.flops if use_flops else plan.cost
         return (mask, entry_a[1] + entry_b[1] + price, entry_a[2] + entry_b[2] + plan.flops,
                 (entry_a[3], entry_b[3]), plan.out_labels)
@@ -191,7 +176,7 @@ def search_path(operand_labels, output_labels, sizes, selector=None, cost="model
 
     def finish(entry):
         total = entry[1] + (0.0 if use_flops else net.final_cost(entry[4]))
-        return Path(entry[3], operand_labels, output_labels, sizes, total, entry[2], selector)
+        return Path(entry[3], operand_labels, output_labels, sizes, total, entry[2])
 
     if forced is not None:
         def evaluate(node):
@@ -272,34 +257,16 @@ def contract(path, tensors):
         mask_a, a, la = run(node[0])
         mask_b, b, lb = run(node[1])
         mask = mask_a | mask_b
-        out, labels = contract_pair(a, la, b, lb, net.kept(mask), sizes, path.selector)
+        out, labels = contract_pair(a, la, b, lb, net.kept(mask), sizes)
         return mask, out, labels
 
     _, result, labels = run(path.tree)
     return _transpose_to(result, labels, path.output_labels)
 
 
-def contract_pair(a, labels_a, b, labels_b, keep, sizes, selector=None):
+def contract_pair(a, labels_a, b, labels_b, keep, sizes):
     """Runs one step as planned by `plan_pair`; returns `(tensor, labels)`."""
-    plan = plan_pair(labels_a, labels_b, keep, sizes, selector)
-    if plan.kind == "gather":
-        if plan.swap:
-            a, labels_a, b = b, labels_b, a
-        # Selecting rows of a small operand by a one-hot product, not a gather: the gradient
-        # stays dense (sparse slices meeting a momentum optimizer are slow under XLA).
-        one_hot = ops.one_hot(b, sizes[selector], dtype=a.dtype) if len(b.shape) == 1 else b
-        axis = tuple(labels_a).index(selector)
-        rest = labels_a[:axis] + labels_a[axis + 1:]
-        moved = _transpose_to(a, labels_a, (selector,) + rest)
-        selected = ops.matmul(one_hot, reshape(moved, (sizes[selector], -1)))
-        selected = reshape(selected, _shape((BATCH,) + rest, sizes))
-        return _transpose_to(selected, (BATCH,) + rest, plan.out_labels), plan.out_labels
-    if selector is not None:
-        # The selector operand may arrive as task indices `(B,)`: expand to one-hot here.
-        if tuple(labels_a) == (BATCH, selector) and len(a.shape) == 1:
-            a = ops.one_hot(a, sizes[selector], dtype=b.dtype)
-        if tuple(labels_b) == (BATCH, selector) and len(b.shape) == 1:
-            b = ops.one_hot(b, sizes[selector], dtype=a.dtype)
+    plan = plan_pair(labels_a, labels_b, keep, sizes)
     left, labels_left, right, labels_right = (b, labels_b, a, labels_a) if plan.swap else (
         a, labels_a, b, labels_b)
     left = _transpose_to(left, labels_left, plan.left)
