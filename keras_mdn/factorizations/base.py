@@ -272,27 +272,32 @@ class Factorization:
         return ops.reshape(tensor, (self.num_domains, -1))
 
     def sliced_operands(self, domain):
-        """The factors with the domain operand sliced at `domain` (int or 0-d tensor).
+        """The factors with the domain operand sliced at `domain`.
 
+        `domain`: a Python int, or a `keras_mdn.ops.routing.Selection` of a 0-d domain tensor.
         A tensor domain selects by `where` and a sum over the domain axis, not by a one-hot
         product: the gradient stays dense (fast under XLA with momentum optimizers) and the
-        other domains' slices get exact zeros, never `0 * NaN` from a NaN example.
+        other domains' slices get exact zeros, never `0 * NaN` from a NaN example. An invalid
+        traced id slices NaN, so the whole batch's outputs are NaN (routing's rule).
         """
         net = self.network_
         index = net.task_operand
         operands = list(self.variables)
-        if index is not None:
-            axis = net.labels[index].index(net.task_label)
-            if isinstance(domain, int):
-                operands[index] = ops.take(operands[index], domain, axis=axis)
-            else:
-                operand = ops.convert_to_tensor(operands[index])
-                shape = [1] * len(operand.shape)
-                shape[axis] = self.num_domains
-                mask = ops.reshape(ops.equal(ops.arange(self.num_domains, dtype="int32"),
-                                             ops.cast(domain, "int32")), shape)
-                operands[index] = ops.sum(ops.where(mask, operand, ops.zeros_like(operand)),
-                                          axis=axis)
+        if index is None:
+            return operands
+        axis = net.labels[index].index(net.task_label)
+        if isinstance(domain, int):
+            operands[index] = ops.take(operands[index], domain, axis=axis)
+            return operands
+        selection = routing.select(domain, self.num_domains)
+        operand = ops.convert_to_tensor(operands[index])
+        shape = [1] * len(operand.shape)
+        shape[axis] = self.num_domains
+        positions = np.arange(self.num_domains, dtype="int32").reshape(shape)
+        mask = ops.equal(positions, selection.ids)
+        zero = ops.zeros((), operand.dtype)
+        sliced = ops.sum(ops.where(mask, operand, zero), axis=axis)
+        operands[index] = ops.where(selection.valid, sliced, ops.cast(float("nan"), sliced.dtype))
         return operands
 
     def example_operands(self, selection):
@@ -300,7 +305,9 @@ class Factorization:
 
         `selection` is a `keras_mdn.ops.routing.Selection` of a domain vector. A gather, whose
         gradient adds each example into its own domain's slice only: a NaN example changes no
-        other domain's weights or gradients (a one-hot product would spread `0 * NaN`).
+        other domain's weights or gradients (a one-hot product would spread `0 * NaN`). An
+        invalid traced id gathers NaN, so that example's outputs are NaN, and its gradient
+        reaches no domain's slice.
         """
         net = self.network_
         index = net.task_operand
@@ -309,7 +316,7 @@ class Factorization:
             labels = net.labels[index]
             rest = tuple(lab for lab in labels if lab != net.task_label)
             table = contraction._transpose_to(operands[index], labels, (net.task_label,) + rest)
-            operands[index] = routing.take_domains(table, selection, fill_invalid=False)
+            operands[index] = routing.take_domains(table, selection)
         return operands
 
     def example_labels(self):

@@ -104,18 +104,23 @@ def _search(net, labels, output, sizes, mode):
     return contraction.search_path(labels, output, sizes, forced=tree)
 
 
-def _route(domain, uniform, mixed):
-    """`mixed(selection)` for a domain vector's `Selection`, else `uniform(domain)`."""
-    if isinstance(domain, routing.Selection):
-        return mixed(domain)
-    return uniform(domain)
+def _route(factorization, domain, uniform, mixed):
+    """`mixed(selection)` for a domain vector, else `uniform(domain)` (an int or a
+    `Selection` of a 0-d tensor); a tensor domain is prepared by routing's `select`."""
+    if isinstance(domain, int):
+        return uniform(domain)
+    selection = routing.select(domain, factorization.num_domains)
+    if routing.is_uniform(selection.ids):
+        return uniform(selection)
+    return mixed(selection)
 
 
 def matmul(plan, factorization, x, domain):
     """`x @ W_domain` for `x` `(batch, prod(in_dims))`.
 
-    `domain`: a Python int, a 0-d int32 tensor (ids in range), or the `Selection` of a domain
-    vector, as the layer's routing prepared it.
+    `domain`: a Python int, or the `keras_mdn.ops.routing.Selection` of a 0-d domain tensor or
+    of a domain vector, as the layer's routing prepared it. Invalid traced ids give NaN
+    outputs (for their examples).
     """
     net = factorization.network_
     x = contraction.reshape(x, (-1,) + tuple(net.sizes[lab] for lab in net.in_labels))
@@ -130,7 +135,7 @@ def matmul(plan, factorization, x, domain):
     if net.task_label is None:
         result = contraction.contract(plan.uniform, list(factorization.variables) + [x])
     else:
-        result = _route(domain, uniform, mixed)
+        result = _route(factorization, domain, uniform, mixed)
     return contraction.reshape(result, (-1, math.prod(factorization.out_dims)))
 
 
@@ -250,14 +255,13 @@ def conv(plan, factorization, inputs, domain, conv_fn):
         outputs = conv_fn(inputs, kernel)
         shape = ops.shape(outputs)
         outputs = contraction.reshape(outputs, tuple(shape[:-1]) + (out_channels, code_size))
-        mix = routing.take_domains(ops.cast(codes, outputs.dtype), selection,
-                                   fill_invalid=False)  # (B, E), NaN-isolating gather
+        mix = routing.take_domains(ops.cast(codes, outputs.dtype), selection)  # (B, E)
         mix = contraction.reshape(mix, (-1,) + (1,) * (len(outputs.shape) - 2) + (code_size,))
         return ops.sum(outputs * mix, axis=-1)
 
     if net.task_label is None:
         return uniform(0)
-    return _route(domain, uniform, mixed)
+    return _route(factorization, domain, uniform, mixed)
 
 
 def describe_conv(plan, factorization):

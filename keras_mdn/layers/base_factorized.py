@@ -26,7 +26,6 @@ from keras_mdn.layers.domain_layer import (
 )
 from keras_mdn.ops import decomposition
 from keras_mdn.ops.routing import (
-    Selection,
     canonicalize_domain,
     check_batch,
     is_uniform,
@@ -107,10 +106,10 @@ class BaseFactorized(keras.layers.Layer, DomainLayer):
     def _domain(self, domain, inputs=None):
         """`(route, selection)` of the call's domain, canonicalised by routing.
 
-        `route` is what the factorisation's plan reads: a Python int, a 0-d int32 tensor (an
-        invalid traced id replaced by 0), or for a domain vector its `Selection` (ids gathered
-        per example, invalid ones reading domain 0). `selection` (None for an int) marks the
-        invalid ids, whose outputs `_finish` turns into NaN.
+        `route` is what the factorisation's plan reads: a Python int, or the routing
+        `Selection` of a 0-d domain tensor or a domain vector (`selection` too; None for an
+        int). An invalid traced id selects NaN domain codes, so its examples' outputs are NaN
+        and its gradients reach no domain's codes or bias.
         """
         if domain is None and self.num_domains == 1:
             return 0, None
@@ -120,30 +119,34 @@ class BaseFactorized(keras.layers.Layer, DomainLayer):
         if inputs is not None:
             check_batch(domain, inputs)
         selection = select(domain, self.num_domains)
-        return (selection.ids if is_uniform(domain) else selection), selection
+        return selection, selection
 
     def _finish(self, outputs, route, selection):
-        uniform = not isinstance(route, Selection)
         if self.bias is not None:
             if selection is None:
                 bias = self.bias[route]
-            elif uniform:
-                bias = take_domains(self.bias, selection, fill_invalid=False)
             else:
-                bias = per_example(take_domains(self.bias, selection, fill_invalid=False),
-                                   outputs)
+                bias = take_domains(self.bias, selection)
+                if not is_uniform(selection.ids):
+                    bias = per_example(bias, outputs)
             outputs = outputs + ops.cast(bias, outputs.dtype)
         if self.activation is not None:
             outputs = self.activation(outputs)
-        if selection is None:
+        if selection is None or not self._mask_after(outputs):
             return outputs
         # Routing's rule for ids known only at run time: NaN for the bad examples, never
-        # another domain's answer (after the activation, which may map NaN to a number). A
-        # `where`, so the bad examples send zero, not NaN, gradients to the weights.
+        # another domain's answer. The NaN codes already give NaN before the activation; a
+        # `where` after it too when the activation might map NaN to a number, or when no
+        # weight is per domain. (A `where` over the whole output is skipped otherwise: in a
+        # TF graph it costs as much as a small factorised layer.)
         valid = selection.valid
-        if not uniform:
+        if not is_uniform(selection.ids):
             valid = ops.reshape(valid, (-1,) + (1,) * (len(outputs.shape) - 1))
         return ops.where(valid, outputs, ops.cast(float("nan"), outputs.dtype))
+
+    def _mask_after(self, outputs):
+        linear = self.activation in (None, keras.activations.linear)
+        return not linear or self.factorization.network_.task_operand is None
 
     def quantize(self, mode=None, type_check=True, config=None):
         """Refuses: the kernel is a product of factors, which Keras' quantizers do not cover.

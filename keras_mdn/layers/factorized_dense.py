@@ -6,7 +6,7 @@ from keras import ops
 from keras_mdn.api import register
 from keras_mdn.factorizations import planning
 from keras_mdn.layers.base_factorized import BaseFactorized, stack_layer_weights
-from keras_mdn.ops.routing import Selection, select
+from keras_mdn.ops.routing import Selection, is_uniform, select
 
 _DEFAULT_BATCH_HINT = 128
 
@@ -137,9 +137,10 @@ class FactorizedDense(BaseFactorized):
             return self._finish(outputs, route, selection)
         flat = ops.reshape(inputs, (-1, inputs.shape[-1]))
         flat_route = route
-        if isinstance(route, Selection):
+        if isinstance(route, Selection) and not is_uniform(route.ids):
             positions = ops.shape(flat)[0] // ops.shape(inputs)[0]
-            flat_route = select(ops.repeat(route.ids, positions, axis=0), self.num_domains)
+            # `segments` keeps invalid ids invalid (-1) in the repeated selection.
+            flat_route = select(ops.repeat(route.segments, positions, axis=0), self.num_domains)
         outputs = planning.matmul(self._plan, self.factorization, flat, flat_route)
         shape = ops.shape(inputs)
         outputs = ops.reshape(outputs, tuple(shape[:-1]) + (self.units,))

@@ -55,11 +55,12 @@ def _size(labels, sizes):
     return math.prod(sizes[label] for label in labels)
 
 
-def plan_pair(labels_a, labels_b, keep, sizes):
+def plan_pair(labels_a, labels_b, keep, sizes, target=None):
     """Plans one pairwise step on operands laid out as `labels_a`, `labels_b`.
 
     The step is a single (batched) matmul; of the two operand orders and two orders of the
-    contracted labels it takes the one that transposes the fewest elements.
+    contracted labels it takes the one that transposes the fewest elements, counting the
+    result's transpose to `target` (the final step's output layout) when given.
     """
     labels_a, labels_b = tuple(labels_a), tuple(labels_b)
     set_a, set_b = set(labels_a), set(labels_b)
@@ -77,11 +78,13 @@ def plan_pair(labels_a, labels_b, keep, sizes):
             moved = (_size(left, sizes) if left != left_order else 0) + (
                 _size(right, sizes) if right != right_order else 0
             )
-            if best is None or moved < best[0]:
-                out = tuple(batch + free_left + free_right)
+            out = tuple(batch + free_left + free_right)
+            # The result's own transpose is charged by the search (`final_cost`).
+            choice = moved + (_size(out, sizes) if target is not None and out != target else 0)
+            if best is None or choice < best[0]:
                 groups = (batch, free_left, contracted, free_right)
-                best = (moved, swap, left_order, right_order, out, groups)
-    moved, swap, left_order, right_order, out, groups = best
+                best = (choice, moved, swap, left_order, right_order, out, groups)
+    _, moved, swap, left_order, right_order, out, groups = best
     cost = (
         flops
         + OUTPUT_COST * _size(out, sizes)
@@ -163,11 +166,13 @@ def search_path(operand_labels, output_labels, sizes, cost="model", forced=None)
     """
     net = _Network(operand_labels, output_labels, sizes)
     n = net.count
+    full = (1 << n) - 1
     use_flops = cost == "flops"
 
     def step(entry_a, entry_b):
         mask = entry_a[0] | entry_b[0]
-        plan = plan_pair(entry_a[4], entry_b[4], net.kept(mask), sizes)
+        target = net.output if mask == full else None
+        plan = plan_pair(entry_a[4], entry_b[4], net.kept(mask), sizes, target)
         price = plan.flops if use_flops else plan.cost
         return (mask, entry_a[1] + entry_b[1] + price, entry_a[2] + entry_b[2] + plan.flops,
                 (entry_a[3], entry_b[3]), plan.out_labels)
@@ -187,7 +192,6 @@ def search_path(operand_labels, output_labels, sizes, cost="model", forced=None)
         return finish(evaluate(forced))
     if n == 1:
         return finish(leaves[0])
-    full = (1 << n) - 1
     if n <= EXHAUSTIVE_LIMIT:
         best = {1 << i: leaves[i] for i in range(n)}
         for size in range(2, n + 1):
@@ -241,6 +245,7 @@ def contract(path, tensors):
     """Executes `path` on `tensors` (one per operand); returns the result in output order."""
     net = _Network(path.operand_labels, path.output_labels, path.sizes)
     sizes = path.sizes
+    full = (1 << net.count) - 1
 
     def run(node):
         if isinstance(node, int):
@@ -257,16 +262,17 @@ def contract(path, tensors):
         mask_a, a, la = run(node[0])
         mask_b, b, lb = run(node[1])
         mask = mask_a | mask_b
-        out, labels = contract_pair(a, la, b, lb, net.kept(mask), sizes)
+        target = path.output_labels if mask == full else None
+        out, labels = contract_pair(a, la, b, lb, net.kept(mask), sizes, target)
         return mask, out, labels
 
     _, result, labels = run(path.tree)
     return _transpose_to(result, labels, path.output_labels)
 
 
-def contract_pair(a, labels_a, b, labels_b, keep, sizes):
+def contract_pair(a, labels_a, b, labels_b, keep, sizes, target=None):
     """Runs one step as planned by `plan_pair`; returns `(tensor, labels)`."""
-    plan = plan_pair(labels_a, labels_b, keep, sizes)
+    plan = plan_pair(labels_a, labels_b, keep, sizes, target)
     left, labels_left, right, labels_right = (b, labels_b, a, labels_a) if plan.swap else (
         a, labels_a, b, labels_b)
     left = _transpose_to(left, labels_left, plan.left)

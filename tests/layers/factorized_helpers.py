@@ -75,9 +75,9 @@ def check_bad_ids_give_nan_in_compiled_graphs(layer, x, jit_compile):
             assert np.all(np.isnan(outputs[index])), (index, value)
 
 
-def compiled_outputs_and_gradients(layer, x, domain, jit_compile):
-    """`(outputs, [d sum(outputs) / d w for w in layer.weights])` as NumPy, computed inside one
-    compiled function: a TF graph (`jit_compile=False`), TF XLA or JAX jit."""
+def compiled_outputs_and_gradients(layer, x, domain, jit_compile, power=1):
+    """`(outputs, [d sum(outputs ** power) / d w for w in layer.weights])` as NumPy, computed
+    inside one compiled function: a TF graph (`jit_compile=False`), TF XLA or JAX jit."""
     from tests.helpers import backend
 
     weights = list(layer.weights)
@@ -87,7 +87,7 @@ def compiled_outputs_and_gradients(layer, x, domain, jit_compile):
         def run(x, domain):
             with tf.GradientTape() as tape:
                 outputs = layer(x, domain=domain)
-                loss = tf.reduce_sum(outputs)
+                loss = tf.reduce_sum(outputs**power)
             grads = tape.gradient(loss, [w.value for w in weights])
             return outputs, [tf.convert_to_tensor(g) for g in grads]
 
@@ -98,7 +98,7 @@ def compiled_outputs_and_gradients(layer, x, domain, jit_compile):
     def pure(values, x, domain):
         with keras.StatelessScope(state_mapping=list(zip(weights, values, strict=True))):
             outputs = layer(x, domain=domain)
-        return jax.numpy.sum(outputs), outputs
+        return jax.numpy.sum(outputs**power), outputs
 
     grads, outputs = jax.jit(jax.grad(pure, has_aux=True))([w.value for w in weights], x, domain)
     return np.asarray(outputs), [np.asarray(g) for g in grads]
@@ -138,3 +138,24 @@ def check_nan_example_stays_in_its_domain(layer, x, domains, jit_compile):
         if np.ndim(domains) == 0:
             assert not np.any(np.take(bad_grads[i], others, axis=entry.axis)), entry.name
     assert any(reached)
+
+
+def check_bad_ids_reach_no_domain_weights(layer, x, jit_compile):
+    """Compiled, with the loss `sum(outputs ** 2)` (NaN upstream gradients from the bad
+    examples): ids outside `[0, num_domains)` give NaN outputs, and every per-domain weight's
+    gradient stays finite (the bad examples reach no domain's codes or bias)."""
+    import pytest
+
+    from tests.helpers import backend
+
+    if backend() == "torch":
+        pytest.skip("compiled paths only (TF graph, TF XLA, JAX jit)")
+    bad = layer.num_domains
+    domains = np.array([0, bad, 1, -1][: len(x)], dtype="int32")
+    outputs, grads = compiled_outputs_and_gradients(layer, x, domains, jit_compile, power=2)
+    assert np.all(np.isnan(outputs[1])) and np.all(np.isnan(outputs[3]))
+    assert np.all(np.isfinite(outputs[[0, 2]]))
+    index = {id(w): i for i, w in enumerate(layer.weights)}
+    for entry in layer.domain_variables():
+        if not entry.shared:
+            assert np.all(np.isfinite(grads[index[id(entry.variable)]])), entry.name

@@ -10,6 +10,7 @@ from keras_mdn import FactorizedConv, FactorizedConv1D, FactorizedConv2D
 from tests.helpers import assert_close, backend, rng, save_and_load, to_numpy
 from tests.layers.factorized_helpers import (
     check_bad_ids_give_nan_in_compiled_graphs,
+    check_bad_ids_reach_no_domain_weights,
     check_mixed_precision,
     check_nan_example_stays_in_its_domain,
     gradients,
@@ -252,4 +253,5 @@ def test_nan_example_never_reaches_other_domains(kind, contraction, jit_compile)
     x = rng(4).normal(size=(4, 6, 6, 3)).astype("float32")
     mixed = np.array([0, 1, 2, 1], dtype="int32")
     check_nan_example_stays_in_its_domain(layer, x, mixed, jit_compile)
+    check_bad_ids_reach_no_domain_weights(layer, x[:4], jit_compile)
     check_nan_example_stays_in_its_domain(layer, x, np.array(2, "int32"), jit_compile)

@@ -18,6 +18,7 @@ from tests.helpers import (
 )
 from tests.layers.factorized_helpers import (
     check_bad_ids_give_nan_in_compiled_graphs,
+    check_bad_ids_reach_no_domain_weights,
     check_mixed_precision,
     check_nan_example_stays_in_its_domain,
     gradients,
@@ -332,4 +333,5 @@ def test_nan_example_never_reaches_other_domains(kind, jit_compile):
     x = rng(4).normal(size=(6, 12)).astype("float32")
     mixed = np.array([0, 1, 2, 0, 2, 1], dtype="int32")
     check_nan_example_stays_in_its_domain(layer, x, mixed, jit_compile)
+    check_bad_ids_reach_no_domain_weights(layer, x[:4], jit_compile)
     check_nan_example_stays_in_its_domain(layer, x, np.array(1, "int32"), jit_compile)
