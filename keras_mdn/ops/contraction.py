@@ -18,6 +18,7 @@ element, so memory-bound skinny steps and transposes weigh as much as the flops.
 import itertools
 import math
 
+from keras import backend as K
 from keras import ops
 
 BATCH = "B"
@@ -37,10 +38,14 @@ _MATVEC_LIMIT = 64
 
 
 class PairPlan:
-    """How one pairwise step runs: `left @ right` after two transposes."""
+    """How one pairwise step runs: `left @ right` after at most two transposes.
+
+    `transpose_left` / `transpose_right`: the operand is laid out as the transpose of the
+    matrix the product needs, read by the matmul itself (no transpose op).
+    """
 
     def __init__(self, kind, out_labels, flops, cost, swap=False, left=None, right=None,
-                 groups=None):
+                 groups=None, transpose_left=False, transpose_right=False):
         self.kind = kind
         self.out_labels = tuple(out_labels)
         self.flops = flops
@@ -49,6 +54,8 @@ class PairPlan:
         self.left = left
         self.right = right
         self.groups = groups
+        self.transpose_left = transpose_left
+        self.transpose_right = transpose_right
 
 
 def _size(labels, sizes):
@@ -75,16 +82,33 @@ def plan_pair(labels_a, labels_b, keep, sizes, target=None):
             contracted = [lab for lab in source if lab in set_a & set_b and lab not in keep]
             left_order = tuple(batch + free_left + contracted)
             right_order = tuple(batch + contracted + free_right)
+            # A GEMM step reads a transposed operand for free (matmul flags on TensorFlow;
+            # XLA fuses the transpose); the matrix-vector and outer-product steps do not.
+            gemm = contracted and not (batch and not free_right
+                                       and _size(contracted, sizes) <= _MATVEC_LIMIT)
+            transpose_left = bool(gemm and free_left
+                                  and left == tuple(batch + contracted + free_left))
+            transpose_right = bool(gemm and free_right
+                                   and right == tuple(batch + free_right + contracted))
+            if transpose_left:
+                left_order = left
+            if transpose_right:
+                right_order = right
             moved = (_size(left, sizes) if left != left_order else 0) + (
                 _size(right, sizes) if right != right_order else 0
             )
             out = tuple(batch + free_left + free_right)
             # The result's own transpose is charged by the search (`final_cost`).
             choice = moved + (_size(out, sizes) if target is not None and out != target else 0)
+            # Ties: the batch label first (what the next step or the output wants), then
+            # the fewest transposed reads.
+            choice = (choice, BATCH in out and out[0] != BATCH, transpose_left + transpose_right)
             if best is None or choice < best[0]:
                 groups = (batch, free_left, contracted, free_right)
-                best = (choice, moved, swap, left_order, right_order, out, groups)
-    _, moved, swap, left_order, right_order, out, groups = best
+                best = (choice, moved, swap, left_order, right_order, out, groups,
+                        transpose_left, transpose_right)
+    (_, moved, swap, left_order, right_order, out, groups, transpose_left,
+     transpose_right) = best
     cost = (
         flops
         + OUTPUT_COST * _size(out, sizes)
@@ -92,7 +116,8 @@ def plan_pair(labels_a, labels_b, keep, sizes, target=None):
         + TRANSPOSE_COST * moved
         + STEP_COST
     )
-    return PairPlan("matmul", out, flops, cost, swap, left_order, right_order, groups)
+    return PairPlan("matmul", out, flops, cost, swap, left_order, right_order, groups,
+                    transpose_left, transpose_right)
 
 
 class Path:
@@ -294,15 +319,30 @@ def contract_pair(a, labels_a, b, labels_b, keep, sizes, target=None):
         right = reshape(right, (dims_b, 1, dims_c))
         return reshape(ops.sum(left * right, axis=-1), _shape(plan.out_labels, sizes)), (
             plan.out_labels)
-    if batch:
-        dims_b = _group_size(batch, sizes)
-        left = reshape(left, (dims_b, _group_size(free_left, sizes), dims_c))
-        right = reshape(right, (dims_b, dims_c, _group_size(free_right, sizes)))
-    else:
-        left = reshape(left, (_group_size(free_left, sizes), dims_c))
-        right = reshape(right, (dims_c, _group_size(free_right, sizes)))
-    out = ops.matmul(left, right)
+    dims_b = (_group_size(batch, sizes),) if batch else ()
+    rows, cols = _group_size(free_left, sizes), _group_size(free_right, sizes)
+    left = reshape(left, dims_b + ((dims_c, rows) if plan.transpose_left else (rows, dims_c)))
+    right = reshape(right, dims_b + ((cols, dims_c) if plan.transpose_right else (dims_c, cols)))
+    out = matmul(left, right, plan.transpose_left, plan.transpose_right)
     return reshape(out, _shape(plan.out_labels, sizes)), plan.out_labels
+
+
+def matmul(left, right, transpose_left=False, transpose_right=False):
+    """`left @ right` of (batched) matrices, either given transposed (swapped last two axes).
+
+    On TensorFlow the flags go to the matmul kernel (a TF graph runs each transpose as an op
+    of its own); elsewhere XLA fuses the transposes into the dot.
+    """
+    if K.backend() == "tensorflow" and left.dtype == right.dtype:
+        import tensorflow as tf
+
+        return tf.linalg.matmul(left, right, transpose_a=transpose_left,
+                                transpose_b=transpose_right)
+    if transpose_left:
+        left = ops.swapaxes(left, -1, -2)
+    if transpose_right:
+        right = ops.swapaxes(right, -1, -2)
+    return ops.matmul(left, right)
 
 
 def reshape(tensor, shape):

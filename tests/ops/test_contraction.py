@@ -147,3 +147,17 @@ def test_reshape_is_skipped_only_when_the_static_shape_matches():
     assert contraction.reshape(x, (4, 3)) is x
     assert tuple(contraction.reshape(x, (2, 6)).shape) == (2, 6)
     assert tuple(contraction.reshape(x, (-1,)).shape) == (12,)
+
+
+def test_transposed_operands_are_read_by_the_matmul():
+    # (o, r) and (r, B) laid out as the transposes of the GEMM's operands: no transpose op,
+    # the matmul reads them transposed; the result lands in output order (B, o).
+    labels = [("o", "r"), ("r", "B")]
+    sizes = {"o": 6, "r": 3, "B": 5}
+    plan = contraction.plan_pair(labels[0], labels[1], {"B", "o"}, sizes, target=("B", "o"))
+    assert plan.transpose_left and plan.transpose_right
+    assert plan.out_labels == ("B", "o")
+    operands = random_operands(labels, sizes, seed=4)
+    path = contraction.search_path(labels, ("B", "o"), sizes)
+    assert_close(contraction.contract(path, operands),
+                 einsum_reference(labels, ("B", "o"), operands), atol=1e-5)
