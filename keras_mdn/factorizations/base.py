@@ -293,11 +293,15 @@ class Factorization:
         operand = ops.convert_to_tensor(operands[index])
         shape = [1] * len(operand.shape)
         shape[axis] = self.num_domains
-        positions = np.arange(self.num_domains, dtype="int32").reshape(shape)
-        mask = ops.equal(positions, selection.ids)
-        zero = ops.zeros((), operand.dtype)
-        sliced = ops.sum(ops.where(mask, operand, zero), axis=axis)
-        operands[index] = ops.where(selection.valid, sliced, ops.cast(float("nan"), sliced.dtype))
+        positions = np.broadcast_to(np.arange(self.num_domains, dtype="int32").reshape(shape),
+                                    operand.shape)
+        # Same-shape operands and scalars only: a broadcasting `where` is slow in a TF graph.
+        # `segments` is -1 for an invalid id: no slice selected, no gradient to any domain.
+        mask = ops.equal(positions, selection.segments)
+        sliced = ops.sum(ops.where(mask, operand, ops.zeros_like(operand)), axis=axis)
+        nan = ops.where(selection.valid, ops.cast(0.0, sliced.dtype),
+                        ops.cast(float("nan"), sliced.dtype))
+        operands[index] = sliced + nan
         return operands
 
     def example_operands(self, selection):
