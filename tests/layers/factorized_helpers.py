@@ -143,7 +143,8 @@ def check_nan_example_stays_in_its_domain(layer, x, domains, jit_compile):
 def check_bad_ids_reach_no_domain_weights(layer, x, jit_compile):
     """Compiled, with the loss `sum(outputs ** 2)` (NaN upstream gradients from the bad
     examples): ids outside `[0, num_domains)` give NaN outputs, and every per-domain weight's
-    gradient stays finite (the bad examples reach no domain's codes or bias)."""
+    gradient stays finite (the bad examples reach no domain's codes or bias); a bad 0-d id
+    gives NaN for the whole batch and zero gradients to every per-domain weight."""
     import pytest
 
     from tests.helpers import backend
@@ -159,3 +160,11 @@ def check_bad_ids_reach_no_domain_weights(layer, x, jit_compile):
     for entry in layer.domain_variables():
         if not entry.shared:
             assert np.all(np.isfinite(grads[index[id(entry.variable)]])), entry.name
+    # A 0-d domain tensor with a bad id: the whole batch is NaN, no domain weight moves.
+    for value in (bad, -1):
+        outputs, grads = compiled_outputs_and_gradients(layer, x, np.array(value, "int32"),
+                                                        jit_compile, power=2)
+        assert np.all(np.isnan(outputs))
+        for entry in layer.domain_variables():
+            if not entry.shared:
+                assert not np.any(grads[index[id(entry.variable)]]), entry.name
