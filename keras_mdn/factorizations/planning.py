@@ -254,10 +254,9 @@ def conv(plan, factorization, inputs, domain, conv_fn):
         kernel = contraction.reshape(kernel, factorization.in_dims + (out_channels * code_size,))
         outputs = conv_fn(inputs, kernel)
         shape = ops.shape(outputs)
-        outputs = contraction.reshape(outputs, tuple(shape[:-1]) + (out_channels, code_size))
         mix = routing.take_domains(ops.cast(codes, outputs.dtype), selection)  # (B, E)
-        mix = contraction.reshape(mix, (-1,) + (1,) * (len(outputs.shape) - 2) + (code_size,))
-        return ops.sum(outputs * mix, axis=-1)
+        mixed_outputs = contraction.matvec(ops.reshape(outputs, (shape[0], -1, code_size)), mix)
+        return ops.reshape(mixed_outputs, tuple(shape[:-1]) + (out_channels,))
 
     if net.task_label is None:
         return uniform(0)
