@@ -21,6 +21,7 @@ from tests.layers.factorized_helpers import (
     check_bad_ids_reach_no_domain_weights,
     check_mixed_precision,
     check_nan_example_stays_in_its_domain,
+    compiled_outputs_and_gradients,
     gradients,
 )
 
@@ -335,3 +336,19 @@ def test_nan_example_never_reaches_other_domains(kind, jit_compile):
     check_nan_example_stays_in_its_domain(layer, x, mixed, jit_compile)
     check_bad_ids_reach_no_domain_weights(layer, x[:4], jit_compile)
     check_nan_example_stays_in_its_domain(layer, x, np.array(1, "int32"), jit_compile)
+
+
+def test_bad_id_with_sequence_inputs_gives_nan_for_its_example_only():
+    if backend() == "torch":
+        pytest.skip("compiled paths only")
+    layer = FactorizedDense(4, num_domains=TASKS, factorization="laf", rank=2)
+    layer.build((None, 5, 6))
+    x = rng(6).normal(size=(3, 5, 6)).astype("float32")
+    outputs, _ = compiled_outputs_and_gradients(layer, x, np.array([0, TASKS, 2], "int32"),
+                                                jit_compile=False)
+    assert np.all(np.isnan(outputs[1]))
+    assert_close(outputs[[0, 2]], reference_nd(layer, x[[0, 2]], np.array([0, 2])), atol=1e-5)
+
+
+def reference_nd(layer, x, tasks):
+    return np.stack([reference(layer, x[b], tasks[b]) for b in range(len(x))])
