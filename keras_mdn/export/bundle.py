@@ -8,6 +8,11 @@ import json
 import os
 
 from keras_mdn.export import packs
+from keras_mdn.export.fold_on_switch import (
+    FOLD_SIGNATURE,
+    TEMPLATE_SIGNATURE,
+    export_fold_on_switch_tflite,
+)
 from keras_mdn.export.quantization import QUANTIZATIONS
 from keras_mdn.export.savedmodel import export_saved_model
 from keras_mdn.export.swappable import SwappablePlan
@@ -20,7 +25,7 @@ from keras_mdn.export.tflite import (
 )
 
 MANIFEST = "manifest.json"
-LAYOUTS = ("saved_model", "folded", "multi_signature", "swappable")
+LAYOUTS = ("saved_model", "folded", "multi_signature", "swappable", "fold_on_switch")
 
 
 def export_all(model, directory, domains=None, domain_names=None, quantizations=(None,),
@@ -34,7 +39,9 @@ def export_all(model, directory, domains=None, domain_names=None, quantizations=
         folded/domain_<d>[.<q>].tflite    one folded model per domain
         multi_signature[.<q>].tflite      one file, a signature per domain
         swappable/swappable[.<q>].tflite  the base model: signatures set_domain and swappable
-        swappable/domain_<d>.mdnpack      one pack per domain
+        swappable/domain_<d>.mdnpack      one pack per domain (read by both swappable layouts)
+        fold_on_switch/template.tflite    a folded network refolded per domain (float32 only)
+        fold_on_switch/fold.tflite        computes a domain's buffers from its pack
 
     Args:
         model: functional multi-domain model (inputs `"image"` and `"domain"`).
@@ -48,7 +55,8 @@ def export_all(model, directory, domains=None, domain_names=None, quantizations=
         representative_data: images `(N, H, W, C)` or `{domain: images}`; needed for `"int8"`.
         pack_dtype: storage dtype of the pack matrices: `"float32"`, `"float16"` or `"int8"`.
             Defaults to `"float32"`.
-        layouts: which of `"saved_model"`, `"folded"`, `"multi_signature"`, `"swappable"`.
+        layouts: which of `"saved_model"`, `"folded"`, `"multi_signature"`, `"swappable"`,
+            `"fold_on_switch"` (written for the float32 variant, `None` in `quantizations`).
 
     Returns:
         The manifest (dict), also written to `directory/manifest.json`.
@@ -102,7 +110,9 @@ def export_all(model, directory, domains=None, domain_names=None, quantizations=
                                              domains)
         if "saved_model" in layouts:
             manifest["saved_model"] = "saved_model"
-    plan = SwappablePlan(model) if "swappable" in layouts else None
+    swapped = {"swappable", "fold_on_switch"} & set(layouts)
+    plan = SwappablePlan(model) if swapped else None
+    pack_paths = None
     for index, quantization in enumerate(quantizations):
         key = str(quantization)
         suffix = "" if quantization is None else f".{quantization}"
@@ -134,6 +144,22 @@ def export_all(model, directory, domains=None, domain_names=None, quantizations=
                 "signatures": {"set_domain": SET_DOMAIN_SIGNATURE,
                                "inference": SWAPPABLE_SIGNATURE},
             }
+    if "fold_on_switch" in layouts and None in quantizations:
+        written = export_fold_on_switch_tflite(
+            model, os.path.join(directory, "fold_on_switch"), domains, pack_dtype,
+            domain_names, plan, write_packs=pack_paths is None,
+        )
+        if pack_paths is None:
+            pack_paths = {str(d): relative(p) for d, p in written["packs"].items()}
+        manifest["layouts"]["fold_on_switch"] = {"None": {
+            "template": relative(written["template"]),
+            "fold": relative(written["fold"]),
+            "packs": pack_paths,
+            "pack_dtype": pack_dtype,
+            "model_id": written["model_id"],
+            "reference_domain": plan.reference_domain,
+            "signatures": {"fold": FOLD_SIGNATURE, "inference": TEMPLATE_SIGNATURE},
+        }}
     with open(os.path.join(directory, MANIFEST), "w") as f:
         json.dump(manifest, f, indent=2)
     return manifest

@@ -537,8 +537,8 @@ def export_fold_on_switch_tflite(model, directory, domains=None, pack_dtype="flo
     os.makedirs(directory, exist_ok=True)
     template_path = tflite.write(os.path.join(directory, "template.tflite"), template)
     fold_path = tflite.write(os.path.join(directory, "fold.tflite"), fold_data)
-    pack_paths = tflite.write_packs(plan, directory, domains, names, pack_dtype) if write_packs \
-        else {}
+    pack_paths = (tflite.write_domain_packs(plan, directory, domains, names, pack_dtype)
+                  if write_packs else {})
     return {"template": template_path, "fold": fold_path, "packs": pack_paths,
             "model_id": plan.model_id.hex()}
 

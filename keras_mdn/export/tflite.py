@@ -310,11 +310,12 @@ def export_swappable_tflite(model, directory, domains=None, quantization=None,
                                dataset, resource_variables=True)
     data = add_metadata(data, MODEL_ID_METADATA, plan.model_id.hex().encode("ascii"))
     base = write(os.path.join(directory, f"swappable{_suffix(quantization)}.tflite"), data)
-    pack_paths = write_packs(plan, directory, domains, names, pack_dtype) if write_packs else {}
+    pack_paths = (write_domain_packs(plan, directory, domains, names, pack_dtype)
+                  if write_packs else {})
     return {"base": base, "packs": pack_paths, "model_id": plan.model_id.hex()}
 
 
-def write_packs(plan, directory, domains, names, pack_dtype="float32"):
+def write_domain_packs(plan, directory, domains, names, pack_dtype="float32"):
     """Writes `domain_<d>[.<dtype>].mdnpack` for each domain; returns domain -> path."""
     check_pack_dtype(pack_dtype)
     os.makedirs(directory, exist_ok=True)
