@@ -77,17 +77,25 @@ class Patch(NamedTuple):
 
 
 class Terms(NamedTuple):
-    """A swapped layer's fold: `kernel @ mix + tap(adapter)`, `bias @ mix + offset`."""
+    """A swapped layer's fold: `kernel @ mix + tap(P @ adapter)`, `bias @ mix + offset`.
+
+    `mix` is a per-channel scale, or a matrix (`matrix=True`), or None; `projection` the
+    shared `P` of a low-rank adapter (None: the identity).
+    """
 
     mix: object = None
     matrix: bool = False
     adapter: object = None
     tap: tuple = ()
     offset: object = None
+    projection: object = None
 
 
-def fold_terms(unit, tensors):
+def fold_terms(unit, tensors, projection=None):
     """The `Terms` of a swapped layer from its swapped tensors (arrays or tensors).
+
+    `projection`: the layer's low-rank adapter projection as an array (read from the layer
+    when None: eagerly only).
 
     Raises:
         ValueError: for a layer whose swapped tensors do not describe a linear fold.
@@ -96,24 +104,22 @@ def fold_terms(unit, tensors):
 
     layer, parts = unit.layer, set(tensors)
     mode = getattr(layer, "mode", None)
+    if projection is None and getattr(layer, "adapter_projection", None) is not None:
+        projection = _numpy(layer.adapter_projection)
     if parts == {"scale", "offset"}:
         return Terms(tensors["scale"], False, None, (), tensors["offset"])
     if mode == "parallel" and "adapter" in parts and parts <= {"adapter", "scale", "offset"}:
-        adapter = tensors["adapter"]
-        if layer.adapter_projection is not None:
-            adapter = ops.matmul(ops.convert_to_tensor(layer.adapter_projection), adapter)
-        return Terms(tensors.get("scale"), False, adapter, tuple(layer.tap),
-                     tensors.get("offset"))
+        return Terms(tensors.get("scale"), False, tensors["adapter"], tuple(layer.tap),
+                     tensors.get("offset"), projection)
     if mode == "series" and parts == {"adapter", "offset"}:
         return Terms(tensors["adapter"], True, None, (), tensors["offset"])
     if mode == "series" and parts == {"norm_scale", "norm_offset", "adapter", "scale", "offset"}:
         # y * scale + ((y * norm_scale + norm_offset) @ P) @ A + offset: y @ M + offset'.
-        projection = ops.convert_to_tensor(layer.adapter_projection)
         low_rank = ops.matmul(projection, tensors["adapter"])
         mix = ops.expand_dims(tensors["norm_scale"], -1) * low_rank
         mix = mix + ops.diag(ops.convert_to_tensor(tensors["scale"]))
         offset = ops.matmul(ops.expand_dims(tensors["norm_offset"], 0), low_rank)[0]
-        return Terms(mix, True, None, (), offset + tensors["offset"])
+        return Terms(mix, True, None, (), offset + tensors["offset"], projection)
     raise ValueError(
         f"The fold-on-switch export cannot refold layer {layer.name!r} "
         f"({type(layer).__name__}) from its swapped tensors {sorted(parts)}: export the "
@@ -158,6 +164,8 @@ class TemplatePlan:
             refold.name: _numpy_terms(fold_terms(refold.unit, plan.reference_tensors_of(
                 refold.unit))) for refold in self.refolds if refold.kind == "linear"
         }
+        for terms in self.reference_terms.values():
+            _ratio(terms, terms)  # refuses a reference whose mixing cannot be inverted
 
     def _refold(self, unit, layer, parts):
         import keras
@@ -238,13 +246,16 @@ class TemplatePlan:
                 continue
             kernel = from_tflite(current[f"{name}__kernel"], refold, "kernel")
             old = self.reference_terms[name]
-            new = fold_terms(refold.unit, tensors)
-            if old.adapter is not None:
-                kernel = folding.fold_parallel(kernel, -old.adapter, old.tap)
+            new = fold_terms(refold.unit, tensors, old.projection)
             ratio = _ratio(old, new)
             kernel = _mix(kernel, ratio, new.matrix)
             if new.adapter is not None:
-                kernel = folding.fold_parallel(kernel, new.adapter, new.tap)
+                # (K - tap(P A_ref)) r + tap(P A) = K r + tap(P (A - A_ref r)): one tap of a
+                # run-time tensor, so no kernel-sized constant lands in fold.tflite.
+                adapter = ops.subtract(new.adapter, _mix(old.adapter, ratio, new.matrix))
+                if new.projection is not None:
+                    adapter = ops.matmul(new.projection, adapter)
+                kernel = folding.fold_parallel(kernel, adapter, new.tap)
             outputs[f"{name}__kernel"] = to_tflite(kernel, refold, "kernel")
             if "bias" in refold.parts:
                 bias = current[f"{name}__bias"]
@@ -302,7 +313,7 @@ def _mix(value, ratio, matrix):
 def _numpy_terms(terms):
     return terms._replace(**{
         field: None if getattr(terms, field) is None else _numpy(getattr(terms, field))
-        for field in ("mix", "adapter", "offset")
+        for field in ("mix", "adapter", "offset", "projection")
     })
 
 
