@@ -53,13 +53,26 @@ def _layers(folded):
     return {layer.name: layer for layer in folded.layers}
 
 
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory):
+    """Exports each model of MODELS once: name -> (model, plan, written)."""
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            model = MODELS[name]()
+            cache[name] = (model, *_export(model, tmp_path_factory.mktemp(name), verify=False))
+        return cache[name]
+
+    return get
+
+
 @pytest.mark.parametrize("name", list(MODELS))
-def test_patched_template_is_the_folded_model_of_each_domain(name, tmp_path):
+def test_patched_template_is_the_folded_model_of_each_domain(name, exports):
     from keras_mdn.export.fold_on_switch import TemplatePlan, to_tflite
     from keras_mdn.surgery import fold_domain
 
-    model = MODELS[name]()
-    plan, written = _export(model, tmp_path, verify=False)
+    model, plan, written = exports(name)
     runner = _runner(written)
     refolds = TemplatePlan(plan).refolds
     images = _images(model)
@@ -82,11 +95,10 @@ def test_patched_template_is_the_folded_model_of_each_domain(name, tmp_path):
                                            err_msg=f"{name} domain {domain} {refold.name}")
 
 
-def test_template_is_the_folded_export(tmp_path):
+def test_template_is_the_folded_export(exports, tmp_path):
     from keras_mdn.export import FoldedModel, export_folded_tflite, op_counts
 
-    model = _resnet("parallel")
-    _, written = _export(model, tmp_path / "fos", verify=False)
+    model, _, written = exports("resnet26-parallel")
     folded = export_folded_tflite(model, str(tmp_path / "folded"), [1])
     with open(written["template"], "rb") as f, open(folded[1], "rb") as g:
         assert op_counts(f.read()) == op_counts(g.read())
