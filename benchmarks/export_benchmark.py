@@ -152,15 +152,22 @@ class RunnerTimer:
         return _measure(self.invoke, seconds)
 
 
-def switch_seconds(runner, packs_by_domain, repeats=5):
-    """Median wall time of `load_pack`, alternating two domains (the runner's switch)."""
-    times = []
+def switch_seconds(runner, packs_by_domain, repeats=5, parts=None):
+    """Median wall time of `load_pack`, alternating two domains (the runner's switch).
+
+    With a dict `parts`, also the median of each part of a fold-on-switch switch (seconds).
+    """
+    times, breakdown = [], []
     for index in range(repeats + 1):
         domain = index % 2
         start = time.perf_counter()
         runner.load_pack(packs_by_domain[domain], domain=domain)
         if index:  # the first call also warms up
             times.append(time.perf_counter() - start)
+            breakdown.append(getattr(runner, "switch_breakdown", {}))
+    if parts is not None:
+        for key in breakdown[0]:
+            parts[key] = statistics.median(b[key] for b in breakdown)
     return statistics.median(times)
 
 
@@ -262,8 +269,11 @@ def network(name, build, domain_counts, args, tmp):
                 SwappableModel(swap["base"], swap["packs"], num_threads=threads), shape)
             switching = FoldOnSwitchModel(fos["template"], fos["fold"], swap["packs"],
                                           num_threads=threads)
+            parts = {}
             row[f"fold_on_switch_switch_ms_{threads}t"] = 1e3 * switch_seconds(
-                switching, swap["packs"])
+                switching, swap["packs"], parts=parts)
+            for key, value in parts.items():
+                row[f"fold_on_switch_switch_{key}_ms_{threads}t"] = 1e3 * value
             row[f"swappable_switch_ms_{threads}t"] = 1e3 * switch_seconds(
                 SwappableModel(swap["base"], swap["packs"], num_threads=threads), swap["packs"])
             switching.load_pack(swap["packs"][0], domain=0)
@@ -421,8 +431,9 @@ def write(rows, quant_rows, args, command, seconds, loads):
     lines += [
         "", "## Fold-on-switch layout (the default of `load`)", "",
         "Interpreter and runner latency (ms, batch 1) next to the cost of a domain switch "
-        "(ms, `load_pack` alternating two domains: fold.tflite, patch, new interpreter; for "
-        "the swappable layout: writing the variables).", "",
+        "(ms, `load_pack` alternating two domains: fold.tflite + patching the bytes + a new "
+        "interpreter with one run, each part given; for the swappable layout: writing the "
+        "variables).", "",
         "| network | T | template | fold.tflite | base 1t | fold-on-switch 1t | runner 1t | "
         "switch 1t | swappable switch 1t | base 2t | fold-on-switch 2t | runner 2t | "
         "switch 2t | swappable switch 2t |",
@@ -434,7 +445,9 @@ def write(rows, quant_rows, args, command, seconds, loads):
             cells += [f"{r[f'base_latency_ms_{t}t']:.3f}",
                       f"{r[f'fold_on_switch_latency_ms_{t}t']:.3f}",
                       f"{r[f'runner_fold_on_switch_latency_ms_{t}t']:.3f}",
-                      f"{r[f'fold_on_switch_switch_ms_{t}t']:.1f}",
+                      f"{r[f'fold_on_switch_switch_ms_{t}t']:.1f} ("
+                      + " + ".join(f"{r[f'fold_on_switch_switch_{k}_ms_{t}t']:.1f}"
+                                   for k in ("fold", "patch", "interpreter")) + ")",
                       f"{r[f'swappable_switch_ms_{t}t']:.2f}"]
         lines.append(f"| {r['network']} | {r['domains']} | " + " | ".join(cells) + " |")
     lines += ["", "## Targets", "", "| network | T | target | measured | pass |",

@@ -240,6 +240,8 @@ class FoldOnSwitchModel(_Runner):
 
     Attributes:
         switch_seconds: wall time of the last domain switch (fold, patch, new interpreter).
+        switch_breakdown: dict `"fold"`, `"patch"`, `"interpreter"` -> seconds of it (the
+            interpreter's part includes one batch-1 run that packs the weights).
     """
 
     def __init__(self, template_path, fold_path, packs_by_domain=None, num_classes=None,
@@ -287,6 +289,7 @@ class FoldOnSwitchModel(_Runner):
         self.pack = None
         self.runner = None
         self.switch_seconds = None
+        self.switch_breakdown = {}
 
     def load_pack(self, pack, domain=None):
         """Refolds the template for `pack` (a `Pack` or a path) and switches to it.
@@ -309,15 +312,19 @@ class FoldOnSwitchModel(_Runner):
         if not isinstance(pack, packs.Pack):
             pack = packs.read_pack(pack)
         pack.check(self.model_id, self.input_specs, domain=domain, source=source)
-        start = time.perf_counter()
+        times = [time.perf_counter()]
         buffers = self.fold_runner(**self._current, **pack.tensors)
+        times.append(time.perf_counter())
         self._model = bytes(fold_on_switch.patch(self.template, buffers, self.patches))
+        times.append(time.perf_counter())
         interpreter = Interpreter(model_content=self._model, num_threads=self.num_threads)
         self.runner = interpreter.get_signature_runner(TEMPLATE_SIGNATURE)
         self.runner(**{self.input_name: np.zeros(
             (1,) + tuple(self.runner.get_input_details()[self.input_name]["shape"][1:]),
             "float32")})  # allocates and packs the weights now, not at the first predict
-        self.switch_seconds = time.perf_counter() - start
+        times.append(time.perf_counter())
+        self.switch_seconds = times[-1] - times[0]
+        self.switch_breakdown = dict(zip(("fold", "patch", "interpreter"), np.diff(times)))
         self.interpreter, self.pack = interpreter, pack
         return pack
 
