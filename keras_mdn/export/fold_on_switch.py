@@ -159,6 +159,12 @@ class TemplatePlan:
                 producer = nodes.get(refs[0][:2]) if refs else None
                 layer = None if producer is None else layers.get(producer.name)
             self.refolds.append(self._refold(unit, layer, parts))
+        names = [refold.name for refold in self.refolds]
+        if len(set(names)) != len(names):
+            raise ValueError(
+                "The fold-on-switch export found two swapped layers folded into one layer "
+                f"of the folded model. Received: folded layers {names}"
+            )
         # The reference's fold terms as arrays (constants of fold.tflite), computed once.
         self.reference_terms = {
             refold.name: _numpy_terms(fold_terms(refold.unit, plan.reference_tensors_of(

@@ -224,3 +224,12 @@ def test_load_defaults_to_fold_on_switch(exported, model, images):
                                    expected_logits(model, images, domain), atol=1e-5)
     single = load(os.path.join(directory, entry["template"]))
     assert isinstance(single, FoldOnSwitchModel)
+
+
+def test_a_fold_it_cannot_refold_is_refused_at_export(tmp_path):
+    # A plain BatchNormalization after an adapter's conv: fold_domain merges it into the
+    # kernel after the adapter, which the refold (adapter added after the mixing) does not
+    # model; the export's verification names the mismatch instead of exporting wrong buffers.
+    model = small_model("parallel", plain_bn=True)
+    with pytest.raises(ValueError, match="does not match this model's fold"):
+        _export(model, tmp_path)
