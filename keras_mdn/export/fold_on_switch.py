@@ -30,6 +30,18 @@ holds the reference's folded kernel `K_ref = W @ mix_ref + tap(adapter_ref)`; a 
 the shared kernels `W` are shipped once (inside the template). A head or factorised layer
 (swapped tensors `kernel` and `bias`) and a batch norm left unmerged (`scale` and `offset`)
 take the domain's values. The kernel arithmetic is `keras_mdn.ops.folding`'s.
+
+Trade-off against the variables layout (`swappable.tflite`): every call here costs what the
+base network costs, and a switch costs a refold, a copy of the template's bytes and a new
+interpreter (tens of ms for ResNet-26 width 0.5 against about 2 ms for writing variables,
+`benchmarks/results/export_quick.md`). Apps that switch domain on most frames, or cannot
+build interpreters at run time, use the variables layout.
+
+Limits: float32 only; folded layers must be `Conv2D` or `Dense`; the reference domain needs
+nonzero folded batch-norm scales and invertible series mixing (else pick another
+`reference_domain`); a fold the refold does not model (a plain `BatchNormalization` merged
+into an adapter's conv) is refused at export, where every exported domain's refold is checked
+against `fold_domain`.
 """
 
 import hashlib
