@@ -6,6 +6,7 @@
 
 import json
 import os
+import warnings
 
 from keras_mdn.export import packs
 from keras_mdn.export.fold_on_switch import (
@@ -29,7 +30,7 @@ LAYOUTS = ("saved_model", "folded", "multi_signature", "swappable", "fold_on_swi
 
 
 def export_all(model, directory, domains=None, domain_names=None, quantizations=(None,),
-               representative_data=None, pack_dtype="float32", layouts=LAYOUTS):
+               representative_data=None, pack_dtype="float32", layouts=None):
     """Writes every export of a multi-domain model into `directory`, with a manifest.
 
     Layout of `directory`:
@@ -57,6 +58,9 @@ def export_all(model, directory, domains=None, domain_names=None, quantizations=
             Defaults to `"float32"`.
         layouts: which of `"saved_model"`, `"folded"`, `"multi_signature"`, `"swappable"`,
             `"fold_on_switch"` (written for the float32 variant, `None` in `quantizations`).
+            Defaults to all; then a model whose fold the fold-on-switch layout cannot
+            refold (e.g. a user-written domain layer) gets the others and a warning, while
+            naming `"fold_on_switch"` explicitly raises.
 
     Returns:
         The manifest (dict), also written to `directory/manifest.json`.
@@ -74,6 +78,8 @@ def export_all(model, directory, domains=None, domain_names=None, quantizations=
         isinstance(d, str) for d in domains
     ):
         domain_names, domains = list(domains), None
+    optional = layouts is None  # fold_on_switch is skipped (with a warning) if unsupported
+    layouts = LAYOUTS if layouts is None else layouts
     unknown = set(layouts) - set(LAYOUTS)
     if unknown:
         raise ValueError(f"`layouts` must be among {LAYOUTS}. Received: layouts={layouts!r}")
@@ -144,11 +150,19 @@ def export_all(model, directory, domains=None, domain_names=None, quantizations=
                 "signatures": {"set_domain": SET_DOMAIN_SIGNATURE,
                                "inference": SWAPPABLE_SIGNATURE},
             }
+    written = None
     if "fold_on_switch" in layouts and None in quantizations:
-        written = export_fold_on_switch_tflite(
-            model, os.path.join(directory, "fold_on_switch"), domains, pack_dtype,
-            domain_names, plan, write_packs=pack_paths is None,
-        )
+        try:
+            written = export_fold_on_switch_tflite(
+                model, os.path.join(directory, "fold_on_switch"), domains, pack_dtype,
+                domain_names, plan, write_packs=pack_paths is None,
+            )
+        except ValueError as error:
+            if not optional:
+                raise
+            warnings.warn(f"export_all: the fold_on_switch layout is skipped: {error}",
+                          stacklevel=2)
+    if written is not None:
         if pack_paths is None:
             pack_paths = {str(d): relative(p) for d, p in written["packs"].items()}
         manifest["layouts"]["fold_on_switch"] = {"None": {

@@ -233,3 +233,16 @@ def test_a_fold_it_cannot_refold_is_refused_at_export(tmp_path):
     model = small_model("parallel", plain_bn=True)
     with pytest.raises(ValueError, match="does not match this model's fold"):
         _export(model, tmp_path)
+
+
+def test_export_all_skips_the_layout_for_a_fold_it_cannot_refold(tmp_path, monkeypatch):
+    from keras_mdn.export import SwappableModel, bundle, export_all, load
+
+    model = small_model("parallel", plain_bn=True)
+    monkeypatch.setattr(bundle, "LAYOUTS", ("swappable", "fold_on_switch"))  # fewer exports
+    with pytest.warns(UserWarning, match="fold_on_switch layout is skipped"):
+        manifest = export_all(model, str(tmp_path / "default"))
+    assert set(manifest["layouts"]) == {"swappable"}
+    assert isinstance(load(str(tmp_path / "default")), SwappableModel)
+    with pytest.raises(ValueError, match="does not match this model's fold"):
+        export_all(model, str(tmp_path / "asked"), layouts=("fold_on_switch",))
