@@ -438,8 +438,11 @@ def locate(data, expected, source="template"):
 
 
 def patch(data, values, patches):
-    """`data` (template bytes) with each `values[name]` written at its patch offsets."""
-    out = bytearray(data)
+    """`data` (template bytes) with each `values[name]` written at its patch offsets.
+
+    Returns new `bytes`, built in one pass (the interpreter takes `bytes`, not a bytearray).
+    """
+    pieces = []
     for name, entry in patches.items():
         raw = np.ascontiguousarray(values[name], dtype="<f4").tobytes()
         if len(raw) != entry.nbytes:
@@ -447,9 +450,14 @@ def patch(data, values, patches):
                 f"Patch {name!r} must be {entry.nbytes} bytes (shape {entry.shape}). "
                 f"Received: {len(raw)} bytes"
             )
-        for offset in entry.offsets:
-            out[offset : offset + entry.nbytes] = raw
-    return out
+        pieces += [(offset, raw) for offset in entry.offsets]
+    out, position = [], 0
+    view = memoryview(data)
+    for offset, raw in sorted(pieces, key=lambda piece: piece[0]):
+        out += [view[position:offset], raw]
+        position = offset + len(raw)
+    out.append(view[position:])
+    return b"".join(out)
 
 
 def read_buffers(data, patches):
@@ -539,7 +547,7 @@ def export_fold_on_switch_tflite(model, directory, domains=None, pack_dtype="flo
                                plan.model_id.hex().encode("ascii"))
     patches = locate(data, expected)
     reference = template_plan.reference_values()
-    template = bytes(patch(data, reference, patches))
+    template = patch(data, reference, patches)
 
     current_specs = {
         key: tf.TensorSpec(patches[key].shape, tf.float32, name=TEMPLATE_INPUT + key)

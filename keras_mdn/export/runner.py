@@ -323,7 +323,7 @@ class FoldOnSwitchModel(_Runner):
         times = [time.perf_counter()]
         buffers = self.fold_runner(**self._current, **pack.tensors)
         times.append(time.perf_counter())
-        self._model = bytes(fold_on_switch.patch(self.template, buffers, self.patches))
+        self._model = fold_on_switch.patch(self.template, buffers, self.patches)
         times.append(time.perf_counter())
         interpreter = Interpreter(model_content=self._model, num_threads=self.num_threads)
         self.runner = interpreter.get_signature_runner(TEMPLATE_SIGNATURE)
