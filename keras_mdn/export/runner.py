@@ -266,21 +266,24 @@ class FoldOnSwitchModel(_Runner):
         self.template = _read_bytes(self.path)
         fold_bytes = _read_bytes(self.fold_path)
         table = read_metadata(fold_bytes, fold_on_switch.PATCHES_METADATA)
-        model_id = read_metadata(self.template, MODEL_ID_METADATA)
         signatures = fold_interpreter.get_signature_list()
-        if table is None or model_id is None or fold_on_switch.FOLD_SIGNATURE not in signatures:
+        if table is None or fold_on_switch.FOLD_SIGNATURE not in signatures:
             raise packs.PackError(
-                f"{self.path} and {self.fold_path} are not a keras_mdn fold-on-switch pair "
-                f"(model id metadata, a patch table and signature "
-                f"{fold_on_switch.FOLD_SIGNATURE!r} expected; {self.fold_path} has signatures "
+                f"{self.fold_path} is not a keras_mdn fold model (a patch table and signature "
+                f"{fold_on_switch.FOLD_SIGNATURE!r} expected; it has signatures "
                 f"{sorted(signatures)})."
             )
         self.patches, template_hash = fold_on_switch.decode_patches(table, self.fold_path)
+        # Checked before the template is parsed: a truncated or other template fails here.
         if hashlib.sha256(self.template).hexdigest() != template_hash:
             raise packs.PackError(
-                f"{self.fold_path} was exported with another template than {self.path} "
-                "(SHA-256 mismatch): export them together."
+                f"{self.path} is not the template {self.fold_path} was exported with "
+                "(SHA-256 mismatch: another export, or a truncated or corrupt file): export "
+                "and ship them together."
             )
+        model_id = read_metadata(self.template, MODEL_ID_METADATA)
+        if model_id is None:
+            raise packs.PackError(f"{self.path} has no keras_mdn model id metadata.")
         self.model_id = bytes.fromhex(model_id.decode("ascii"))
         self.fold_runner = fold_interpreter.get_signature_runner(fold_on_switch.FOLD_SIGNATURE)
         self.input_specs = {

@@ -181,8 +181,13 @@ def test_fold_of_another_template_is_rejected(small_export, tmp_path):
     other.write_bytes(bytes(data))
     from keras_mdn.export import FoldOnSwitchModel
 
-    with pytest.raises(PackError, match="another template"):
+    with pytest.raises(PackError, match="not the template"):
         FoldOnSwitchModel(str(other), written["fold"])
+    other.write_bytes(bytes(data[: len(data) // 2]))  # truncated
+    with pytest.raises(PackError, match=r"template.tflite is not the template .*fold.tflite"):
+        FoldOnSwitchModel(str(other), written["fold"])
+    with pytest.raises(PackError, match="not a keras_mdn fold model"):
+        FoldOnSwitchModel(written["template"], written["template"])
     with pytest.raises(FileNotFoundError, match="missing.tflite"):
         FoldOnSwitchModel(written["template"], str(tmp_path / "missing.tflite"))
 
