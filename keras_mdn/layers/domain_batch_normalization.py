@@ -154,35 +154,74 @@ class DomainBatchNormalization(keras.layers.Layer, DomainLayer):
         if synchronized and routing.is_uniform(domain):
             # Replicas may hold different domains: reduce per domain, as for a mixed batch.
             domain = ops.full((ops.shape(inputs)[0],), domain, "int32")
-        uniform = routing.is_uniform(domain)
+        if not routing.is_uniform(domain):
+            selection = routing.select(domain, self.num_domains)
+            if training:
+                outputs = self._mixed_training(inputs, selection, synchronized)
+            else:
+                outputs = self._mixed_inference(inputs, selection)
+            return ops.cast(outputs, inputs.dtype)
         if not isinstance(domain, int):
             domain = routing.select(domain, self.num_domains)
-        if uniform:
-            if training:
-                mean, variance = self._uniform_moments(inputs, domain)
-                scale, offset = self.affine(domain, mean, variance)
-            else:
-                scale, offset = self.affine(domain)
+        if training:
+            mean, variance = self._uniform_moments(inputs, domain)
+            scale, offset = self.affine(domain, mean, variance)
         else:
-            if training:
-                mean, variance = self._mixed_moments(inputs, domain, synchronized)
-            else:
-                mean, variance = self.moving_mean, self.moving_variance
-            # Each example's rows, then its affine map: computed per example, as the numbers
-            # of domains change (add_domain) the old domains' outputs stay bit-identical.
-            # NaN variances for invalid ids make their outputs NaN.
-            mean = routing.take_domains(mean, domain, fill_invalid=False)
-            variance = routing.take_domains(variance, domain)
-            gamma, beta = (
-                None if w is None else routing.take_domains(w, domain, fill_invalid=False)
-                for w in (self.gamma, self.beta)
-            )
-            scale, offset = self._scale_offset(mean, variance, gamma, beta)
-            scale = routing.per_example(scale, inputs, check_batch=True)
-            offset = routing.per_example(offset, inputs)
+            scale, offset = self.affine(domain)
         scale, offset = ops.cast(scale, inputs.dtype), ops.cast(offset, inputs.dtype)
         # offset first: Keras' TF `add` mistakes a (0, 1, 1, C) offset for a bias (empty batch).
         return ops.add(offset, ops.multiply(inputs, scale))
+
+    def _mixed_inference(self, inputs, selection):
+        # One gather of the stacked [mean | variance | gamma | beta] table, then each
+        # example's affine map: computed per example, so that when the number of domains
+        # changes (add_domain) the old domains' outputs stay bit-identical. Invalid ids read
+        # NaN rows, so their outputs are NaN.
+        tables = [self.moving_mean, self.moving_variance]
+        tables += [w for w in (self.gamma, self.beta) if w is not None]
+        rows = routing.take_domains(ops.concatenate(tables, axis=-1), selection)
+        rows = ops.split(rows, len(tables), axis=-1)
+        gamma = rows[2] if self.gamma is not None else None
+        beta = rows[-1] if self.beta is not None else None
+        scale, offset = self._scale_offset(rows[0], rows[1], gamma, beta)
+        scale = routing.per_example(ops.cast(scale, inputs.dtype), inputs, check_batch=True)
+        offset = routing.per_example(ops.cast(offset, inputs.dtype), inputs)
+        return ops.add(offset, ops.multiply(inputs, scale))
+
+    def _mixed_training(self, inputs, selection, synchronized=False):
+        """Normalises each example with its domain's batch statistics; moves those domains.
+
+        The statistics are one-pass moments of `x - shift` about each example's domain's
+        moving mean (`E[d^2] - E[d]^2` stays accurate for `d` near zero): one segment sum of
+        the per-example `[E[d] | E[d^2]]` gives every domain's mean and variance. Segment
+        sums keep a NaN in its own domain. The per-domain `[scale | offset]` table then
+        reaches the examples in one gather.
+        """
+        x = ops.cast(inputs, "float32")
+        moving_mean = ops.convert_to_tensor(self.moving_mean)
+        shift = routing.take_domains(moving_mean, selection, fill_invalid=False)
+        centered = x - routing.per_example(shift, x, check_batch=True)
+        spatial = tuple(range(1, len(inputs.shape) - 1))
+        if spatial:
+            example_moments = ops.concatenate(
+                [ops.mean(centered, axis=spatial), ops.mean(ops.square(centered), axis=spatial)],
+                axis=-1,
+            )
+        else:
+            example_moments = ops.concatenate([centered, ops.square(centered)], axis=-1)
+        sums = routing.domain_sums(example_moments, selection)
+        counts = selection.counts()
+        if synchronized:  # over every replica's examples of each domain
+            sums, counts = distribution.cross_replica_sum(sums, counts)
+        moments = sums / ops.expand_dims(ops.maximum(counts, 1.0), -1)
+        shifted_mean, mean_square = ops.split(moments, 2, axis=-1)
+        variance = ops.maximum(mean_square - ops.square(shifted_mean), 0.0)
+        self._update_moving(moving_mean + shifted_mean, variance, ops.greater(counts, 0.0))
+        # The affine map of the centered inputs: `offset` uses the shifted mean.
+        scale, offset = self._scale_offset(shifted_mean, variance, self.gamma, self.beta)
+        rows = routing.take_domains(ops.concatenate([scale, offset], axis=-1), selection)
+        scale, offset = ops.split(routing.per_example(rows, x), 2, axis=-1)
+        return ops.add(offset, ops.multiply(centered, scale))
 
     def affine(self, domain, mean=None, variance=None):
         """The per-channel `(scale, offset)` with `y = x * scale + offset` for `domain`.
@@ -224,31 +263,6 @@ class DomainBatchNormalization(keras.layers.Layer, DomainLayer):
         present = ops.logical_and(present, ops.greater(batch, 0))
         self._update_moving(mean, variance, present)
         return mean, variance
-
-    def _mixed_moments(self, inputs, domain, synchronized=False):
-        # Every example has the same number of positions, so a domain's mean is the average
-        # of its examples' means: a segment sum over the batch. A second pass about the
-        # domain means keeps the variance stable. Segment sums keep a NaN in its own domain.
-        x = ops.cast(inputs, "float32")
-        spatial = tuple(range(1, len(inputs.shape) - 1))
-        counts = domain.counts()
-        sums = routing.domain_sums(ops.mean(x, axis=spatial) if spatial else x, domain)
-        if synchronized:  # over every replica's examples of each domain
-            sums, counts = distribution.cross_replica_sum(sums, counts)
-        divisor = ops.expand_dims(ops.maximum(counts, 1.0), -1)
-        domain_mean = sums / divisor
-        example_mean = routing.per_example(
-            routing.take_domains(domain_mean, domain, fill_invalid=False), x
-        )
-        squares = ops.square(x - example_mean)
-        square_sums = routing.domain_sums(
-            ops.mean(squares, axis=spatial) if spatial else squares, domain
-        )
-        if synchronized:
-            square_sums = distribution.cross_replica_sum(square_sums)
-        domain_variance = square_sums / divisor
-        self._update_moving(domain_mean, domain_variance, ops.greater(counts, 0.0))
-        return domain_mean, domain_variance
 
     def _update_moving(self, mean, variance, present):
         """Moves the statistics of the `present` domains (bool, `(num_domains,)`) only.

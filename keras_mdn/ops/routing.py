@@ -15,7 +15,8 @@ while tracing (never a run-time `cond`, which XLA compiles into a slow program):
 Per-example selection is a gather (`take_domains`), whose gradient adds each example into its
 own domain's row only, so a NaN in one example reaches only its own domain (a one-hot product
 would spread `0 * NaN` to every domain). Per-domain reductions (`domain_sums`) are segment sums
-for the same reason. A layer prepares a tensor domain once per call (`select`).
+for the same reason. A tensor domain is prepared once (`select`): the layers of one model
+call, which all receive the same domain tensor, share one `Selection`.
 
 Bad domain ids, one behaviour on every backend and compile path:
 
@@ -29,6 +30,8 @@ Bad domain ids, one behaviour on every backend and compile path:
 - a domain vector whose length differs from the batch raises (at trace time when both are
   static, else from the reshape that lays the per-example rows out along the batch).
 """
+
+import threading
 
 import numpy as np
 from keras import KerasTensor, ops
@@ -101,7 +104,8 @@ def valid_domains(domain, num_domains):
     if "float" in K.standardize_dtype(domain.dtype):
         whole = ops.equal(domain, ops.floor(domain))
         return ops.logical_and(whole, _in_range(domain, num_domains))
-    return _in_range(domain, num_domains)
+    # One comparison: a negative id wraps to a large unsigned one.
+    return ops.less(ops.cast(domain, "uint32"), ops.cast(num_domains, "uint32"))
 
 
 class Selection:
@@ -133,9 +137,25 @@ class Selection:
         return ops.segment_sum(data, self.segments, num_segments=self.num_domains)
 
 
+_last_selection = threading.local()
+
+
 def select(domain, num_domains):
-    """Prepares a tensor `domain` (rank 0 or 1) for repeated selections: a `Selection`."""
-    return domain if isinstance(domain, Selection) else Selection(domain, num_domains)
+    """Prepares a tensor `domain` (rank 0 or 1) for repeated selections: a `Selection`.
+
+    The last one is kept (per thread) and reused for the very same tensor object: every
+    layer of a functional model's call gets the same domain tensor, so its ids, validity and
+    per-domain counts are computed once per call, not once per layer (fewer graph ops, a
+    shorter trace). The identity check keeps it from ever crossing graphs or traces.
+    """
+    if isinstance(domain, Selection):
+        return domain
+    cached = getattr(_last_selection, "value", None)
+    if cached is not None and cached[0] is domain and cached[1] == num_domains:
+        return cached[2]
+    selection = Selection(domain, num_domains)
+    _last_selection.value = (domain, num_domains, selection)
+    return selection
 
 
 def gather_domain(params, domain):
@@ -166,6 +186,16 @@ def take_domains(params, selection, fill_invalid=True):
     if extra and len(valid.shape):
         valid = ops.reshape(valid, (-1,) + (1,) * extra)
     return ops.where(valid, rows, ops.cast(float("nan"), rows.dtype))
+
+
+def take_columns(table, columns):
+    """`table[i, columns[i, j]]`: each example's own columns of a `(batch, n)` table."""
+    if K.backend() == "tensorflow":
+        import tensorflow as tf
+
+        # Keras' `take_along_axis` broadcasts and rebuilds the indices (about 20 graph ops).
+        return tf.gather(table, columns, batch_dims=1)
+    return ops.take_along_axis(table, columns, axis=1)
 
 
 def domain_sums(data, selection):
