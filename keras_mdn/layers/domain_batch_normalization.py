@@ -1,3 +1,5 @@
+import math
+
 import keras
 import numpy as np
 from keras import ops
@@ -189,39 +191,27 @@ class DomainBatchNormalization(keras.layers.Layer, DomainLayer):
         return ops.add(offset, ops.multiply(inputs, scale))
 
     def _mixed_training(self, inputs, selection, synchronized=False):
-        """Normalises each example with its domain's batch statistics; moves those domains.
-
-        The statistics are one-pass moments of `x - shift` about each example's domain's
-        moving mean (`E[d^2] - E[d]^2` stays accurate for `d` near zero): one segment sum of
-        the per-example `[E[d] | E[d^2]]` gives every domain's mean and variance. Segment
-        sums keep a NaN in its own domain. The per-domain `[scale | offset]` table then
-        reaches the examples in one gather.
-        """
+        """Normalises each example with its domain's batch statistics; moves those domains."""
         x = ops.cast(inputs, "float32")
         moving_mean = ops.convert_to_tensor(self.moving_mean)
         shift = routing.take_domains(moving_mean, selection, fill_invalid=False)
-        centered = x - routing.per_example(shift, x, check_batch=True)
-        spatial = tuple(range(1, len(inputs.shape) - 1))
-        if spatial:
-            example_moments = ops.concatenate(
-                [ops.mean(centered, axis=spatial), ops.mean(ops.square(centered), axis=spatial)],
-                axis=-1,
-            )
-        else:
-            example_moments = ops.concatenate([centered, ops.square(centered)], axis=-1)
-        sums = routing.domain_sums(example_moments, selection)
+        shift = routing.per_example(shift, x, check_batch=True)
         counts = selection.counts()
         if synchronized:  # over every replica's examples of each domain
-            sums, counts = distribution.cross_replica_sum(sums, counts)
-        moments = sums / ops.expand_dims(ops.maximum(counts, 1.0), -1)
-        shifted_mean, mean_square = ops.split(moments, 2, axis=-1)
-        variance = ops.maximum(mean_square - ops.square(shifted_mean), 0.0)
+            counts = distribution.cross_replica_sum(counts)
+        spatial = x.shape[1:-1]
+        if any(size is None for size in spatial):
+            spatial = ops.shape(x)[1:-1]
+        positions = math.prod(spatial) if spatial else 1
+        sizes = ops.expand_dims(ops.maximum(counts, 1.0), -1) * ops.cast(positions, "float32")
+        shape = (self.num_domains, x.shape[-1])
+        gamma = ops.ones(shape) if self.gamma is None else _read(self.gamma)
+        beta = ops.zeros(shape) if self.beta is None else _read(self.beta)
+        normalized, shifted_mean, variance = per_domain_normalization(
+            x, gamma, beta, shift, sizes, selection, self.epsilon, synchronized
+        )
         self._update_moving(moving_mean + shifted_mean, variance, ops.greater(counts, 0.0))
-        # The affine map of the centered inputs: `offset` uses the shifted mean.
-        scale, offset = self._scale_offset(shifted_mean, variance, self.gamma, self.beta)
-        rows = routing.take_domains(ops.concatenate([scale, offset], axis=-1), selection)
-        scale, offset = ops.split(routing.per_example(rows, x), 2, axis=-1)
-        return ops.add(offset, ops.multiply(centered, scale))
+        return normalized
 
     def affine(self, domain, mean=None, variance=None):
         """The per-channel `(scale, offset)` with `y = x * scale + offset` for `domain`.
@@ -326,6 +316,94 @@ class DomainBatchNormalization(keras.layers.Layer, DomainLayer):
 
     def swappable_call(self, inputs, tensors):
         return inputs * tensors["scale"] + tensors["offset"]
+
+
+def _read(variable):
+    """The variable's value as a tensor (TF's `custom_gradient` refuses variable inputs)."""
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        return tf.convert_to_tensor(variable)
+    return ops.convert_to_tensor(variable)
+
+
+def per_domain_normalization(x, gamma, beta, shift, sizes, selection, epsilon, synchronized):
+    """Batch normalization of each example with its domain's batch statistics.
+
+    The forward pass and its gradient written out, so that each needs one segment sum and
+    one gather (automatic differentiation of the same math builds about three times the
+    graph ops, which mostly costs trace and compile time):
+
+    - statistics: one-pass moments of `c = x - shift`, `shift` each example's domain's moving
+      mean (`E[c^2] - E[c]^2` stays accurate for `c` near zero), from one segment sum of the
+      per-example `[sum c | sum c^2]`;
+    - output: `c * scale + offset` with the per-domain `[scale | offset]` table gathered per
+      example (invalid ids read NaN rows);
+    - gradient: the batch-norm gradient per domain, `dx = scale * (dy - mean(dy) - xhat *
+      mean(dy xhat))`, from one segment sum of `[sum dy | sum dy c]` and one gather.
+
+    Segment sums keep a NaN in its own domain, forward and backward.
+
+    Args:
+        x: float32 inputs `(batch, ..., channels)`.
+        gamma, beta: `(num_domains, channels)` tensors.
+        shift: per-example shift, broadcastable against `x`.
+        sizes: `(num_domains, 1)`: the number of values each domain's statistics average
+            (at least 1 per position).
+        selection: the call's `routing.Selection`.
+        epsilon: float.
+        synchronized: sum the statistics over replicas.
+
+    Returns:
+        `(outputs, shifted_mean, variance)`: the normalised inputs, and each domain's batch
+        mean minus its shift and its batch variance, `(num_domains, channels)` (not
+        differentiated: they feed the moving averages).
+    """
+    spatial = tuple(range(1, len(x.shape) - 1))
+
+    def per_domain_sums(first, second):
+        if spatial:
+            first, second = ops.sum(first, axis=spatial), ops.sum(second, axis=spatial)
+        sums = routing.domain_sums(ops.concatenate([first, second], axis=-1), selection)
+        if synchronized:
+            sums = distribution.cross_replica_sum(sums)
+        return ops.split(sums, 2, axis=-1)
+
+    def per_example(table, parts):
+        rows = routing.per_example(routing.take_domains(table, selection), x)
+        return ops.split(rows, parts, axis=-1)
+
+    @ops.custom_gradient
+    def normalize(x, gamma, beta):
+        centered = x - shift
+        shifted_sum, square_sum = per_domain_sums(centered, ops.square(centered))
+        shifted_mean, mean_square = shifted_sum / sizes, square_sum / sizes
+        variance = ops.maximum(mean_square - ops.square(shifted_mean), 0.0)
+        inverse = ops.rsqrt(variance + epsilon)
+        scale = gamma * inverse
+        offset = beta - shifted_mean * scale
+        row_scale, row_offset = per_example(ops.concatenate([scale, offset], axis=-1), 2)
+        outputs = row_offset + centered * row_scale
+
+        def grad(*upstream):
+            upstream = upstream[0]
+            if isinstance(upstream, (tuple, list)):  # JAX: one cotangent per output
+                upstream = upstream[0]
+            beta_grad, centered_grad = per_domain_sums(upstream, upstream * centered)
+            gamma_grad = inverse * (centered_grad - shifted_mean * beta_grad)  # sum dy xhat
+            ratio = scale / sizes
+            table = ops.concatenate(
+                [scale, ratio * (shifted_mean * inverse * gamma_grad - beta_grad),
+                 ratio * inverse * gamma_grad],
+                axis=-1,
+            )
+            row_scale, row_offset, row_slope = per_example(table, 3)
+            x_grad = row_scale * upstream + row_offset - centered * row_slope
+            return x_grad, gamma_grad, beta_grad
+
+        return (outputs, shifted_mean, variance), grad
+
+    return normalize(x, gamma, beta)
 
 
 def check_momentum(momentum, name="momentum"):

@@ -125,6 +125,13 @@ class Selection:
         self.ids = ops.cast(ops.where(self.valid, domain, 0), "int32")
         self.segments = ops.where(self.valid, self.ids, -1)
         self._counts = None
+        self._nan_ids = None
+
+    def nan_ids(self):
+        """int32 ids, invalid ones `num_domains`: the NaN row `take_domains` appends."""
+        if self._nan_ids is None:
+            self._nan_ids = ops.where(self.valid, self.ids, self.num_domains)
+        return self._nan_ids
 
     def counts(self):
         """Examples per domain, float32 `(num_domains,)` (invalid ids count for none)."""
@@ -175,17 +182,16 @@ def take_domains(params, selection, fill_invalid=True):
     """`params[ids]` for a `Selection`, with NaN rows where the id is invalid.
 
     A gather (its gradient adds each example into its own domain's row only, so a NaN stays
-    in its domain) and a `where` (NaN-safe, unlike a product with a mask). With
-    `fill_invalid=False` invalid ids read row 0: for values that are NaN'd elsewhere.
+    in its domain). Invalid ids read a row of NaNs appended to the table (a pad: fewer ops,
+    forward and backward, than masking the rows). With `fill_invalid=False` invalid ids read
+    row 0: for values that are NaN'd elsewhere.
     """
-    rows = _take_rows(params, selection.ids)
-    if not fill_invalid or "float" not in K.standardize_dtype(rows.dtype):
-        return rows  # integer tables are layouts, not weights: invalid ids read row 0
-    valid = selection.valid
-    extra = len(rows.shape) - len(valid.shape)
-    if extra and len(valid.shape):
-        valid = ops.reshape(valid, (-1,) + (1,) * extra)
-    return ops.where(valid, rows, ops.cast(float("nan"), rows.dtype))
+    if not fill_invalid or "float" not in K.standardize_dtype(params.dtype):
+        # integer tables are layouts, not weights: invalid ids read row 0
+        return _take_rows(params, selection.ids)
+    padding = ((0, 1),) + ((0, 0),) * (len(params.shape) - 1)
+    params = ops.pad(params, padding, constant_values=float("nan"))
+    return _take_rows(params, selection.nan_ids())
 
 
 def take_columns(table, columns):
@@ -193,8 +199,11 @@ def take_columns(table, columns):
     if K.backend() == "tensorflow":
         import tensorflow as tf
 
-        # Keras' `take_along_axis` broadcasts and rebuilds the indices (about 20 graph ops).
-        return tf.gather(table, columns, batch_dims=1)
+        # A gather from the flattened table: Keras' `take_along_axis` (and a gather with
+        # `batch_dims`) cost about 100 graph ops with their gradient, this about 25.
+        width = table.shape[-1]
+        starts = tf.range(tf.shape(table)[0]) * width
+        return tf.gather(tf.reshape(table, (-1,)), columns + starts[:, None])
     return ops.take_along_axis(table, columns, axis=1)
 
 
