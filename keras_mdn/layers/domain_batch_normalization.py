@@ -205,8 +205,8 @@ class DomainBatchNormalization(keras.layers.Layer, DomainLayer):
         positions = math.prod(spatial) if spatial else 1
         sizes = ops.expand_dims(ops.maximum(counts, 1.0), -1) * ops.cast(positions, "float32")
         shape = (self.num_domains, x.shape[-1])
-        gamma = ops.ones(shape) if self.gamma is None else _read(self.gamma)
-        beta = ops.zeros(shape) if self.beta is None else _read(self.beta)
+        gamma = ops.ones(shape) if self.gamma is None else routing.read(self.gamma)
+        beta = ops.zeros(shape) if self.beta is None else routing.read(self.beta)
         normalized, shifted_mean, variance = per_domain_normalization(
             x, gamma, beta, shift, sizes, selection, self.epsilon, synchronized
         )
@@ -316,15 +316,6 @@ class DomainBatchNormalization(keras.layers.Layer, DomainLayer):
 
     def swappable_call(self, inputs, tensors):
         return inputs * tensors["scale"] + tensors["offset"]
-
-
-def _read(variable):
-    """The variable's value as a tensor (TF's `custom_gradient` refuses variable inputs)."""
-    if keras.backend.backend() == "tensorflow":
-        import tensorflow as tf
-
-        return tf.convert_to_tensor(variable)
-    return ops.convert_to_tensor(variable)
 
 
 def per_domain_normalization(x, gamma, beta, shift, sizes, selection, epsilon, synchronized):

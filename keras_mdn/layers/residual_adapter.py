@@ -215,19 +215,20 @@ class ResidualAdapter(keras.layers.Layer, DomainLayer):
             inputs = self._pointwise(self.adapter_projection, inputs=inputs)
 
         # The domain's form decides the path while tracing (no run-time cond: XLA).
-        kernels = routing.gather_domain(self.adapter_kernel, domain)
         if routing.is_uniform(domain):
-            return self._pointwise(kernels, inputs=inputs)
+            return self._pointwise(routing.gather_domain(self.adapter_kernel, domain), inputs)
         # Per-example kernels as one batched GEMM: (B, positions, in) @ (B, in, out).
         # (An einsum with an ellipsis here runs about 7x slower on TensorFlow's CPU.)
-        # Naming the batch size makes a domain vector of another length raise, not broadcast.
+        selection = routing.select(domain, self.num_domains)
         batch = inputs.shape[0] if inputs.shape[0] is not None else ops.shape(inputs)[0]
-        kernels = ops.reshape(kernels, (batch,) + tuple(kernels.shape[1:]))
         spatial = tuple(inputs.shape[1:-1])
         if any(size is None for size in spatial):
             spatial = tuple(ops.shape(inputs)[1:-1])
-        flat = ops.reshape(inputs, (-1, math.prod(spatial) if spatial else 1, inputs.shape[-1]))
-        outputs = ops.matmul(flat, kernels)
+        flat = ops.reshape(
+            inputs, (batch, math.prod(spatial) if spatial else 1, inputs.shape[-1])
+        )
+        kernels = routing.read(self.adapter_kernel)
+        outputs = routing.domain_matmul(flat, kernels, selection)
         return ops.reshape(outputs, (-1, *spatial, kernels.shape[-1]))
 
     def _pointwise(self, kernel, inputs):

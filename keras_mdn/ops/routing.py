@@ -194,6 +194,49 @@ def take_domains(params, selection, fill_invalid=True):
     return _take_rows(params, selection.nan_ids())
 
 
+def domain_matmul(inputs, kernels, selection):
+    """Each example times its own domain's matrix: `inputs[b] @ kernels[domain[b]]`.
+
+    Args:
+        inputs: `(batch, positions, in)`.
+        kernels: per-domain matrices `(num_domains, in, out)`, a tensor (not a variable).
+        selection: a `Selection` of a domain vector.
+
+    Returns:
+        `(batch, positions, out)`; NaN for the examples with an invalid id.
+
+    One gather and a batched GEMM; the gradient is written out (a batched GEMM and one
+    segment sum into the domains' matrices, so a NaN stays in its domain) instead of
+    differentiating the gather, which builds about four times the graph ops.
+    """
+
+    @ops.custom_gradient
+    def matmul(inputs, kernels):
+        # Naming the inputs' batch makes a domain vector of another length raise.
+        batch = inputs.shape[0] if inputs.shape[0] is not None else ops.shape(inputs)[0]
+        rows = ops.reshape(take_domains(kernels, selection), (batch, *kernels.shape[1:]))
+        outputs = ops.matmul(inputs, rows)
+
+        def grad(*upstream):
+            upstream = upstream[0]
+            input_grad = ops.matmul(upstream, ops.transpose(rows, (0, 2, 1)))
+            row_grads = ops.matmul(ops.transpose(inputs, (0, 2, 1)), upstream)
+            return input_grad, domain_sums(row_grads, selection)
+
+        return outputs, grad
+
+    return matmul(inputs, kernels)
+
+
+def read(variable):
+    """A variable's value as a tensor (TF's `custom_gradient` refuses variable inputs)."""
+    if K.backend() == "tensorflow":
+        import tensorflow as tf
+
+        return tf.convert_to_tensor(variable)
+    return ops.convert_to_tensor(variable)
+
+
 def take_columns(table, columns):
     """`table[i, columns[i, j]]`: each example's own columns of a `(batch, n)` table."""
     if K.backend() == "tensorflow":
