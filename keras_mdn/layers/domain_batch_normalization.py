@@ -331,7 +331,9 @@ def per_domain_normalization(x, gamma, beta, shift, sizes, selection, epsilon, s
     - output: `c * scale + offset` with the per-domain `[scale | offset]` table gathered per
       example (invalid ids read NaN rows);
     - gradient: the batch-norm gradient per domain, `dx = scale * (dy - mean(dy) - xhat *
-      mean(dy xhat))`, from one segment sum of `[sum dy | sum dy c]` and one gather.
+      mean(dy xhat))`, from one segment sum of `[sum dy | sum dy c]` and one gather (with
+      `synchronized`, the inputs' gradient reads all replicas' sums, as autodiff through
+      the all-reduce would; gamma and beta get this replica's).
 
     Segment sums keep a NaN in its own domain, forward and backward.
 
@@ -353,12 +355,12 @@ def per_domain_normalization(x, gamma, beta, shift, sizes, selection, epsilon, s
     spatial = tuple(range(1, len(x.shape) - 1))
 
     def per_domain_sums(first, second):
+        """This replica's per-domain sums of two per-example tensors, and all replicas'."""
         if spatial:
             first, second = ops.sum(first, axis=spatial), ops.sum(second, axis=spatial)
         sums = routing.domain_sums(ops.concatenate([first, second], axis=-1), selection)
-        if synchronized:
-            sums = distribution.cross_replica_sum(sums)
-        return ops.split(sums, 2, axis=-1)
+        every = distribution.cross_replica_sum(sums) if synchronized else sums
+        return ops.split(sums, 2, axis=-1), ops.split(every, 2, axis=-1)
 
     def per_example(table, parts):
         rows = routing.per_example(routing.take_domains(table, selection), x)
@@ -367,7 +369,7 @@ def per_domain_normalization(x, gamma, beta, shift, sizes, selection, epsilon, s
     @ops.custom_gradient
     def normalize(x, gamma, beta):
         centered = x - shift
-        shifted_sum, square_sum = per_domain_sums(centered, ops.square(centered))
+        _, (shifted_sum, square_sum) = per_domain_sums(centered, ops.square(centered))
         shifted_mean, mean_square = shifted_sum / sizes, square_sum / sizes
         variance = ops.maximum(mean_square - ops.square(shifted_mean), 0.0)
         inverse = ops.rsqrt(variance + epsilon)
@@ -380,12 +382,16 @@ def per_domain_normalization(x, gamma, beta, shift, sizes, selection, epsilon, s
             upstream = upstream[0]
             if isinstance(upstream, (tuple, list)):  # JAX: one cotangent per output
                 upstream = upstream[0]
-            beta_grad, centered_grad = per_domain_sums(upstream, upstream * centered)
+            # gamma and beta get this replica's sums (the optimizer sums the replicas'
+            # gradients); the inputs' gradient reads every replica's, as the statistics do.
+            local, every = per_domain_sums(upstream, upstream * centered)
+            (beta_grad, centered_grad), (sum_grad, sum_centered_grad) = local, every
             gamma_grad = inverse * (centered_grad - shifted_mean * beta_grad)  # sum dy xhat
+            sum_xhat_grad = inverse * (sum_centered_grad - shifted_mean * sum_grad)
             ratio = scale / sizes
             table = ops.concatenate(
-                [scale, ratio * (shifted_mean * inverse * gamma_grad - beta_grad),
-                 ratio * inverse * gamma_grad],
+                [scale, ratio * (shifted_mean * inverse * sum_xhat_grad - sum_grad),
+                 ratio * inverse * sum_xhat_grad],
                 axis=-1,
             )
             row_scale, row_offset, row_slope = per_example(table, 3)
