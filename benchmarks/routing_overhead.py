@@ -19,6 +19,12 @@ series <= 1.4x, mixed batches <= 1.5x; first step <= 1.5x.
 
     PYTHONPATH=. python benchmarks/routing_overhead.py --quick   # width 0.25, 32 px
     PYTHONPATH=. python benchmarks/routing_overhead.py           # widths 0.25/1, 32/64 px
+    PYTHONPATH=. python benchmarks/routing_overhead.py --layers  # per layer, with op counts
+
+Each keras_mdn model is also compared with its floor: the plain network with the adapter's
+extra layers (a 1x1 conv beside each 3x3 conv, or BN + 1x1 conv after it) and no routing.
+The full grid (SGD momentum; `--quick` also runs Adam) takes about 15 minutes on 2 idle
+cores: rounds shrink (to at least 2) to fit `--budget-s` per backend.
 
 Writes `benchmarks/results/routing_overhead[_quick].{json,md,png}`. Never asserts a time.
 """
@@ -459,12 +465,16 @@ def main():
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--widths", type=float, nargs="+", default=None)
     parser.add_argument("--sizes", type=int, nargs="+", default=None)
-    parser.add_argument("--optimizers", nargs="+", default=["sgd_momentum", "adam"])
+    parser.add_argument("--optimizers", nargs="+", default=None,
+                        help="default: both for --quick, SGD momentum for the full grid")
     args = parser.parse_args()
     if args.widths is None:
         args.widths = [0.25] if args.quick else [0.25, 1.0]
     if args.sizes is None:
         args.sizes = [32] if args.quick else [32, 64]
+    if args.optimizers is None:
+        # The full grid fits about 15 minutes with one optimizer; --quick times both.
+        args.optimizers = ["sgd_momentum", "adam"] if args.quick else ["sgd_momentum"]
     if args.rounds is None:
         args.rounds = 8 if args.quick else 10
     if args.budget_s is None:

@@ -203,9 +203,11 @@ class ResidualAdapter(keras.layers.Layer, DomainLayer):
         domain = routing.canonicalize_domain(domain, self.num_domains)
         routing.check_batch(domain, inputs)
         if self.mode == "parallel":
-            if routing.is_uniform(domain) and self._merges_uniform():
-                # One domain for the whole batch: its adapter merged into the kernel tap it
-                # reads, one conv instead of two (exact up to rounding: both are linear).
+            if training and routing.is_uniform(domain) and self._merges_uniform():
+                # Training on one domain: its adapter merged into the kernel tap it reads, one
+                # conv instead of two (exact up to rounding: both are linear). Not at
+                # inference: a traced per-domain endpoint keeps the shared kernel as is, so a
+                # multi-signature export stores it once (`fold` merges for deployment).
                 adapter = routing.gather_domain(self.adapter_kernel, domain)
                 if self.adapter_projection is not None:
                     adapter = ops.matmul(self.adapter_projection, adapter)

@@ -15,7 +15,10 @@ while tracing (never a run-time `cond`, which XLA compiles into a slow program):
 Per-example selection is a gather (`take_domains`), whose gradient adds each example into its
 own domain's row only, so a NaN in one example reaches only its own domain (a one-hot product
 would spread `0 * NaN` to every domain). Per-domain reductions (`domain_sums`) are segment sums
-for the same reason. A tensor domain is prepared once (`select`): the layers of one model
+for the same reason. `domain_matmul` (each example times its domain's matrix) writes its
+gradient out as a batched GEMM and one segment sum: automatic differentiation of a gather
+builds several times the graph ops, and graph ops are most of a multi-domain network's trace
+and compile time. A tensor domain is prepared once (`select`): the layers of one model
 call, which all receive the same domain tensor, share one `Selection`.
 
 Bad domain ids, one behaviour on every backend and compile path:
