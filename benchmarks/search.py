@@ -73,7 +73,8 @@ QUICK_NOTE = ("**Smoke run (`--quick`)**: one pretraining epoch, one epoch per m
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="1 epoch, 3 trials")
-    parser.add_argument("--datasets", nargs="+", default=["omniglot", "digits"])
+    parser.add_argument("--datasets", nargs="*", default=["omniglot", "digits"],
+                        help="datasets to search (none with --workers: only the timing)")
     parser.add_argument("--omniglot-path", default=os.path.normpath(OMNIGLOT_ZIP))
     parser.add_argument("--trials", type=int, default=None, help="search trials (default 24)")
     parser.add_argument("--width-factor", type=float, default=0.25)

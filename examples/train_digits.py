@@ -24,7 +24,7 @@ import keras  # noqa: E402
 
 import keras_mdn  # noqa: E402
 from keras_mdn.datasets import load_digits_domains  # noqa: E402
-from keras_mdn.models import resnet26  # noqa: E402
+from keras_mdn.models import plain_resnet26, resnet26  # noqa: E402
 from keras_mdn.report import parameter_report  # noqa: E402
 from keras_mdn.scoring import domain_accuracies  # noqa: E402
 from keras_mdn.surgery import transfer_weights  # noqa: E402
@@ -50,22 +50,18 @@ def compile_model(model, learning_rate):
     )
 
 
-def train(model, data, domains, args, learning_rate=0.05):
+def train(model, data, domains, args, learning_rate=0.05, with_domain=True):
     compile_model(model, learning_rate)
-    train_set = data.dataset("train", domains=domains, batch_size=args.batch_size, repeat=True)
+    train_set = data.dataset("train", domains=domains, batch_size=args.batch_size, repeat=True,
+                             with_domain=with_domain)
     steps = data.steps_per_epoch("train", batch_size=args.batch_size, domains=domains)
     model.fit(train_set, epochs=args.epochs, steps_per_epoch=steps, verbose=2)
 
 
-def build(num_classes, image_shape, args, adapter=None, freeze_shared=False, name="digits"):
-    return resnet26(
-        num_classes,
-        adapter=adapter,
-        input_shape=image_shape,
-        width_factor=args.width_factor,
-        freeze_shared=freeze_shared,
-        name=name,
-    )
+def build_plain(num_classes, image_shape, args, name):
+    """A one-domain ResNet-26 of plain Keras layers: pretraining and the fine-tuning baseline."""
+    return plain_resnet26(num_classes, input_shape=image_shape, width_factor=args.width_factor,
+                          name=name)
 
 
 def main():
@@ -76,22 +72,23 @@ def main():
 
     print("\n== 1. Pretraining the shared network on domain 'original' ==")
     original = data.select(["original"])
-    pretrained = build(original.num_classes, data.image_shape, args, name="digits_pretrained")
-    train(pretrained, original, None, args)
+    pretrained = build_plain(original.num_classes[0], data.image_shape, args, "digits_pretrained")
+    train(pretrained, original, None, args, with_domain=False)
 
     print("\n== 2. Baseline: fine-tuning a full copy of the network per domain ==")
     finetuned = {}
     for name in data.names:
         domain = data.select([name])  # a one-domain network sees its domain as domain 0
-        network = build(domain.num_classes, data.image_shape, args, name=f"digits_finetuned_{name}")
+        network = build_plain(domain.num_classes[0], data.image_shape, args,
+                              f"digits_finetuned_{name}")
         transfer_weights(pretrained, network, source_domain=0 if name == "original" else None)
         print(f"-- {name}")
-        train(network, domain, None, args, learning_rate=0.02)
+        train(network, domain, None, args, learning_rate=0.02, with_domain=False)
         finetuned[name] = domain_accuracies(network, domain)[name]
 
     print("\n== 3. Parallel residual adapters on the frozen shared network ==")
-    model = build(data.num_classes, data.image_shape, args, adapter="parallel", freeze_shared=True,
-                  name="digits_parallel")
+    model = resnet26(data.num_classes, adapter="parallel", input_shape=data.image_shape,
+                     width_factor=args.width_factor, freeze_shared=True, name="digits_parallel")
     transfer_weights(pretrained, model)  # shared convs; every domain's BNs from the pretrained
     train(model, data, None, args)
     adapters = domain_accuracies(model, data)

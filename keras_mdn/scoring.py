@@ -184,10 +184,12 @@ def domain_accuracies(model, data, split="test", batch_size=256, domains=None):
     The model takes `{"image": images, "domain": domain_ids}` and returns logits of shape
     `(batch, C)` with `C >= num_classes[d]`; for domain d only its first `num_classes[d]`
     logits compete (the layout of `keras_mdn.DomainHead`), so a padded head never predicts a
-    class the domain lacks. The result feeds `decathlon_score`.
+    class the domain lacks. A model without a `"domain"` input (a one-domain network, e.g.
+    `keras_mdn.models.plain_resnet26`) gets the images alone. The result feeds
+    `decathlon_score`.
 
     Args:
-        model: a Keras model with inputs "image" and "domain".
+        model: a Keras model with inputs "image" and "domain", or one image input.
         data: a `keras_mdn.datasets.MultiDomainData`.
         split: the split to evaluate. Defaults to "test".
         batch_size: examples per forward pass; the last batch of a domain is padded to it,
@@ -201,11 +203,14 @@ def domain_accuracies(model, data, split="test", batch_size=256, domains=None):
         ids = range(data.num_domains)
     else:
         ids = [data.domain_index(d) for d in ([domains] if isinstance(domains, str) else domains)]
+    takes_domain = "domain" in {getattr(t, "name", None) for t in model.inputs or ()}
     accuracies = {}
     for d in ids:
         classes = data.num_classes[d]
         correct = total = 0
         for inputs, labels, count in data.evaluation_batches(split, d, batch_size):
+            if not takes_domain:
+                inputs = inputs["image"]
             logits = np.asarray(model.predict_on_batch(inputs))[:count]
             if logits.ndim != 2 or logits.shape[1] < classes:
                 raise ValueError(

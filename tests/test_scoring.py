@@ -199,3 +199,21 @@ def test_domain_accuracies_trace_the_model_once():
     model.predict_on_batch = recording
     domain_accuracies(model, data, batch_size=4)
     assert {tuple(shape) for shape in shapes} == {(4, 2, 2, 1)}  # 13 and 7 padded to 4s
+
+
+def test_domain_accuracies_of_a_model_without_a_domain_input():
+    import keras
+
+    from keras_mdn.datasets import MultiDomainData
+    from keras_mdn.scoring import domain_accuracies
+
+    rng = np.random.default_rng(3)
+    image = keras.Input((2, 2, 1), name="image")
+    dense = keras.layers.Dense(3)
+    model = keras.Model(image, dense(keras.layers.Flatten()(image)))
+    images = rng.normal(size=(19, 2, 2, 1)).astype(np.float32)
+    labels = rng.integers(0, 3, 19)
+    data = MultiDomainData.from_arrays(["d"], [3], {"test": [(images, labels)]})
+    kernel, bias = dense.get_weights()
+    expected = np.mean(np.argmax(images.reshape(19, 4) @ kernel + bias, 1) == labels)
+    assert domain_accuracies(model, data, batch_size=8)["d"] == pytest.approx(expected)

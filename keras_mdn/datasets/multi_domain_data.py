@@ -339,6 +339,7 @@ class MultiDomainData:
         batching="per_domain",
         repeat=False,
         drop_remainder=False,
+        with_domain=True,
     ):
         """A tf.data pipeline of `({"image": x, "domain": d}, y)` batches.
 
@@ -369,6 +370,9 @@ class MultiDomainData:
                 epoch per iteration; iterating the dataset again (`fit(..., epochs=n)`)
                 yields the next epoch, reshuffled.
             drop_remainder: drop incomplete batches (per domain for "per_domain").
+            with_domain: `False` yields `(x, y)` batches, for a one-domain network without a
+                domain input (`keras_mdn.models.plain_resnet26`; select one domain with
+                `domains` or `select`). Defaults to `True`.
 
         Returns:
             A `tf.data.Dataset`, prefetched.
@@ -470,10 +474,11 @@ class MultiDomainData:
         epochs = tf.data.Dataset.counter() if repeat else tf.data.Dataset.range(1)
         epochs = epochs.map(plain(lambda _: epoch_counter.assign_add(1) - 1))
         dataset = epochs.flat_map(plain(epoch))
-        dataset = dataset.map(
-            plain(lambda x, d, y: ({"image": x, "domain": d}, y)),
-            num_parallel_calls=tf.data.AUTOTUNE,
-        )
+        if with_domain:
+            features = plain(lambda x, d, y: ({"image": x, "domain": d}, y))
+        else:
+            features = plain(lambda x, d, y: (x, y))
+        dataset = dataset.map(features, num_parallel_calls=tf.data.AUTOTUNE)
         if not repeat:
             total = self.steps_per_epoch(split, batch_size, batching, ids, drop_remainder)
             dataset = dataset.apply(tf.data.experimental.assert_cardinality(total))

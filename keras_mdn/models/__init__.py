@@ -1,5 +1,5 @@
 """Multi-domain model builders (`import keras_mdn.models`)."""
 
-from keras_mdn.models.resnet26 import resnet26
+from keras_mdn.models.resnet26 import plain_resnet26, resnet26
 
-__all__ = ["resnet26"]
+__all__ = ["plain_resnet26", "resnet26"]

@@ -114,22 +114,60 @@ def resnet26(
     num_domains = len(num_classes)
     if adapter is not None and adapter not in MODES:
         raise ValueError(f"`adapter` must be None or one of {MODES}. Received: adapter={adapter!r}")
-    if isinstance(width_factor, bool) or not isinstance(width_factor, (int, float)):
-        raise TypeError(f"`width_factor` must be a number. Received: width_factor={width_factor!r}")
-    stem_width = int(STEM_WIDTH * width_factor)
-    if stem_width < 1:
-        raise ValueError(
-            "`width_factor` must give at least one stem channel (int(32 * width_factor) >= 1). "
-            f"Received: width_factor={width_factor}"
-        )
-    input_shape = tuple(input_shape)
-    if len(input_shape) != 3 or any(d is None or d < 1 for d in input_shape):
-        raise ValueError(
-            "`input_shape` must be a static (height, width, channels). "
-            f"Received: input_shape={input_shape}"
-        )
+    input_shape = _check_shapes(input_shape, width_factor)
     if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
         raise ValueError(f"`rank` must be a positive int or None. Received: rank={rank!r}")
+
+    image = keras.Input(shape=input_shape, name="image")
+    domain = keras.Input(shape=(), dtype="int32", name="domain")
+    logits = _network(image, domain, num_classes, width_factor, adapter, rank,
+                      adapter_regularizer, freeze_shared)
+    return keras.Model([image, domain], logits, name=name)
+
+
+def plain_resnet26(num_classes, input_shape=(64, 64, 3), width_factor=1.0, name="resnet26"):
+    """The same ResNet-26 for one domain, from plain Keras layers: no domain input.
+
+    `Conv2D`, `BatchNormalization` and a `Dense` head, with `resnet26`'s layer names,
+    initialisers and batch-norm settings: the network one pretrains on a source domain and
+    the "fine-tuning" baseline (one whole network per domain). `keras_mdn.surgery.
+    transfer_weights(plain, multi_domain_model)` copies it into a `resnet26` by layer name
+    (every domain's batch norms start from its statistics). As a plain Keras network it
+    traces and runs at Keras' own speed.
+
+    Args:
+        num_classes: int, the number of classes.
+        input_shape: `(height, width, channels)` of the images, static. Defaults to
+            `(64, 64, 3)`.
+        width_factor: float, as in `resnet26`. Defaults to `1.0`.
+        name: model name. Defaults to `"resnet26"`.
+
+    Returns:
+        A `keras.Model` with input `"image"` and output the logits `(batch, num_classes)`.
+
+    Example:
+
+    >>> pretrained = plain_resnet26(10, input_shape=(32, 32, 3), width_factor=0.25)
+    >>> pretrained.compile(...); pretrained.fit(source_images, source_labels)
+    >>> model = resnet26([10, 5, 20], adapter="parallel", input_shape=(32, 32, 3),
+    ...                  width_factor=0.25, freeze_shared=True)
+    >>> transfer_weights(pretrained, model, source_domain=0)
+    """
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(
+            f"`num_classes` must be a positive int. Received: num_classes={num_classes!r}"
+        )
+    input_shape = _check_shapes(input_shape, width_factor)
+    image = keras.Input(shape=input_shape, name="image")
+    logits = _network(image, None, [num_classes], width_factor)
+    return keras.Model(image, logits, name=name)
+
+
+def _network(image, domain, num_classes, width_factor, adapter=None, rank=None,
+             adapter_regularizer=None, freeze_shared=False):
+    """The ResNet-26 graph on `image`: multi-domain, or plain Keras layers with `domain=None`."""
+    num_domains = len(num_classes)
+    stem_width = int(STEM_WIDTH * width_factor)
 
     def conv_unit(x, filters, strides, prefix, index):
         """`BN_t(conv3x3(x) [+ adapter])`: the authors' `conv_task`."""
@@ -165,10 +203,15 @@ def resnet26(
                 norm_momentum=BN_MOMENTUM,
                 name=conv_name,
             )(x, domain)
-        return _domain_bn(num_domains, f"{prefix}_bn{index}")(x, domain)
+        return batch_norm(x, f"{prefix}_bn{index}")
 
-    image = keras.Input(shape=input_shape, name="image")
-    domain = keras.Input(shape=(), dtype="int32", name="domain")
+    def batch_norm(x, name):
+        if domain is None:
+            return keras.layers.BatchNormalization(
+                momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name
+            )(x)
+        return _domain_bn(num_domains, name)(x, domain)
+
     x = conv_unit(image, stem_width, 1, "stem", "")
     for stage, base_width in enumerate(STAGE_WIDTHS, start=1):
         width = int(base_width * width_factor)
@@ -181,11 +224,33 @@ def resnet26(
             shortcut = x if block > 1 else _zero_padded_shortcut(x, width, prefix)
             y = keras.layers.Add(name=f"{prefix}_add")([y, shortcut])
             x = keras.layers.ReLU(name=f"{prefix}_out")(y)
-    x = _domain_bn(num_domains, "final_bn")(x, domain)
+    x = batch_norm(x, "final_bn")
     x = keras.layers.ReLU(name="final_relu")(x)
     x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
-    logits = DomainHead(num_classes, name="head")(x, domain)
-    return keras.Model([image, domain], logits, name=name)
+    if domain is None:
+        return keras.layers.Dense(num_classes[0], name="head")(x)
+    return DomainHead(num_classes, name="head")(x, domain)
+
+
+
+
+def _check_shapes(input_shape, width_factor):
+    """Validates `input_shape` and `width_factor`; returns the shape as a tuple."""
+    if isinstance(width_factor, bool) or not isinstance(width_factor, (int, float)):
+        raise TypeError(f"`width_factor` must be a number. Received: width_factor={width_factor!r}")
+    stem_width = int(STEM_WIDTH * width_factor)
+    if stem_width < 1:
+        raise ValueError(
+            "`width_factor` must give at least one stem channel (int(32 * width_factor) >= 1). "
+            f"Received: width_factor={width_factor}"
+        )
+    input_shape = tuple(input_shape)
+    if len(input_shape) != 3 or any(d is None or d < 1 for d in input_shape):
+        raise ValueError(
+            "`input_shape` must be a static (height, width, channels). "
+            f"Received: input_shape={input_shape}"
+        )
+    return input_shape
 
 
 def _domain_bn(num_domains, name):

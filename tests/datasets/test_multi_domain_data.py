@@ -190,6 +190,18 @@ def test_fits_a_two_input_keras_model():
     assert len(history.history["loss"]) == 2
 
 
+@pytest.mark.parametrize("batching", ["per_domain", "mixed"])
+def test_without_domain_gives_image_label_pairs_of_the_same_batches(batching):
+    data = _data()
+    kwargs = dict(domains=["b"], batch_size=3, batching=batching, seed=4)
+    pairs = list(data.dataset("train", with_domain=False, **kwargs))
+    batches = _collect(data.dataset("train", **kwargs))
+    assert len(pairs) == len(batches) == 3
+    for (x, y), (images, _, labels) in zip(pairs, batches, strict=True):
+        np.testing.assert_array_equal(x.numpy(), images)
+        np.testing.assert_array_equal(y.numpy(), labels)
+
+
 @tensorflow_only
 def test_dataset_source_cache_persists_across_epochs():
     import tensorflow as tf
