@@ -359,8 +359,10 @@ def per_domain_normalization(x, gamma, beta, shift, sizes, selection, epsilon, s
         if spatial:
             first, second = ops.sum(first, axis=spatial), ops.sum(second, axis=spatial)
         sums = routing.domain_sums(ops.concatenate([first, second], axis=-1), selection)
-        every = distribution.cross_replica_sum(sums) if synchronized else sums
-        return ops.split(sums, 2, axis=-1), ops.split(every, 2, axis=-1)
+        local = ops.split(sums, 2, axis=-1)
+        if not synchronized:
+            return local, local
+        return local, ops.split(distribution.cross_replica_sum(sums), 2, axis=-1)
 
     def per_example(table, parts):
         rows = routing.per_example(routing.take_domains(table, selection), x)
@@ -387,7 +389,9 @@ def per_domain_normalization(x, gamma, beta, shift, sizes, selection, epsilon, s
             local, every = per_domain_sums(upstream, upstream * centered)
             (beta_grad, centered_grad), (sum_grad, sum_centered_grad) = local, every
             gamma_grad = inverse * (centered_grad - shifted_mean * beta_grad)  # sum dy xhat
-            sum_xhat_grad = inverse * (sum_centered_grad - shifted_mean * sum_grad)
+            sum_xhat_grad = gamma_grad
+            if synchronized:
+                sum_xhat_grad = inverse * (sum_centered_grad - shifted_mean * sum_grad)
             ratio = scale / sizes
             table = ops.concatenate(
                 [scale, ratio * (shifted_mean * inverse * sum_xhat_grad - sum_grad),
