@@ -127,13 +127,13 @@ class Selection:
         self.valid = valid_domains(domain, num_domains)
         self.ids = ops.cast(ops.where(self.valid, domain, 0), "int32")
         self.segments = ops.where(self.valid, self.ids, -1)
+        # Not lazy: a tensor first made inside a custom gradient (a JAX custom_vjp trace)
+        # must not be cached for use outside it.
+        self._nan_ids = ops.where(self.valid, self.ids, num_domains)
         self._counts = None
-        self._nan_ids = None
 
     def nan_ids(self):
         """int32 ids, invalid ones `num_domains`: the NaN row `take_domains` appends."""
-        if self._nan_ids is None:
-            self._nan_ids = ops.where(self.valid, self.ids, self.num_domains)
         return self._nan_ids
 
     def counts(self):
