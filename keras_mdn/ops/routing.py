@@ -247,9 +247,10 @@ def take_columns(table, columns):
 
         # A gather from the flattened table: Keras' `take_along_axis` (and a gather with
         # `batch_dims`) cost about 100 graph ops with their gradient, this about 25.
-        width = table.shape[-1]
-        starts = tf.range(tf.shape(table)[0]) * width
-        return tf.gather(tf.reshape(table, (-1,)), columns + starts[:, None])
+        width, batch = table.shape[-1], tf.shape(table)[0]
+        # Reshaped to the table's batch: a domain vector of another length raises.
+        columns = tf.reshape(columns, (batch, columns.shape[-1]))
+        return tf.gather(tf.reshape(table, (-1,)), columns + (tf.range(batch) * width)[:, None])
     return ops.take_along_axis(table, columns, axis=1)
 
 
