@@ -4,13 +4,17 @@ For ResNet-26 (64x64, parallel full-rank adapters, `--width-factor`) and the mai
 small network (ResNet-26 at width 0.25 on 16x16x1 digits), with 5 and 10 domains, in one run:
 
 - sizes: base network (same architecture without adapters, folded), folded domain model,
-  multi-signature file with T signatures, swappable base, one pack (float32 full-rank adapters,
-  and float16 packs of a rank-r ResidualAdapter model: the SVD-compressed form);
-- LiteRT latency at batch 1 with 1 and 2 threads of base, folded and swappable, interleaved
-  per repetition, medians, at two levels side by side: the interpreter (per call: set the
-  image, invoke; the swappable model's domain written once through its `set_domain`
-  signature) and the package's runners (`FoldedModel.predict` for base and folded,
-  `SwappableModel.predict` for swappable, a domain already loaded);
+  multi-signature file with T signatures, swappable base, fold-on-switch template and fold
+  model, one pack (float32 full-rank adapters, and float16 packs of a rank-r ResidualAdapter
+  model: the SVD-compressed form);
+- LiteRT latency at batch 1 with 1 and 2 threads of base, folded, swappable (variables) and
+  fold-on-switch, interleaved per repetition, medians, at two levels side by side: the
+  interpreter (per call: set the image, invoke; the swappable model's domain written once
+  through its `set_domain` signature, the fold-on-switch template patched once for it) and
+  the package's runners (`FoldedModel.predict` for base and folded, `SwappableModel.predict`
+  and `FoldOnSwitchModel.predict`, a domain already loaded);
+- the cost of a domain switch (`load_pack` alternating two domains, median): writing the
+  variables (swappable) against refolding and a new interpreter (fold-on-switch);
 - quantisation (small network, 5 domains): size, max abs logit error relative to the logit
   spread, and top-1 agreement with the Keras model for every layout and option.
 
@@ -41,9 +45,11 @@ import numpy as np  # noqa: E402
 
 from keras_mdn.export import (  # noqa: E402
     FoldedModel,
+    FoldOnSwitchModel,
     Pack,
     SwappableModel,
     SwappablePlan,
+    export_fold_on_switch_tflite,
     export_folded_tflite,
     export_multi_signature_tflite,
     export_swappable_tflite,
@@ -102,10 +108,13 @@ class Timer:
     written once before, through its `set_domain` signature, as an app does on a switch.
     """
 
-    def __init__(self, path, threads, signature, set_domain=None):
+    def __init__(self, path, threads, signature, set_domain=None, content=None):
         from ai_edge_litert.interpreter import Interpreter
 
-        self.interpreter = Interpreter(model_path=str(path), num_threads=threads)
+        if content is not None:  # a fold-on-switch template patched for a domain
+            self.interpreter = Interpreter(model_content=content, num_threads=threads)
+        else:
+            self.interpreter = Interpreter(model_path=str(path), num_threads=threads)
         if set_domain is not None:
             self.interpreter.get_signature_runner(SET_DOMAIN_SIGNATURE)(**set_domain)
         runner = self.interpreter.get_signature_runner(signature)
@@ -141,6 +150,25 @@ class RunnerTimer:
 
     def measure(self, seconds=0.3):
         return _measure(self.invoke, seconds)
+
+
+def switch_seconds(runner, packs_by_domain, repeats=5, parts=None):
+    """Median wall time of `load_pack`, alternating two domains (the runner's switch).
+
+    With a dict `parts`, also the median of each part of a fold-on-switch switch (seconds).
+    """
+    times, breakdown = [], []
+    for index in range(repeats + 1):
+        domain = index % 2
+        start = time.perf_counter()
+        runner.load_pack(packs_by_domain[domain], domain=domain)
+        if index:  # the first call also warms up
+            times.append(time.perf_counter() - start)
+            breakdown.append(getattr(runner, "switch_breakdown", {}))
+    if parts is not None:
+        for key in breakdown[0]:
+            parts[key] = statistics.median(b[key] for b in breakdown)
+    return statistics.median(times)
 
 
 def _measure(invoke, seconds):
@@ -195,7 +223,9 @@ def network(name, build, domain_counts, args, tmp):
         model = build("parallel", num_domains)
         folded = export_folded_tflite(model, f"{tmp}/{name}_{num_domains}_folded", [0])[0]
         multi = export_multi_signature_tflite(model, f"{tmp}/{name}_{num_domains}_multi.tflite")
-        swap = export_swappable_tflite(model, f"{tmp}/{name}_{num_domains}_swap", [0])
+        swap = export_swappable_tflite(model, f"{tmp}/{name}_{num_domains}_swap", [0, 1])
+        fos = export_fold_on_switch_tflite(model, f"{tmp}/{name}_{num_domains}_fos", [0, 1],
+                                           write_packs=False)
         pack = packs.read_pack(swap["packs"][0])
         compressed = SwappablePlan(build("parallel", num_domains, rank=args.rank))
         compressed_pack = {
@@ -210,6 +240,10 @@ def network(name, build, domain_counts, args, tmp):
             "folded_bytes": size(folded),
             "multi_signature_bytes": size(multi),
             "swappable_bytes": size(swap["base"]),
+            "template_bytes": size(fos["template"]),
+            "fold_bytes": size(fos["fold"]),
+            "template_ops_equal_base": op_counts(open(fos["template"], "rb").read())
+            == op_counts(open(base, "rb").read()),
             "pack_float32_bytes": size(swap["packs"][0]),
             "pack_float16_bytes": len(packs.encode(Pack(pack.model_id, 0, "domain_0",
                                                         pack.tensors, dtype="float16"))),
@@ -233,6 +267,19 @@ def network(name, build, domain_counts, args, tmp):
                 FoldedModel({0: folded}, num_threads=threads), shape)
             timers[("runner_swappable", threads)] = RunnerTimer(
                 SwappableModel(swap["base"], swap["packs"], num_threads=threads), shape)
+            switching = FoldOnSwitchModel(fos["template"], fos["fold"], swap["packs"],
+                                          num_threads=threads)
+            parts = {}
+            row[f"fold_on_switch_switch_ms_{threads}t"] = 1e3 * switch_seconds(
+                switching, swap["packs"], parts=parts)
+            for key, value in parts.items():
+                row[f"fold_on_switch_switch_{key}_ms_{threads}t"] = 1e3 * value
+            row[f"swappable_switch_ms_{threads}t"] = 1e3 * switch_seconds(
+                SwappableModel(swap["base"], swap["packs"], num_threads=threads), swap["packs"])
+            switching.load_pack(swap["packs"][0], domain=0)
+            timers[("fold_on_switch", threads)] = Timer(
+                None, threads, "template", content=switching._model)
+            timers[("runner_fold_on_switch", threads)] = RunnerTimer(switching, shape)
         samples = {key: [] for key in timers}
         for _ in range(args.repeats):
             for key, timer in timers.items():  # interleaved: drift hits every variant alike
@@ -323,6 +370,10 @@ def targets(row):
              latency("swappable", "base", threads), 1.05),
             (f"runner: swappable <= 1.05 folded ({threads}t)",
              latency("runner_swappable", "runner_folded", threads), 1.05),
+            (f"fold-on-switch latency <= 1.05 base ({threads}t)",
+             latency("fold_on_switch", "base", threads), 1.05),
+            (f"runner: fold-on-switch <= 1.05 folded ({threads}t)",
+             latency("runner_fold_on_switch", "runner_folded", threads), 1.05),
         ]
     checks += [
         ("pack float32 <= 12 % base", row["pack_float32_bytes"] / base, 0.12),
@@ -377,6 +428,28 @@ def write(rows, quant_rows, args, command, seconds, loads):
             f"| {r['network']} | {r['domains']} | "
             + " | ".join(f"{r[f'runner_{v}_latency_ms_{t}t']:.3f}"
                          for t in (1, 2) for v in ("base", "folded", "swappable")) + " |")
+    lines += [
+        "", "## Fold-on-switch layout (the default of `load`)", "",
+        "Interpreter and runner latency (ms, batch 1) next to the cost of a domain switch "
+        "(ms, `load_pack` alternating two domains: fold.tflite + patching the bytes + a new "
+        "interpreter with one run, each part given; for the swappable layout: writing the "
+        "variables).", "",
+        "| network | T | template | fold.tflite | base 1t | fold-on-switch 1t | runner 1t | "
+        "switch 1t | swappable switch 1t | base 2t | fold-on-switch 2t | runner 2t | "
+        "switch 2t | swappable switch 2t |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        cells = [f"{r['template_bytes']:,}", f"{r['fold_bytes']:,}"]
+        for t in (1, 2):
+            cells += [f"{r[f'base_latency_ms_{t}t']:.3f}",
+                      f"{r[f'fold_on_switch_latency_ms_{t}t']:.3f}",
+                      f"{r[f'runner_fold_on_switch_latency_ms_{t}t']:.3f}",
+                      f"{r[f'fold_on_switch_switch_ms_{t}t']:.1f} ("
+                      + " + ".join(f"{r[f'fold_on_switch_switch_{k}_ms_{t}t']:.1f}"
+                                   for k in ("fold", "patch", "interpreter")) + ")",
+                      f"{r[f'swappable_switch_ms_{t}t']:.2f}"]
+        lines.append(f"| {r['network']} | {r['domains']} | " + " | ".join(cells) + " |")
     lines += ["", "## Targets", "", "| network | T | target | measured | pass |",
               "|---|---:|---|---:|---|"]
     for r in rows:
@@ -384,9 +457,10 @@ def write(rows, quant_rows, args, command, seconds, loads):
             shown = f"{100 * value:.2f} %" if "%" in name else f"{value:.3f}x"
             lines.append(f"| {r['network']} | {r['domains']} | {name} | {shown} | "
                          f"{'pass' if ok else 'FAIL'} |")
-        lines.append(f"| {r['network']} | {r['domains']} | folded TFLite ops == base ops | "
-                     f"{r['folded_ops_equal_base']} | "
-                     f"{'pass' if r['folded_ops_equal_base'] else 'FAIL'} |")
+        for key, label in (("folded_ops_equal_base", "folded"),
+                           ("template_ops_equal_base", "fold-on-switch template")):
+            lines.append(f"| {r['network']} | {r['domains']} | {label} TFLite ops == base ops "
+                         f"| {r[key]} | {'pass' if r[key] else 'FAIL'} |")
     if not quant_rows:
         out.with_suffix(".md").write_text("\n".join(lines) + "\n")
         plot(rows, out.with_suffix(".png"))
@@ -430,11 +504,14 @@ def plot(rows, path):
     axes[0].set_xticks(x, labels)
     axes[0].set_title("size ratios")
     axes[0].legend(fontsize=8)
-    for i, (variant, threads) in enumerate([("folded", 1), ("folded", 2), ("swappable", 1),
-                                            ("swappable", 2)]):
+    variants = [("folded", 1), ("folded", 2), ("swappable", 1), ("swappable", 2),
+                ("fold_on_switch", 1), ("fold_on_switch", 2)]
+    bar = width * 4 / len(variants)
+    for i, (variant, threads) in enumerate(variants):
         values = [r[f"{variant}_latency_ms_{threads}t"] / r[f"base_latency_ms_{threads}t"]
                   for r in rows]
-        axes[1].bar(x + (i - 1.5) * width, values, width, label=f"{variant}, {threads} thread(s)")
+        axes[1].bar(x + (i - (len(variants) - 1) / 2) * bar, values, bar,
+                    label=f"{variant}, {threads} thread(s)")
     axes[1].axhline(1.05, color="red", linestyle="--", linewidth=1, label="swappable target")
     axes[1].axhline(1.02, color="gray", linestyle=":", linewidth=1, label="folded target")
     axes[1].set_xticks(x, labels)

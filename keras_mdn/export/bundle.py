@@ -6,8 +6,14 @@
 
 import json
 import os
+import warnings
 
 from keras_mdn.export import packs
+from keras_mdn.export.fold_on_switch import (
+    FOLD_SIGNATURE,
+    TEMPLATE_SIGNATURE,
+    export_fold_on_switch_tflite,
+)
 from keras_mdn.export.quantization import QUANTIZATIONS
 from keras_mdn.export.savedmodel import export_saved_model
 from keras_mdn.export.swappable import SwappablePlan
@@ -20,11 +26,11 @@ from keras_mdn.export.tflite import (
 )
 
 MANIFEST = "manifest.json"
-LAYOUTS = ("saved_model", "folded", "multi_signature", "swappable")
+LAYOUTS = ("saved_model", "folded", "multi_signature", "swappable", "fold_on_switch")
 
 
 def export_all(model, directory, domains=None, domain_names=None, quantizations=(None,),
-               representative_data=None, pack_dtype="float32", layouts=LAYOUTS):
+               representative_data=None, pack_dtype="float32", layouts=None):
     """Writes every export of a multi-domain model into `directory`, with a manifest.
 
     Layout of `directory`:
@@ -34,7 +40,9 @@ def export_all(model, directory, domains=None, domain_names=None, quantizations=
         folded/domain_<d>[.<q>].tflite    one folded model per domain
         multi_signature[.<q>].tflite      one file, a signature per domain
         swappable/swappable[.<q>].tflite  the base model: signatures set_domain and swappable
-        swappable/domain_<d>.mdnpack      one pack per domain
+        swappable/domain_<d>.mdnpack      one pack per domain (read by both swappable layouts)
+        fold_on_switch/template.tflite    a folded network refolded per domain (float32 only)
+        fold_on_switch/fold.tflite        computes a domain's buffers from its pack
 
     Args:
         model: functional multi-domain model (inputs `"image"` and `"domain"`).
@@ -48,7 +56,11 @@ def export_all(model, directory, domains=None, domain_names=None, quantizations=
         representative_data: images `(N, H, W, C)` or `{domain: images}`; needed for `"int8"`.
         pack_dtype: storage dtype of the pack matrices: `"float32"`, `"float16"` or `"int8"`.
             Defaults to `"float32"`.
-        layouts: which of `"saved_model"`, `"folded"`, `"multi_signature"`, `"swappable"`.
+        layouts: which of `"saved_model"`, `"folded"`, `"multi_signature"`, `"swappable"`,
+            `"fold_on_switch"` (written for the float32 variant, `None` in `quantizations`).
+            Defaults to all; then a model whose fold the fold-on-switch layout cannot
+            refold (e.g. a user-written domain layer) gets the others and a warning, while
+            naming `"fold_on_switch"` explicitly raises.
 
     Returns:
         The manifest (dict), also written to `directory/manifest.json`.
@@ -66,6 +78,8 @@ def export_all(model, directory, domains=None, domain_names=None, quantizations=
         isinstance(d, str) for d in domains
     ):
         domain_names, domains = list(domains), None
+    optional = layouts is None  # fold_on_switch is skipped (with a warning) if unsupported
+    layouts = LAYOUTS if layouts is None else layouts
     unknown = set(layouts) - set(LAYOUTS)
     if unknown:
         raise ValueError(f"`layouts` must be among {LAYOUTS}. Received: layouts={layouts!r}")
@@ -102,7 +116,9 @@ def export_all(model, directory, domains=None, domain_names=None, quantizations=
                                              domains)
         if "saved_model" in layouts:
             manifest["saved_model"] = "saved_model"
-    plan = SwappablePlan(model) if "swappable" in layouts else None
+    swapped = {"swappable", "fold_on_switch"} & set(layouts)
+    plan = SwappablePlan(model) if swapped else None
+    pack_paths = None
     for index, quantization in enumerate(quantizations):
         key = str(quantization)
         suffix = "" if quantization is None else f".{quantization}"
@@ -134,6 +150,30 @@ def export_all(model, directory, domains=None, domain_names=None, quantizations=
                 "signatures": {"set_domain": SET_DOMAIN_SIGNATURE,
                                "inference": SWAPPABLE_SIGNATURE},
             }
+    written = None
+    if "fold_on_switch" in layouts and None in quantizations:
+        try:
+            written = export_fold_on_switch_tflite(
+                model, os.path.join(directory, "fold_on_switch"), domains, pack_dtype,
+                domain_names, plan, write_packs=pack_paths is None,
+            )
+        except ValueError as error:
+            if not optional:
+                raise
+            warnings.warn(f"export_all: the fold_on_switch layout is skipped: {error}",
+                          stacklevel=2)
+    if written is not None:
+        if pack_paths is None:
+            pack_paths = {str(d): relative(p) for d, p in written["packs"].items()}
+        manifest["layouts"]["fold_on_switch"] = {"None": {
+            "template": relative(written["template"]),
+            "fold": relative(written["fold"]),
+            "packs": pack_paths,
+            "pack_dtype": pack_dtype,
+            "model_id": written["model_id"],
+            "reference_domain": plan.reference_domain,
+            "signatures": {"fold": FOLD_SIGNATURE, "inference": TEMPLATE_SIGNATURE},
+        }}
     with open(os.path.join(directory, MANIFEST), "w") as f:
         json.dump(manifest, f, indent=2)
     return manifest

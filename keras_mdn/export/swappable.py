@@ -140,6 +140,14 @@ class SwappablePlan:
             self._reference = self.domain_tensors(self.reference_domain)
         return self._reference
 
+    def reference_tensors_of(self, unit):
+        """dict part -> array: the reference tensors of one `SwappedLayer` (names unprefixed)."""
+        return _parts(self.reference_tensors(), unit.name)
+
+    def domain_tensors_of(self, unit, domain):
+        """dict part -> array: one `SwappedLayer`'s tensors for `domain`."""
+        return _parts(self.domain_tensors(domain), unit.name)
+
     def pack_tensors(self, domain):
         """dict name -> float32 array: what `domain`'s pack holds, `domain - reference`."""
         reference = self.reference_tensors()
@@ -165,9 +173,7 @@ class SwappablePlan:
                 if isinstance(op, keras.layers.Layer) and accepts_training(op):
                     kwargs = {**kwargs, "training": False}
                 return op(*args, **kwargs)
-            prefix = f"{unit.name}{SEPARATOR}"
-            tensors = {k[len(prefix):]: v for k, v in params.items() if k.startswith(prefix)}
-            return unit.layer.swappable_call(args[0], tensors)
+            return unit.layer.swappable_call(args[0], _parts(params, unit.name))
 
         values = {self.input_name: inputs}
         if self.graph.domain_input is not None:
@@ -194,3 +200,9 @@ class SwappablePlan:
             for weight in weights:
                 yield f"{op.name}/{weight.path}", ops.convert_to_numpy(weight)
 
+
+
+def _parts(tensors, unit_name):
+    prefix = f"{unit_name}{SEPARATOR}"
+    return {name[len(prefix):]: value for name, value in tensors.items()
+            if name.startswith(prefix)}

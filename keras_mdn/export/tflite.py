@@ -124,7 +124,7 @@ def read_metadata(data, name):
     return None
 
 
-def _write(path, data):
+def write(path, data):
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "wb") as f:
         f.write(data)
@@ -200,7 +200,7 @@ def export_folded_tflite(model, directory, domains=None, quantization=None,
             representative_data, [domain], lambda d, x, key=key: (key, {name: x})
         )
         data = convert_saved_model(saved, [key], quantization, dataset)
-        paths[domain] = _write(os.path.join(directory, f"{key}{_suffix(quantization)}.tflite"),
+        paths[domain] = write(os.path.join(directory, f"{key}{_suffix(quantization)}.tflite"),
                                data)
     return paths
 
@@ -235,7 +235,7 @@ def export_multi_signature_tflite(model, path, domains=None, quantization=None,
         representative_data, domains, lambda d, x: (endpoint_name(d), {name: x})
     )
     data = convert_saved_model(saved_model_dir, keys, quantization, dataset)
-    return _write(path, data)
+    return write(path, data)
 
 
 def export_swappable_tflite(model, directory, domains=None, quantization=None,
@@ -267,12 +267,8 @@ def export_swappable_tflite(model, directory, domains=None, quantization=None,
     _check_quantization(quantization, representative_data)
     plan = plan or SwappablePlan(model)
     domains = check_domains(domains, plan.num_domains)
-    if pack_dtype not in packs.DTYPE_CODES:
-        raise ValueError(
-            f"`pack_dtype` must be one of {list(packs.DTYPE_CODES)}. "
-            f"Received: pack_dtype={pack_dtype!r}"
-        )
-    names = _domain_names(domain_names, plan.num_domains)
+    check_pack_dtype(pack_dtype)
+    names = check_domain_names(domain_names, plan.num_domains)
     name, spec = input_spec(plan.graph)
     reference = plan.reference_tensors()
     # The swapped tensors live in resource variables: `set_domain` writes them once per
@@ -313,16 +309,33 @@ def export_swappable_tflite(model, directory, domains=None, quantization=None,
     data = convert_saved_model(saved, [SWAPPABLE_SIGNATURE, SET_DOMAIN_SIGNATURE], quantization,
                                dataset, resource_variables=True)
     data = add_metadata(data, MODEL_ID_METADATA, plan.model_id.hex().encode("ascii"))
-    base = _write(os.path.join(directory, f"swappable{_suffix(quantization)}.tflite"), data)
-    pack_paths = {}
-    for domain in domains if write_packs else []:
+    base = write(os.path.join(directory, f"swappable{_suffix(quantization)}.tflite"), data)
+    pack_paths = (write_domain_packs(plan, directory, domains, names, pack_dtype)
+                  if write_packs else {})
+    return {"base": base, "packs": pack_paths, "model_id": plan.model_id.hex()}
+
+
+def write_domain_packs(plan, directory, domains, names, pack_dtype="float32"):
+    """Writes `domain_<d>[.<dtype>].mdnpack` for each domain; returns domain -> path."""
+    check_pack_dtype(pack_dtype)
+    os.makedirs(directory, exist_ok=True)
+    paths = {}
+    for domain in domains:
         pack = packs.Pack(plan.model_id, domain, names[domain], plan.pack_tensors(domain),
                           dtype=pack_dtype, num_classes=plan.num_classes(domain))
         suffix = "" if pack_dtype == "float32" else f".{pack_dtype}"
         path = os.path.join(directory, f"{endpoint_name(domain)}{suffix}.mdnpack")
         packs.write_pack(path, pack)
-        pack_paths[domain] = path
-    return {"base": base, "packs": pack_paths, "model_id": plan.model_id.hex()}
+        paths[domain] = path
+    return paths
+
+
+def check_pack_dtype(pack_dtype):
+    if pack_dtype not in packs.DTYPE_CODES:
+        raise ValueError(
+            f"`pack_dtype` must be one of {list(packs.DTYPE_CODES)}. "
+            f"Received: pack_dtype={pack_dtype!r}"
+        )
 
 
 def _check_quantization(quantization, representative_data):
@@ -341,7 +354,8 @@ def _inference(model):
     return serve
 
 
-def _domain_names(domain_names, num_domains):
+def check_domain_names(domain_names, num_domains):
+    """`domain_names` checked (one per domain), or the default `domain_<d>` names."""
     if domain_names is None:
         return [endpoint_name(d) for d in range(num_domains)]
     domain_names = [str(n) for n in domain_names]

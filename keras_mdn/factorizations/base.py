@@ -14,7 +14,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_mdn.ops import contraction
+from keras_mdn.ops import contraction, routing
 
 TASK = "t"
 # Reconstructions above this many elements are not done at build time (variance rescaling).
@@ -272,20 +272,66 @@ class Factorization:
         return ops.reshape(tensor, (self.num_domains, -1))
 
     def sliced_operands(self, domain):
-        """The factors with the domain operand sliced at `domain` (int or 0-d tensor)."""
+        """The factors with the domain operand sliced at `domain`.
+
+        `domain`: a Python int, or a `keras_mdn.ops.routing.Selection` of a 0-d domain tensor.
+        A tensor domain selects by `where` and a sum over the domain axis, not by a one-hot
+        product: the gradient stays dense (fast under XLA with momentum optimizers) and the
+        other domains' slices get exact zeros, never `0 * NaN` from a NaN example. An invalid
+        traced id slices NaN, so the whole batch's outputs are NaN (routing's rule).
+        """
+        net = self.network_
+        index = net.task_operand
+        operands = list(self.variables)
+        if index is None:
+            return operands
+        axis = net.labels[index].index(net.task_label)
+        if isinstance(domain, int):
+            operands[index] = ops.take(operands[index], domain, axis=axis)
+            return operands
+        selection = routing.select(domain, self.num_domains)
+        operand = ops.convert_to_tensor(operands[index])
+        shape = [1] * len(operand.shape)
+        shape[axis] = self.num_domains
+        positions = np.broadcast_to(np.arange(self.num_domains, dtype="int32").reshape(shape),
+                                    operand.shape)
+        # Same-shape operands and scalars only: a broadcasting `where` is slow in a TF graph.
+        # `segments` is -1 for an invalid id: no slice selected, no gradient to any domain.
+        mask = ops.equal(positions, selection.segments)
+        sliced = ops.sum(ops.where(mask, operand, ops.zeros_like(operand)), axis=axis)
+        nan = ops.where(selection.valid, ops.cast(0.0, sliced.dtype),
+                        ops.cast(float("nan"), sliced.dtype))
+        operands[index] = sliced + nan
+        return operands
+
+    def example_operands(self, selection):
+        """The factors with the domain operand gathered per example (`example_labels`).
+
+        `selection` is a `keras_mdn.ops.routing.Selection` of a domain vector. A gather, whose
+        gradient adds each example into its own domain's slice only: a NaN example changes no
+        other domain's weights or gradients (a one-hot product would spread `0 * NaN`). An
+        invalid traced id gathers NaN, so that example's outputs are NaN, and its gradient
+        reaches no domain's slice.
+        """
         net = self.network_
         index = net.task_operand
         operands = list(self.variables)
         if index is not None:
-            axis = net.labels[index].index(net.task_label)
-            if isinstance(domain, int):
-                operands[index] = ops.take(operands[index], domain, axis=axis)
-            else:
-                # A one-hot product rather than a gather: dense gradients (fast under XLA with
-                # momentum optimizers).
-                one_hot = ops.one_hot(domain, self.num_domains, dtype=operands[index].dtype)
-                operands[index] = ops.tensordot(operands[index], one_hot, axes=[[axis], [0]])
+            labels = net.labels[index]
+            rest = tuple(lab for lab in labels if lab != net.task_label)
+            table = contraction._transpose_to(operands[index], labels, (net.task_label,) + rest)
+            operands[index] = routing.take_domains(table, selection)
         return operands
+
+    def example_labels(self):
+        """The operands' labels with the domain label of the domain operand replaced by the
+        batch label, moved first (as `example_operands`)."""
+        net = self.network_
+        return [
+            (contraction.BATCH,) + tuple(lab for lab in labels if lab != net.task_label)
+            if net.task_label in labels else labels
+            for labels in net.labels
+        ]
 
     def sliced_labels(self):
         """The operands' labels with the domain label removed (as `sliced_operands`)."""

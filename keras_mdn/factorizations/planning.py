@@ -3,17 +3,21 @@
 A factorised layer holds a `DensePlan` or a `ConvPlan` made here from its factorisation's
 `Network` (static shapes, ranks, batch size hint) and runs it on every call:
 
-- dense: `x @ W_domain` is a contraction of the factors with `x` (and, for a mixed-domain
-  batch, the one-hot selector `(B, t)`), its order found by `contraction.search_path`; the
-  reconstruct-then-GEMM order is one of the candidates, so the cheaper one wins.
+- dense: `x @ W_domain` is a contraction of the factors with `x`, its order found by
+  `contraction.search_path`; the reconstruct-then-GEMM order is one of the candidates, so the
+  cheaper one wins. For a mixed-domain batch the domain operand is first gathered per example
+  (`Factorization.example_operands`, labels `(B, ...)`), then contracted like the others.
 - convolution: the conv kernel is formed by a subset of the factors that holds every factor
   touching the input modes (spatial and `C_in`), never the domain factor of a mixed batch;
   the convolution writes that kernel's open bond labels as channels, and the remaining factors
   (output factor, domain codes) are contracted with its output like a dense layer. The subset
   with the lowest modelled cost is taken; the full kernel (`"reconstruct"`) is one candidate.
 
-The domain is dispatched by `keras_mdn.ops.routing.route`; the selector is applied as a one-hot
-product (dense gradients), never as a per-example gather of a weight.
+The form of the domain decides the path while tracing (never a run-time `cond`): an int or 0-d
+tensor takes `uniform`, a `keras_mdn.ops.routing.Selection` of a domain vector takes `mixed`.
+Per-example selection is a gather of the small domain operand (its codes), never a one-hot
+product (which would spread a NaN example to every domain's gradients as `0 * NaN`) and never
+a gathered full weight per example.
 """
 
 import itertools
@@ -22,11 +26,9 @@ from typing import NamedTuple
 
 from keras import ops
 
-from keras_mdn.ops import contraction
-from keras_mdn.ops.routing import route
+from keras_mdn.ops import contraction, routing
 
 _MODES = ("auto", "flops", "reconstruct")
-SELECTOR = "task_one_hot"
 
 
 class DensePlan(NamedTuple):
@@ -43,7 +45,8 @@ class FactoredConv(NamedTuple):
         inner: indices of the operands forming the conv kernel.
         outer: indices of the other operands, contracted after the convolution.
         kernel_path: path building the kernel `(*in_dims, width)` from `inner`.
-        post: path contracting `outer` (and the selector) with the conv output `(B, P, bonds)`.
+        post: path contracting `outer` (a mixed batch: the domain operand gathered per example)
+            with the conv output `(B, P, bonds)`.
         bonds: the kernel's open labels, in channel order.
         cost: modelled cost, in the units of `contraction`.
     """
@@ -80,18 +83,17 @@ def plan_dense(factorization, batch_size, mode="auto"):
     sizes[contraction.BATCH] = max(int(batch_size), 1)
     x_labels = (contraction.BATCH,) + net.in_labels
     output = (contraction.BATCH,) + net.out_labels
-    uniform = _search(net, factorization.sliced_labels() + [x_labels], output, sizes, None,
-                      mode)
+    uniform = _search(net, factorization.sliced_labels() + [x_labels], output, sizes, mode)
     mixed = None
     if net.task_label is not None:
-        labels = list(net.labels) + [x_labels, (contraction.BATCH, net.task_label)]
-        mixed = _search(net, labels, output, sizes, net.task_label, mode)
+        labels = factorization.example_labels() + [x_labels]
+        mixed = _search(net, labels, output, sizes, mode)
     return DensePlan(uniform, mixed)
 
 
-def _search(net, labels, output, sizes, selector, mode):
+def _search(net, labels, output, sizes, mode):
     if mode != "reconstruct":
-        return contraction.search_path(labels, output, sizes, selector=selector,
+        return contraction.search_path(labels, output, sizes,
                                        cost="flops" if mode == "flops" else "model")
     count = len(net.labels)
     weight_output = set(output) | {lab for labs in labels[count:] for lab in labs}
@@ -99,31 +101,49 @@ def _search(net, labels, output, sizes, selector, mode):
         labels[:count], [lab for labs in labels[:count] for lab in labs
                          if lab in weight_output], sizes, cost="flops")
     tree = contraction.reconstruct_first_tree([weights.tree], range(count, len(labels)))
-    return contraction.search_path(labels, output, sizes, selector=selector, forced=tree)
+    return contraction.search_path(labels, output, sizes, forced=tree)
+
+
+def _route(factorization, domain, uniform, mixed):
+    """`mixed(selection)` for a domain vector, else `uniform(domain)` (an int or a
+    `Selection` of a 0-d tensor); a tensor domain is prepared by routing's `select`."""
+    if isinstance(domain, int):
+        return uniform(domain)
+    selection = routing.select(domain, factorization.num_domains)
+    if routing.is_uniform(selection.ids):
+        return uniform(selection)
+    return mixed(selection)
 
 
 def matmul(plan, factorization, x, domain):
-    """`x @ W_domain` for `x` `(batch, prod(in_dims))`; `domain` canonicalised by routing."""
+    """`x @ W_domain` for `x` `(batch, prod(in_dims))`.
+
+    `domain`: a Python int, or the `keras_mdn.ops.routing.Selection` of a 0-d domain tensor or
+    of a domain vector, as the layer's routing prepared it. Invalid traced ids give NaN
+    outputs (for their examples).
+    """
     net = factorization.network_
     x = contraction.reshape(x, (-1,) + tuple(net.sizes[lab] for lab in net.in_labels))
-    variables = list(factorization.variables)
 
     def uniform(d):
         return contraction.contract(plan.uniform, factorization.sliced_operands(d) + [x])
 
-    def mixed(domains):
-        return contraction.contract(plan.mixed, variables + [x, domains])
+    def mixed(selection):
+        return contraction.contract(plan.mixed,
+                                    factorization.example_operands(selection) + [x])
 
     if net.task_label is None:
-        result = contraction.contract(plan.uniform, variables + [x])
+        result = contraction.contract(plan.uniform, list(factorization.variables) + [x])
     else:
-        result = route(domain, uniform, mixed)
+        result = _route(factorization, domain, uniform, mixed)
     return contraction.reshape(result, (-1, math.prod(factorization.out_dims)))
 
 
 def describe_dense(plan, factorization):
-    """`{"uniform": "((core_0, x), core_1)", "uniform_flops": ..., "mixed": ...}`."""
-    names = list(factorization.network_.names) + ["x", SELECTOR]
+    """`{"uniform": "((core_0, x), core_1)", "uniform_flops": ..., "mixed": ...}`.
+
+    In the mixed path the domain operand's name stands for its per-example gather."""
+    names = list(factorization.network_.names) + ["x"]
     summary = {}
     for key, path in plan._asdict().items():
         if path is not None:
@@ -188,11 +208,9 @@ def _kernel_subsets(net, mixed):
 
 def _factored(factorization, inner, sizes, calls, in_size, mixed):
     net = factorization.network_
-    labels = net.labels if mixed else factorization.sliced_labels()
+    labels = factorization.example_labels() if mixed else factorization.sliced_labels()
     outer = tuple(i for i in range(len(labels)) if i not in inner)
     outer_labels = {lab for i in outer for lab in labels[i]} | set(net.out_labels)
-    if mixed:
-        outer_labels.add(net.task_label)
     bonds = tuple(dict.fromkeys(lab for i in inner for lab in labels[i]
                                 if lab in outer_labels and lab not in net.in_labels))
     if not bonds:
@@ -203,11 +221,7 @@ def _factored(factorization, inner, sizes, calls, in_size, mixed):
     z_labels = (contraction.BATCH, "P") + bonds
     output = (contraction.BATCH, "P") + net.out_labels
     post_labels = [labels[i] for i in outer] + [z_labels]
-    selector = None
-    if mixed:
-        post_labels.append((contraction.BATCH, net.task_label))
-        selector = net.task_label
-    post = contraction.search_path(post_labels, output, sizes, selector=selector)
+    post = contraction.search_path(post_labels, output, sizes)
     cost = _conv_cost(calls, in_size, width) + post.cost
     return FactoredConv(inner, outer, kernel_path, post, bonds, cost)
 
@@ -217,38 +231,36 @@ def conv(plan, factorization, inputs, domain, conv_fn):
     net = factorization.network_
     out_channels = math.prod(factorization.out_dims)
 
-    def factored(step, operands, extra):
+    def factored(step, operands):
         kernel = contraction.contract(step.kernel_path, [operands[i] for i in step.inner])
         width = math.prod(net.sizes[lab] for lab in step.bonds)
         z = conv_fn(inputs, contraction.reshape(kernel, factorization.in_dims + (width,)))
         shape = ops.shape(z)
         z = contraction.reshape(z, (-1, step.post.sizes["P"]) + tuple(net.sizes[lab]
                                                                for lab in step.bonds))
-        result = contraction.contract(step.post, [operands[i] for i in step.outer] + [z] + extra)
+        result = contraction.contract(step.post, [operands[i] for i in step.outer] + [z])
         return contraction.reshape(result, tuple(shape[:-1]) + (out_channels,))
 
     def uniform(d):
         if plan.uniform is not None:
-            return factored(plan.uniform, factorization.sliced_operands(d), [])
+            return factored(plan.uniform, factorization.sliced_operands(d))
         return conv_fn(inputs, factorization.task_weight(d))
 
-    def mixed(domains):
+    def mixed(selection):
         if plan.mixed is not None:
-            return factored(plan.mixed, list(factorization.variables), [domains])
+            return factored(plan.mixed, factorization.example_operands(selection))
         kernel, codes = factorization.coded_weight()
         code_size = codes.shape[-1]
         kernel = contraction.reshape(kernel, factorization.in_dims + (out_channels * code_size,))
         outputs = conv_fn(inputs, kernel)
         shape = ops.shape(outputs)
-        outputs = contraction.reshape(outputs, tuple(shape[:-1]) + (out_channels, code_size))
-        one_hot = ops.one_hot(domains, factorization.num_domains, dtype=outputs.dtype)
-        mix = ops.matmul(one_hot, ops.cast(codes, outputs.dtype))  # (B, E)
-        mix = contraction.reshape(mix, (-1,) + (1,) * (len(outputs.shape) - 2) + (code_size,))
-        return ops.sum(outputs * mix, axis=-1)
+        mix = routing.take_domains(ops.cast(codes, outputs.dtype), selection)  # (B, E)
+        mixed_outputs = contraction.matvec(ops.reshape(outputs, (shape[0], -1, code_size)), mix)
+        return ops.reshape(mixed_outputs, tuple(shape[:-1]) + (out_channels,))
 
     if net.task_label is None:
         return uniform(0)
-    return route(domain, uniform, mixed)
+    return _route(factorization, domain, uniform, mixed)
 
 
 def describe_conv(plan, factorization):

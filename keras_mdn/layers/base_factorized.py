@@ -31,6 +31,7 @@ from keras_mdn.ops.routing import (
     is_uniform,
     per_example,
     select,
+    take_domains,
 )
 
 _VARIANCES = ("glorot", "he")
@@ -103,11 +104,12 @@ class BaseFactorized(keras.layers.Layer, DomainLayer):
         return super().__call__(*args, **kwargs)
 
     def _domain(self, domain, inputs=None):
-        """`(ids, selection)` of the call's domain, canonicalised by routing.
+        """`(route, selection)` of the call's domain, canonicalised by routing.
 
-        `ids` is what the contraction reads: a Python int, or an int32 tensor (0-d or
-        `(batch,)`) with invalid traced ids clipped into range; `selection` (None for an int)
-        marks those invalid ids, whose outputs `_finish` turns into NaN.
+        `route` is what the factorisation's plan reads: a Python int, or the routing
+        `Selection` of a 0-d domain tensor or a domain vector (`selection` too; None for an
+        int). An invalid traced id selects NaN domain codes, so its examples' outputs are NaN
+        and its gradients reach no domain's codes or bias.
         """
         if domain is None and self.num_domains == 1:
             return 0, None
@@ -117,27 +119,34 @@ class BaseFactorized(keras.layers.Layer, DomainLayer):
         if inputs is not None:
             check_batch(domain, inputs)
         selection = select(domain, self.num_domains)
-        return selection.ids, selection
+        return selection, selection
 
-    def _finish(self, outputs, ids, selection):
+    def _finish(self, outputs, route, selection):
         if self.bias is not None:
             if selection is None:
-                bias = self.bias[ids]
+                bias = self.bias[route]
             else:
-                bias = ops.take(self.bias, ids, axis=0)
-                if not is_uniform(ids):
+                bias = take_domains(self.bias, selection)
+                if not is_uniform(selection.ids):
                     bias = per_example(bias, outputs)
             outputs = outputs + ops.cast(bias, outputs.dtype)
         if self.activation is not None:
             outputs = self.activation(outputs)
-        if selection is None:
+        if selection is None or not self._mask_after(outputs):
             return outputs
         # Routing's rule for ids known only at run time: NaN for the bad examples, never
-        # another domain's answer (after the activation, which may map NaN to a number).
+        # another domain's answer. The NaN codes already give NaN before the activation; a
+        # `where` after it too when the activation might map NaN to a number, or when no
+        # weight is per domain. (A `where` over the whole output is skipped otherwise: in a
+        # TF graph it costs as much as a small factorised layer.)
         valid = selection.valid
-        if not is_uniform(ids):
+        if not is_uniform(selection.ids):
             valid = ops.reshape(valid, (-1,) + (1,) * (len(outputs.shape) - 1))
         return ops.where(valid, outputs, ops.cast(float("nan"), outputs.dtype))
+
+    def _mask_after(self, outputs):
+        linear = self.activation in (None, keras.activations.linear)
+        return not linear or self.factorization.network_.task_operand is None
 
     def quantize(self, mode=None, type_check=True, config=None):
         """Refuses: the kernel is a product of factors, which Keras' quantizers do not cover.

@@ -1,3 +1,5 @@
+import math
+
 import keras
 import numpy as np
 from keras import ops
@@ -154,35 +156,62 @@ class DomainBatchNormalization(keras.layers.Layer, DomainLayer):
         if synchronized and routing.is_uniform(domain):
             # Replicas may hold different domains: reduce per domain, as for a mixed batch.
             domain = ops.full((ops.shape(inputs)[0],), domain, "int32")
-        uniform = routing.is_uniform(domain)
+        if not routing.is_uniform(domain):
+            selection = routing.select(domain, self.num_domains)
+            if training:
+                outputs = self._mixed_training(inputs, selection, synchronized)
+            else:
+                outputs = self._mixed_inference(inputs, selection)
+            return ops.cast(outputs, inputs.dtype)
         if not isinstance(domain, int):
             domain = routing.select(domain, self.num_domains)
-        if uniform:
-            if training:
-                mean, variance = self._uniform_moments(inputs, domain)
-                scale, offset = self.affine(domain, mean, variance)
-            else:
-                scale, offset = self.affine(domain)
+        if training:
+            mean, variance = self._uniform_moments(inputs, domain)
+            scale, offset = self.affine(domain, mean, variance)
         else:
-            if training:
-                mean, variance = self._mixed_moments(inputs, domain, synchronized)
-            else:
-                mean, variance = self.moving_mean, self.moving_variance
-            # Each example's rows, then its affine map: computed per example, as the numbers
-            # of domains change (add_domain) the old domains' outputs stay bit-identical.
-            # NaN variances for invalid ids make their outputs NaN.
-            mean = routing.take_domains(mean, domain, fill_invalid=False)
-            variance = routing.take_domains(variance, domain)
-            gamma, beta = (
-                None if w is None else routing.take_domains(w, domain, fill_invalid=False)
-                for w in (self.gamma, self.beta)
-            )
-            scale, offset = self._scale_offset(mean, variance, gamma, beta)
-            scale = routing.per_example(scale, inputs, check_batch=True)
-            offset = routing.per_example(offset, inputs)
+            scale, offset = self.affine(domain)
         scale, offset = ops.cast(scale, inputs.dtype), ops.cast(offset, inputs.dtype)
         # offset first: Keras' TF `add` mistakes a (0, 1, 1, C) offset for a bias (empty batch).
         return ops.add(offset, ops.multiply(inputs, scale))
+
+    def _mixed_inference(self, inputs, selection):
+        # One gather of the stacked [mean | variance | gamma | beta] table, then each
+        # example's affine map: computed per example, so that when the number of domains
+        # changes (add_domain) the old domains' outputs stay bit-identical. Invalid ids read
+        # NaN rows, so their outputs are NaN.
+        tables = [self.moving_mean, self.moving_variance]
+        tables += [w for w in (self.gamma, self.beta) if w is not None]
+        rows = routing.take_domains(ops.concatenate(tables, axis=-1), selection)
+        rows = ops.split(rows, len(tables), axis=-1)
+        gamma = rows[2] if self.gamma is not None else None
+        beta = rows[-1] if self.beta is not None else None
+        scale, offset = self._scale_offset(rows[0], rows[1], gamma, beta)
+        scale = routing.per_example(ops.cast(scale, inputs.dtype), inputs, check_batch=True)
+        offset = routing.per_example(ops.cast(offset, inputs.dtype), inputs)
+        return ops.add(offset, ops.multiply(inputs, scale))
+
+    def _mixed_training(self, inputs, selection, synchronized=False):
+        """Normalises each example with its domain's batch statistics; moves those domains."""
+        x = ops.cast(inputs, "float32")
+        moving_mean = ops.convert_to_tensor(self.moving_mean)
+        shift = routing.take_domains(moving_mean, selection, fill_invalid=False)
+        shift = routing.per_example(shift, x, check_batch=True)
+        counts = selection.counts()
+        if synchronized:  # over every replica's examples of each domain
+            counts = distribution.cross_replica_sum(counts)
+        spatial = x.shape[1:-1]
+        if any(size is None for size in spatial):
+            spatial = ops.shape(x)[1:-1]
+        positions = math.prod(spatial) if spatial else 1
+        sizes = ops.expand_dims(ops.maximum(counts, 1.0), -1) * ops.cast(positions, "float32")
+        shape = (self.num_domains, x.shape[-1])
+        gamma = ops.ones(shape) if self.gamma is None else routing.read(self.gamma)
+        beta = ops.zeros(shape) if self.beta is None else routing.read(self.beta)
+        normalized, shifted_mean, variance = per_domain_normalization(
+            x, gamma, beta, shift, sizes, selection, self.epsilon, synchronized
+        )
+        self._update_moving(moving_mean + shifted_mean, variance, ops.greater(counts, 0.0))
+        return normalized
 
     def affine(self, domain, mean=None, variance=None):
         """The per-channel `(scale, offset)` with `y = x * scale + offset` for `domain`.
@@ -224,31 +253,6 @@ class DomainBatchNormalization(keras.layers.Layer, DomainLayer):
         present = ops.logical_and(present, ops.greater(batch, 0))
         self._update_moving(mean, variance, present)
         return mean, variance
-
-    def _mixed_moments(self, inputs, domain, synchronized=False):
-        # Every example has the same number of positions, so a domain's mean is the average
-        # of its examples' means: a segment sum over the batch. A second pass about the
-        # domain means keeps the variance stable. Segment sums keep a NaN in its own domain.
-        x = ops.cast(inputs, "float32")
-        spatial = tuple(range(1, len(inputs.shape) - 1))
-        counts = domain.counts()
-        sums = routing.domain_sums(ops.mean(x, axis=spatial) if spatial else x, domain)
-        if synchronized:  # over every replica's examples of each domain
-            sums, counts = distribution.cross_replica_sum(sums, counts)
-        divisor = ops.expand_dims(ops.maximum(counts, 1.0), -1)
-        domain_mean = sums / divisor
-        example_mean = routing.per_example(
-            routing.take_domains(domain_mean, domain, fill_invalid=False), x
-        )
-        squares = ops.square(x - example_mean)
-        square_sums = routing.domain_sums(
-            ops.mean(squares, axis=spatial) if spatial else squares, domain
-        )
-        if synchronized:
-            square_sums = distribution.cross_replica_sum(square_sums)
-        domain_variance = square_sums / divisor
-        self._update_moving(domain_mean, domain_variance, ops.greater(counts, 0.0))
-        return domain_mean, domain_variance
 
     def _update_moving(self, mean, variance, present):
         """Moves the statistics of the `present` domains (bool, `(num_domains,)`) only.
@@ -312,6 +316,95 @@ class DomainBatchNormalization(keras.layers.Layer, DomainLayer):
 
     def swappable_call(self, inputs, tensors):
         return inputs * tensors["scale"] + tensors["offset"]
+
+
+def per_domain_normalization(x, gamma, beta, shift, sizes, selection, epsilon, synchronized):
+    """Batch normalization of each example with its domain's batch statistics.
+
+    The forward pass and its gradient written out, so that each needs one segment sum and
+    one gather (automatic differentiation of the same math builds about three times the
+    graph ops, which mostly costs trace and compile time):
+
+    - statistics: one-pass moments of `c = x - shift`, `shift` each example's domain's moving
+      mean (`E[c^2] - E[c]^2` stays accurate for `c` near zero), from one segment sum of the
+      per-example `[sum c | sum c^2]`;
+    - output: `c * scale + offset` with the per-domain `[scale | offset]` table gathered per
+      example (invalid ids read NaN rows);
+    - gradient: the batch-norm gradient per domain, `dx = scale * (dy - mean(dy) - xhat *
+      mean(dy xhat))`, from one segment sum of `[sum dy | sum dy c]` and one gather (with
+      `synchronized`, the inputs' gradient reads all replicas' sums, as autodiff through
+      the all-reduce would; gamma and beta get this replica's).
+
+    Segment sums keep a NaN in its own domain, forward and backward.
+
+    Args:
+        x: float32 inputs `(batch, ..., channels)`.
+        gamma, beta: `(num_domains, channels)` tensors.
+        shift: per-example shift, broadcastable against `x`.
+        sizes: `(num_domains, 1)`: the number of values each domain's statistics average
+            (at least 1 per position).
+        selection: the call's `routing.Selection`.
+        epsilon: float.
+        synchronized: sum the statistics over replicas.
+
+    Returns:
+        `(outputs, shifted_mean, variance)`: the normalised inputs, and each domain's batch
+        mean minus its shift and its batch variance, `(num_domains, channels)` (not
+        differentiated: they feed the moving averages).
+    """
+    spatial = tuple(range(1, len(x.shape) - 1))
+
+    def per_domain_sums(first, second):
+        """This replica's per-domain sums of two per-example tensors, and all replicas'."""
+        if spatial:
+            first, second = ops.sum(first, axis=spatial), ops.sum(second, axis=spatial)
+        sums = routing.domain_sums(ops.concatenate([first, second], axis=-1), selection)
+        local = ops.split(sums, 2, axis=-1)
+        if not synchronized:
+            return local, local
+        return local, ops.split(distribution.cross_replica_sum(sums), 2, axis=-1)
+
+    def per_example(table, parts):
+        rows = routing.per_example(routing.take_domains(table, selection), x)
+        return ops.split(rows, parts, axis=-1)
+
+    @ops.custom_gradient
+    def normalize(x, gamma, beta):
+        centered = x - shift
+        _, (shifted_sum, square_sum) = per_domain_sums(centered, ops.square(centered))
+        shifted_mean, mean_square = shifted_sum / sizes, square_sum / sizes
+        variance = ops.maximum(mean_square - ops.square(shifted_mean), 0.0)
+        inverse = ops.rsqrt(variance + epsilon)
+        scale = gamma * inverse
+        offset = beta - shifted_mean * scale
+        row_scale, row_offset = per_example(ops.concatenate([scale, offset], axis=-1), 2)
+        outputs = row_offset + centered * row_scale
+
+        def grad(*upstream):
+            upstream = upstream[0]
+            if isinstance(upstream, (tuple, list)):  # JAX: one cotangent per output
+                upstream = upstream[0]
+            # gamma and beta get this replica's sums (the optimizer sums the replicas'
+            # gradients); the inputs' gradient reads every replica's, as the statistics do.
+            local, every = per_domain_sums(upstream, upstream * centered)
+            (beta_grad, centered_grad), (sum_grad, sum_centered_grad) = local, every
+            gamma_grad = inverse * (centered_grad - shifted_mean * beta_grad)  # sum dy xhat
+            sum_xhat_grad = gamma_grad
+            if synchronized:
+                sum_xhat_grad = inverse * (sum_centered_grad - shifted_mean * sum_grad)
+            ratio = scale / sizes
+            table = ops.concatenate(
+                [scale, ratio * (shifted_mean * inverse * sum_xhat_grad - sum_grad),
+                 ratio * inverse * sum_xhat_grad],
+                axis=-1,
+            )
+            row_scale, row_offset, row_slope = per_example(table, 3)
+            x_grad = row_scale * upstream + row_offset - centered * row_slope
+            return x_grad, gamma_grad, beta_grad
+
+        return (outputs, shifted_mean, variance), grad
+
+    return normalize(x, gamma, beta)
 
 
 def check_momentum(momentum, name="momentum"):

@@ -76,12 +76,14 @@ class DomainHead(keras.layers.Layer, DomainLayer):
         self.bias_regularizer = keras.regularizers.get(bias_regularizer)
         self.max_classes = max(num_classes)
         self.offsets = [int(o) for o in np.cumsum([0] + num_classes[:-1])]
-        # Column of the stacked kernel for (domain, class); padded classes point at column 0.
-        self._columns = np.zeros((self.num_domains, self.max_classes), dtype="int32")
-        self._valid = np.zeros((self.num_domains, self.max_classes), dtype=bool)
+        # Column of each (domain, class) in the stacked kernel extended by two constant
+        # columns (see `_extended`): padded classes read the padding column, and the extra
+        # last row, for invalid ids, reads only the NaN column.
+        total = sum(num_classes)
+        self._columns = np.full((self.num_domains + 1, self.max_classes), total, "int32")
+        self._columns[-1] = total + 1
         for d, (offset, n) in enumerate(zip(self.offsets, num_classes)):
             self._columns[d, :n] = np.arange(offset, offset + n)
-            self._valid[d, :n] = True
 
     def build(self, input_shape):
         if len(input_shape) != 2 or input_shape[-1] is None:
@@ -117,21 +119,31 @@ class DomainHead(keras.layers.Layer, DomainLayer):
         # example's features are not finite: such rows enter as zeros and leave as NaN.
         finite = ops.all(ops.isfinite(inputs), axis=-1, keepdims=True)
         safe_inputs = ops.where(finite, inputs, ops.zeros_like(inputs))
-        columns = routing.take_domains(self._columns, selection)
+        kernel, bias = self._extended(inputs.dtype)
+        ids = ops.where(selection.valid, selection.ids, self.num_domains)
+        columns = ops.take(self._columns, ids, axis=0)
         if routing.is_uniform(domain):
-            logits = ops.matmul(safe_inputs, ops.take(self.kernel, columns, axis=1))
-            if self.bias is not None:
-                logits = logits + ops.take(self.bias, columns, axis=0)
+            logits = ops.matmul(safe_inputs, ops.take(kernel, columns, axis=1))
+            logits = logits + ops.take(bias, columns, axis=0)
         else:
-            logits = ops.matmul(safe_inputs, self.kernel)
-            if self.bias is not None:
-                logits = logits + self.bias
-            logits = ops.take_along_axis(logits, columns, axis=1)
-        valid = routing.take_domains(self._valid, selection)
-        logits = ops.where(valid, logits, self._padding_logit(logits.dtype))
-        # Non-finite features, or an invalid id: NaN logits, never another domain's answer.
-        keep = ops.logical_and(finite, ops.reshape(selection.valid, (-1, 1)))
-        return ops.where(keep, logits, ops.cast(float("nan"), logits.dtype))
+            logits = routing.take_columns(ops.matmul(safe_inputs, kernel) + bias, columns)
+        # Non-finite features (or an invalid id, via the NaN column): NaN logits, never
+        # another domain's answer.
+        return ops.where(finite, logits, ops.cast(float("nan"), logits.dtype))
+
+    def _extended(self, dtype):
+        """Kernel and bias with two constant columns: the padding logit and NaN.
+
+        Both are exact (`x @ 0 + c == c` for finite `x`), so one selection of columns gives
+        the logits of the example's domain, the padding logit past its classes and NaN for
+        an invalid id.
+        """
+        extra = np.array([padding_logit(dtype), np.nan])
+        kernel = ops.pad(self.kernel, ((0, 0), (0, 2)))
+        if self.bias is None:
+            bias = np.concatenate([np.zeros(sum(self.num_classes)), extra])
+            return kernel, ops.cast(bias, dtype)
+        return kernel, ops.concatenate([ops.cast(self.bias, dtype), ops.cast(extra, dtype)], axis=0)
 
     def _static_logits(self, inputs, domain):
         start, n = self.offsets[domain], self.num_classes[domain]

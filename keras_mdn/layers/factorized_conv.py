@@ -114,10 +114,10 @@ class BaseFactorizedConv(BaseFactorized):
                         data_format="channels_last", dilation_rate=self.dilation_rate)
 
     def call(self, inputs, domain=None):
-        ids, selection = self._domain(domain, inputs)
+        route, selection = self._domain(domain, inputs)
         inputs = ops.cast(inputs, self.compute_dtype)
-        outputs = planning.conv(self._plan, self.factorization, inputs, ids, self._conv)
-        return self._finish(outputs, ids, selection)
+        outputs = planning.conv(self._plan, self.factorization, inputs, route, self._conv)
+        return self._finish(outputs, route, selection)
 
     def contraction_paths(self):
         """`{"uniform": ..., "mixed": ...}`: `"factored"` (a convolution with some factors as

@@ -6,7 +6,7 @@ from keras import ops
 from keras_mdn.api import register
 from keras_mdn.factorizations import planning
 from keras_mdn.layers.base_factorized import BaseFactorized, stack_layer_weights
-from keras_mdn.ops.routing import is_uniform
+from keras_mdn.ops.routing import Selection, is_uniform, select
 
 _DEFAULT_BATCH_HINT = 128
 
@@ -130,20 +130,21 @@ class FactorizedDense(BaseFactorized):
         self._plan = planning.plan_dense(self.factorization, batch, self.contraction)
 
     def call(self, inputs, domain=None):
-        ids, selection = self._domain(domain, inputs)
+        route, selection = self._domain(domain, inputs)
         inputs = ops.cast(inputs, self.compute_dtype)
         if len(inputs.shape) == 2:
-            outputs = planning.matmul(self._plan, self.factorization, inputs, ids)
-            return self._finish(outputs, ids, selection)
+            outputs = planning.matmul(self._plan, self.factorization, inputs, route)
+            return self._finish(outputs, route, selection)
         flat = ops.reshape(inputs, (-1, inputs.shape[-1]))
-        flat_ids = ids
-        if not is_uniform(ids):
+        flat_route = route
+        if isinstance(route, Selection) and not is_uniform(route.ids):
             positions = ops.shape(flat)[0] // ops.shape(inputs)[0]
-            flat_ids = ops.repeat(ids, positions, axis=0)
-        outputs = planning.matmul(self._plan, self.factorization, flat, flat_ids)
+            # `segments` keeps invalid ids invalid (-1) in the repeated selection.
+            flat_route = select(ops.repeat(route.segments, positions, axis=0), self.num_domains)
+        outputs = planning.matmul(self._plan, self.factorization, flat, flat_route)
         shape = ops.shape(inputs)
         outputs = ops.reshape(outputs, tuple(shape[:-1]) + (self.units,))
-        return self._finish(outputs, ids, selection)
+        return self._finish(outputs, route, selection)
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[:-1]) + (self.units,)

@@ -203,6 +203,16 @@ class ResidualAdapter(keras.layers.Layer, DomainLayer):
         domain = routing.canonicalize_domain(domain, self.num_domains)
         routing.check_batch(domain, inputs)
         if self.mode == "parallel":
+            if training and routing.is_uniform(domain) and self._merges_uniform():
+                # Training on one domain: its adapter merged into the kernel tap it reads, one
+                # conv instead of two (exact up to rounding: both are linear). Not at
+                # inference: a traced per-domain endpoint keeps the shared kernel as is, so a
+                # multi-signature export stores it once (`fold` merges for deployment).
+                adapter = routing.gather_domain(self.adapter_kernel, domain)
+                if self.adapter_projection is not None:
+                    adapter = ops.matmul(self.adapter_projection, adapter)
+                kernel = folding.fold_parallel(self.layer.kernel, adapter, self.tap)
+                return self._activation(self._base_linear(inputs, kernel))
             outputs = self._base_linear(inputs) + self._adapt(self.tap_input(inputs), domain)
             return self._activation(outputs)
         outputs = self._activation(self._base_linear(inputs))
@@ -215,19 +225,20 @@ class ResidualAdapter(keras.layers.Layer, DomainLayer):
             inputs = self._pointwise(self.adapter_projection, inputs=inputs)
 
         # The domain's form decides the path while tracing (no run-time cond: XLA).
-        kernels = routing.gather_domain(self.adapter_kernel, domain)
         if routing.is_uniform(domain):
-            return self._pointwise(kernels, inputs=inputs)
+            return self._pointwise(routing.gather_domain(self.adapter_kernel, domain), inputs)
         # Per-example kernels as one batched GEMM: (B, positions, in) @ (B, in, out).
         # (An einsum with an ellipsis here runs about 7x slower on TensorFlow's CPU.)
-        # Naming the batch size makes a domain vector of another length raise, not broadcast.
+        selection = routing.select(domain, self.num_domains)
         batch = inputs.shape[0] if inputs.shape[0] is not None else ops.shape(inputs)[0]
-        kernels = ops.reshape(kernels, (batch,) + tuple(kernels.shape[1:]))
         spatial = tuple(inputs.shape[1:-1])
         if any(size is None for size in spatial):
             spatial = tuple(ops.shape(inputs)[1:-1])
-        flat = ops.reshape(inputs, (-1, math.prod(spatial) if spatial else 1, inputs.shape[-1]))
-        outputs = ops.matmul(flat, kernels)
+        flat = ops.reshape(
+            inputs, (batch, math.prod(spatial) if spatial else 1, inputs.shape[-1])
+        )
+        kernels = routing.read(self.adapter_kernel)
+        outputs = routing.domain_matmul(flat, kernels, selection)
         return ops.reshape(outputs, (-1, *spatial, kernels.shape[-1]))
 
     def _pointwise(self, kernel, inputs):
@@ -262,23 +273,29 @@ class ResidualAdapter(keras.layers.Layer, DomainLayer):
         ones = ops.ones((1,) * len(steps) + (inputs.shape[-1], 1), dtype=inputs.dtype)
         return ops.depthwise_conv(inputs, ones, strides=steps, padding="valid")
 
-    def _base_linear(self, inputs):
-        """The wrapped layer's output before its activation."""
+    def _merges_uniform(self):
+        return self.layer.quantization_mode is None and not isinstance(
+            self.layer, keras.layers.EinsumDense
+        )
+
+    def _base_linear(self, inputs, kernel=None):
+        """The wrapped layer's output before its activation (with `kernel` if given)."""
         layer = self.layer
         if layer.quantization_mode is not None:
             return self._quantized_linear(inputs)
+        kernel = layer.kernel if kernel is None else kernel
         if self.is_conv:
             padding = layer.padding
             if padding == "causal":
                 span = layer.dilation_rate[0] * (layer.kernel_size[0] - 1)
                 inputs, padding = ops.pad(inputs, ((0, 0), (span, 0), (0, 0))), "valid"
             outputs = ops.conv(
-                inputs, layer.kernel, layer.strides, padding, dilation_rate=layer.dilation_rate
+                inputs, kernel, layer.strides, padding, dilation_rate=layer.dilation_rate
             )
         elif isinstance(layer, keras.layers.EinsumDense):
-            outputs = ops.einsum(layer.equation, inputs, layer.kernel)
+            outputs = ops.einsum(layer.equation, inputs, kernel)
         else:
-            outputs = ops.matmul(inputs, layer.kernel)
+            outputs = ops.matmul(inputs, kernel)
         if layer.bias is not None:
             outputs = outputs + layer.bias
         return outputs

@@ -1,13 +1,14 @@
 """Tensor-network contraction: path search, cost model and execution as large GEMMs.
 
 Every factorised layer is a small tensor network: the factors of the stacked weight plus the
-input `x` (labelled with the batch label `"B"`), and for a mixed-task batch a one-hot selector
-`(B, T)`. One function, `search_path`, finds the cheapest order of pairwise contractions once
-at build time (an exhaustive dynamic programme over subsets, as opt_einsum's "dp"/"optimal",
-for up to 10 operands; greedy above). Reconstruct-then-matmul and core-by-core contraction are
-both paths of that search, so the cheaper one is picked from the static shapes, the batch size
-hint and the ranks. `contract` executes a path: each step is one transpose-reshape-`matmul`
-(batched when the two sides share a kept label), never a Python loop over the batch.
+input `x` (labelled with the batch label `"B"`); for a mixed-task batch the task operand is
+gathered per example first (its task label becomes `"B"`). One function, `search_path`, finds
+the cheapest order of pairwise contractions once at build time (an exhaustive dynamic
+programme over subsets, as opt_einsum's "dp"/"optimal", for up to 10 operands; greedy above).
+Reconstruct-then-matmul and core-by-core contraction are both paths of that search, so the
+cheaper one is picked from the static shapes, the batch size hint and the ranks. `contract`
+executes a path: each step is one transpose-reshape-`matmul` (batched when the two sides
+share a kept label), never a Python loop over the batch.
 
 Cost model: seconds ~ flops / F + moved elements / M + steps * overhead, in flop units (see
 `plan_pair`): on a CPU one GEMM flop is about 100x cheaper than writing or transposing one
@@ -17,6 +18,7 @@ element, so memory-bound skinny steps and transposes weigh as much as the flops.
 import itertools
 import math
 
+from keras import backend as K
 from keras import ops
 
 BATCH = "B"
@@ -36,10 +38,14 @@ _MATVEC_LIMIT = 64
 
 
 class PairPlan:
-    """How one pairwise step runs: a gather, or `left @ right` after two transposes."""
+    """How one pairwise step runs: `left @ right` after at most two transposes.
+
+    `transpose_left` / `transpose_right`: the operand is laid out as the transpose of the
+    matrix the product needs, read by the matmul itself (no transpose op).
+    """
 
     def __init__(self, kind, out_labels, flops, cost, swap=False, left=None, right=None,
-                 groups=None):
+                 groups=None, transpose_left=False, transpose_right=False):
         self.kind = kind
         self.out_labels = tuple(out_labels)
         self.flops = flops
@@ -48,26 +54,22 @@ class PairPlan:
         self.left = left
         self.right = right
         self.groups = groups
+        self.transpose_left = transpose_left
+        self.transpose_right = transpose_right
 
 
 def _size(labels, sizes):
     return math.prod(sizes[label] for label in labels)
 
 
-def plan_pair(labels_a, labels_b, keep, sizes, selector=None):
+def plan_pair(labels_a, labels_b, keep, sizes, target=None):
     """Plans one pairwise step on operands laid out as `labels_a`, `labels_b`.
 
     The step is a single (batched) matmul; of the two operand orders and two orders of the
-    contracted labels it takes the one that transposes the fewest elements. Contracting the
-    one-hot selector `(B, t)` with an operand that has `t` but not `B` is a gather.
+    contracted labels it takes the one that transposes the fewest elements, counting the
+    result's transpose to `target` (the final step's output layout) when given.
     """
     labels_a, labels_b = tuple(labels_a), tuple(labels_b)
-    if selector is not None and _is_gather(labels_a, labels_b, selector):
-        other = labels_b if labels_a == (BATCH, selector) else labels_a
-        axis = other.index(selector)
-        out = other[:axis] + (BATCH,) + other[axis + 1 :]
-        cost = OUTPUT_COST * _size(out, sizes) + STEP_COST
-        return PairPlan("gather", out, 0, cost, swap=labels_a == (BATCH, selector))
     set_a, set_b = set(labels_a), set(labels_b)
     flops = 2 * _size(set_a | set_b, sizes)
     best = None
@@ -80,14 +82,33 @@ def plan_pair(labels_a, labels_b, keep, sizes, selector=None):
             contracted = [lab for lab in source if lab in set_a & set_b and lab not in keep]
             left_order = tuple(batch + free_left + contracted)
             right_order = tuple(batch + contracted + free_right)
+            # A GEMM step reads a transposed operand for free (matmul flags on TensorFlow;
+            # XLA fuses the transpose); the matrix-vector and outer-product steps do not.
+            gemm = contracted and not (batch and not free_right
+                                       and _size(contracted, sizes) <= _MATVEC_LIMIT)
+            transpose_left = bool(gemm and free_left
+                                  and left == tuple(batch + contracted + free_left))
+            transpose_right = bool(gemm and free_right
+                                   and right == tuple(batch + free_right + contracted))
+            if transpose_left:
+                left_order = left
+            if transpose_right:
+                right_order = right
             moved = (_size(left, sizes) if left != left_order else 0) + (
                 _size(right, sizes) if right != right_order else 0
             )
-            if best is None or moved < best[0]:
-                out = tuple(batch + free_left + free_right)
+            out = tuple(batch + free_left + free_right)
+            # The result's own transpose is charged by the search (`final_cost`).
+            choice = moved + (_size(out, sizes) if target is not None and out != target else 0)
+            # Ties: the batch label first (what the next step or the output wants), then
+            # the fewest transposed reads.
+            choice = (choice, BATCH in out and out[0] != BATCH, transpose_left + transpose_right)
+            if best is None or choice < best[0]:
                 groups = (batch, free_left, contracted, free_right)
-                best = (moved, swap, left_order, right_order, out, groups)
-    moved, swap, left_order, right_order, out, groups = best
+                best = (choice, moved, swap, left_order, right_order, out, groups,
+                        transpose_left, transpose_right)
+    (_, moved, swap, left_order, right_order, out, groups, transpose_left,
+     transpose_right) = best
     cost = (
         flops
         + OUTPUT_COST * _size(out, sizes)
@@ -95,27 +116,20 @@ def plan_pair(labels_a, labels_b, keep, sizes, selector=None):
         + TRANSPOSE_COST * moved
         + STEP_COST
     )
-    return PairPlan("matmul", out, flops, cost, swap, left_order, right_order, groups)
-
-
-def _is_gather(labels_a, labels_b, selector):
-    for sel, other in ((labels_a, labels_b), (labels_b, labels_a)):
-        if tuple(sel) == (BATCH, selector) and selector in other and BATCH not in other:
-            return True
-    return False
+    return PairPlan("matmul", out, flops, cost, swap, left_order, right_order, groups,
+                    transpose_left, transpose_right)
 
 
 class Path:
     """A contraction tree over the operands `0..n-1`: a leaf index or a pair of subtrees."""
 
-    def __init__(self, tree, operand_labels, output_labels, sizes, cost, flops, selector=None):
+    def __init__(self, tree, operand_labels, output_labels, sizes, cost, flops):
         self.tree = tree
         self.operand_labels = [tuple(labels) for labels in operand_labels]
         self.output_labels = tuple(output_labels)
         self.sizes = dict(sizes)
         self.cost = cost
         self.flops = flops
-        self.selector = selector
 
     def describe(self, names=None):
         """The path as nested parentheses, e.g. `((core_0, x), core_1)`."""
@@ -161,14 +175,13 @@ class _Network:
         return TRANSPOSE_COST * _size(layout, self.sizes)
 
 
-def search_path(operand_labels, output_labels, sizes, selector=None, cost="model", forced=None):
+def search_path(operand_labels, output_labels, sizes, cost="model", forced=None):
     """Finds the cheapest pairwise contraction order of a tensor network.
 
     Args:
         operand_labels: one tuple of labels per operand (its memory layout).
         output_labels: labels of the result, in order.
         sizes: dict label -> size (the batch label gets the batch size hint).
-        selector: the task label when one operand is the one-hot selector `(B, t)`.
         cost: `"model"` (flops + memory traffic + transposes + per-step overhead, see
             `plan_pair`) or `"flops"`.
         forced: optional tree to evaluate instead of searching.
@@ -178,11 +191,13 @@ def search_path(operand_labels, output_labels, sizes, selector=None, cost="model
     """
     net = _Network(operand_labels, output_labels, sizes)
     n = net.count
+    full = (1 << n) - 1
     use_flops = cost == "flops"
 
     def step(entry_a, entry_b):
         mask = entry_a[0] | entry_b[0]
-        plan = plan_pair(entry_a[4], entry_b[4], net.kept(mask), sizes, selector)
+        target = net.output if mask == full else None
+        plan = plan_pair(entry_a[4], entry_b[4], net.kept(mask), sizes, target)
         price = plan.flops if use_flops else plan.cost
         return (mask, entry_a[1] + entry_b[1] + price, entry_a[2] + entry_b[2] + plan.flops,
                 (entry_a[3], entry_b[3]), plan.out_labels)
@@ -191,7 +206,7 @@ def search_path(operand_labels, output_labels, sizes, selector=None, cost="model
 
     def finish(entry):
         total = entry[1] + (0.0 if use_flops else net.final_cost(entry[4]))
-        return Path(entry[3], operand_labels, output_labels, sizes, total, entry[2], selector)
+        return Path(entry[3], operand_labels, output_labels, sizes, total, entry[2])
 
     if forced is not None:
         def evaluate(node):
@@ -202,7 +217,6 @@ def search_path(operand_labels, output_labels, sizes, selector=None, cost="model
         return finish(evaluate(forced))
     if n == 1:
         return finish(leaves[0])
-    full = (1 << n) - 1
     if n <= EXHAUSTIVE_LIMIT:
         best = {1 << i: leaves[i] for i in range(n)}
         for size in range(2, n + 1):
@@ -256,6 +270,7 @@ def contract(path, tensors):
     """Executes `path` on `tensors` (one per operand); returns the result in output order."""
     net = _Network(path.operand_labels, path.output_labels, path.sizes)
     sizes = path.sizes
+    full = (1 << net.count) - 1
 
     def run(node):
         if isinstance(node, int):
@@ -272,34 +287,17 @@ def contract(path, tensors):
         mask_a, a, la = run(node[0])
         mask_b, b, lb = run(node[1])
         mask = mask_a | mask_b
-        out, labels = contract_pair(a, la, b, lb, net.kept(mask), sizes, path.selector)
+        target = path.output_labels if mask == full else None
+        out, labels = contract_pair(a, la, b, lb, net.kept(mask), sizes, target)
         return mask, out, labels
 
     _, result, labels = run(path.tree)
     return _transpose_to(result, labels, path.output_labels)
 
 
-def contract_pair(a, labels_a, b, labels_b, keep, sizes, selector=None):
+def contract_pair(a, labels_a, b, labels_b, keep, sizes, target=None):
     """Runs one step as planned by `plan_pair`; returns `(tensor, labels)`."""
-    plan = plan_pair(labels_a, labels_b, keep, sizes, selector)
-    if plan.kind == "gather":
-        if plan.swap:
-            a, labels_a, b = b, labels_b, a
-        # Selecting rows of a small operand by a one-hot product, not a gather: the gradient
-        # stays dense (sparse slices meeting a momentum optimizer are slow under XLA).
-        one_hot = ops.one_hot(b, sizes[selector], dtype=a.dtype) if len(b.shape) == 1 else b
-        axis = tuple(labels_a).index(selector)
-        rest = labels_a[:axis] + labels_a[axis + 1:]
-        moved = _transpose_to(a, labels_a, (selector,) + rest)
-        selected = ops.matmul(one_hot, reshape(moved, (sizes[selector], -1)))
-        selected = reshape(selected, _shape((BATCH,) + rest, sizes))
-        return _transpose_to(selected, (BATCH,) + rest, plan.out_labels), plan.out_labels
-    if selector is not None:
-        # The selector operand may arrive as task indices `(B,)`: expand to one-hot here.
-        if tuple(labels_a) == (BATCH, selector) and len(a.shape) == 1:
-            a = ops.one_hot(a, sizes[selector], dtype=b.dtype)
-        if tuple(labels_b) == (BATCH, selector) and len(b.shape) == 1:
-            b = ops.one_hot(b, sizes[selector], dtype=a.dtype)
+    plan = plan_pair(labels_a, labels_b, keep, sizes, target)
     left, labels_left, right, labels_right = (b, labels_b, a, labels_a) if plan.swap else (
         a, labels_a, b, labels_b)
     left = _transpose_to(left, labels_left, plan.left)
@@ -311,25 +309,58 @@ def contract_pair(a, labels_a, b, labels_b, keep, sizes, selector=None):
         dims_b = (_group_size(batch, sizes),) if batch else ()
         left = reshape(left, dims_b + (_group_size(free_left, sizes), 1))
         right = reshape(right, dims_b + (1, _group_size(free_right, sizes)))
-        return reshape(left * right, _shape(plan.out_labels, sizes)), plan.out_labels
+        out = matmul(left, right) if batch and _BROADCAST_IS_SLOW() else left * right
+        return reshape(out, _shape(plan.out_labels, sizes)), plan.out_labels
     dims_c = _group_size(contracted, sizes)
     if batch and not free_right and dims_c <= _MATVEC_LIMIT:
         # A batched matrix-vector product with a short vector: a broadcast multiply and a sum
         # (one fused pass) instead of a batch of tiny GEMMs, slow on CPU backends.
         dims_b = _group_size(batch, sizes)
         left = reshape(left, (dims_b, _group_size(free_left, sizes), dims_c))
-        right = reshape(right, (dims_b, 1, dims_c))
-        return reshape(ops.sum(left * right, axis=-1), _shape(plan.out_labels, sizes)), (
-            plan.out_labels)
-    if batch:
-        dims_b = _group_size(batch, sizes)
-        left = reshape(left, (dims_b, _group_size(free_left, sizes), dims_c))
-        right = reshape(right, (dims_b, dims_c, _group_size(free_right, sizes)))
-    else:
-        left = reshape(left, (_group_size(free_left, sizes), dims_c))
-        right = reshape(right, (dims_c, _group_size(free_right, sizes)))
-    out = ops.matmul(left, right)
+        return reshape(matvec(left, reshape(right, (dims_b, dims_c))),
+                       _shape(plan.out_labels, sizes)), plan.out_labels
+    dims_b = (_group_size(batch, sizes),) if batch else ()
+    rows, cols = _group_size(free_left, sizes), _group_size(free_right, sizes)
+    left = reshape(left, dims_b + ((dims_c, rows) if plan.transpose_left else (rows, dims_c)))
+    right = reshape(right, dims_b + ((cols, dims_c) if plan.transpose_right else (dims_c, cols)))
+    out = matmul(left, right, plan.transpose_left, plan.transpose_right)
     return reshape(out, _shape(plan.out_labels, sizes)), plan.out_labels
+
+
+def _BROADCAST_IS_SLOW():
+    # TensorFlow runs a broadcast over a middle axis ((b, n, c) * (b, 1, c)) element by
+    # element outside XLA: 2.4-3.3x slower than a batched matmul for (256, 512, 4) and
+    # (4096, 32, 4) in a TF graph (within 15 % under XLA). XLA backends fuse the broadcast.
+    return K.backend() == "tensorflow"
+
+
+def matvec(matrices, vectors):
+    """Batched matrix-vector product: `(b, n, c)` with `(b, c)` -> `(b, n)`.
+
+    A multiply and a sum over `c` (one fused pass under XLA) or, on TensorFlow, a batched
+    matmul (see `_BROADCAST_IS_SLOW`).
+    """
+    if _BROADCAST_IS_SLOW():
+        return ops.squeeze(matmul(matrices, ops.expand_dims(vectors, -1)), -1)
+    return ops.sum(matrices * ops.expand_dims(vectors, -2), axis=-1)
+
+
+def matmul(left, right, transpose_left=False, transpose_right=False):
+    """`left @ right` of (batched) matrices, either given transposed (swapped last two axes).
+
+    On TensorFlow the flags go to the matmul kernel (a TF graph runs each transpose as an op
+    of its own); elsewhere XLA fuses the transposes into the dot.
+    """
+    if K.backend() == "tensorflow" and left.dtype == right.dtype:
+        import tensorflow as tf
+
+        return tf.linalg.matmul(left, right, transpose_a=transpose_left,
+                                transpose_b=transpose_right)
+    if transpose_left:
+        left = ops.swapaxes(left, -1, -2)
+    if transpose_right:
+        right = ops.swapaxes(right, -1, -2)
+    return ops.matmul(left, right)
 
 
 def reshape(tensor, shape):

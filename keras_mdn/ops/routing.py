@@ -15,7 +15,11 @@ while tracing (never a run-time `cond`, which XLA compiles into a slow program):
 Per-example selection is a gather (`take_domains`), whose gradient adds each example into its
 own domain's row only, so a NaN in one example reaches only its own domain (a one-hot product
 would spread `0 * NaN` to every domain). Per-domain reductions (`domain_sums`) are segment sums
-for the same reason. A layer prepares a tensor domain once per call (`select`).
+for the same reason. `domain_matmul` (each example times its domain's matrix) writes its
+gradient out as a batched GEMM and one segment sum: automatic differentiation of a gather
+builds several times the graph ops, and graph ops are most of a multi-domain network's trace
+and compile time. A tensor domain is prepared once (`select`): the layers of one model
+call, which all receive the same domain tensor, share one `Selection`.
 
 Bad domain ids, one behaviour on every backend and compile path:
 
@@ -29,6 +33,8 @@ Bad domain ids, one behaviour on every backend and compile path:
 - a domain vector whose length differs from the batch raises (at trace time when both are
   static, else from the reshape that lays the per-example rows out along the batch).
 """
+
+import threading
 
 import numpy as np
 from keras import KerasTensor, ops
@@ -101,7 +107,8 @@ def valid_domains(domain, num_domains):
     if "float" in K.standardize_dtype(domain.dtype):
         whole = ops.equal(domain, ops.floor(domain))
         return ops.logical_and(whole, _in_range(domain, num_domains))
-    return _in_range(domain, num_domains)
+    # One comparison: a negative id wraps to a large unsigned one.
+    return ops.less(ops.cast(domain, "uint32"), ops.cast(num_domains, "uint32"))
 
 
 class Selection:
@@ -120,7 +127,14 @@ class Selection:
         self.valid = valid_domains(domain, num_domains)
         self.ids = ops.cast(ops.where(self.valid, domain, 0), "int32")
         self.segments = ops.where(self.valid, self.ids, -1)
+        # Not lazy: a tensor first made inside a custom gradient (a JAX custom_vjp trace)
+        # must not be cached for use outside it.
+        self._nan_ids = ops.where(self.valid, self.ids, num_domains)
         self._counts = None
+
+    def nan_ids(self):
+        """int32 ids, invalid ones `num_domains`: the NaN row `take_domains` appends."""
+        return self._nan_ids
 
     def counts(self):
         """Examples per domain, float32 `(num_domains,)` (invalid ids count for none)."""
@@ -133,9 +147,25 @@ class Selection:
         return ops.segment_sum(data, self.segments, num_segments=self.num_domains)
 
 
+_last_selection = threading.local()
+
+
 def select(domain, num_domains):
-    """Prepares a tensor `domain` (rank 0 or 1) for repeated selections: a `Selection`."""
-    return domain if isinstance(domain, Selection) else Selection(domain, num_domains)
+    """Prepares a tensor `domain` (rank 0 or 1) for repeated selections: a `Selection`.
+
+    The last one is kept (per thread) and reused for the very same tensor object: every
+    layer of a functional model's call gets the same domain tensor, so its ids, validity and
+    per-domain counts are computed once per call, not once per layer (fewer graph ops, a
+    shorter trace). The identity check keeps it from ever crossing graphs or traces.
+    """
+    if isinstance(domain, Selection):
+        return domain
+    cached = getattr(_last_selection, "value", None)
+    if cached is not None and cached[0] is domain and cached[1] == num_domains:
+        return cached[2]
+    selection = Selection(domain, num_domains)
+    _last_selection.value = (domain, num_domains, selection)
+    return selection
 
 
 def gather_domain(params, domain):
@@ -155,17 +185,73 @@ def take_domains(params, selection, fill_invalid=True):
     """`params[ids]` for a `Selection`, with NaN rows where the id is invalid.
 
     A gather (its gradient adds each example into its own domain's row only, so a NaN stays
-    in its domain) and a `where` (NaN-safe, unlike a product with a mask). With
-    `fill_invalid=False` invalid ids read row 0: for values that are NaN'd elsewhere.
+    in its domain). Invalid ids read a row of NaNs appended to the table (a pad: fewer ops,
+    forward and backward, than masking the rows). With `fill_invalid=False` invalid ids read
+    row 0: for values that are NaN'd elsewhere.
     """
-    rows = _take_rows(params, selection.ids)
-    if not fill_invalid or "float" not in K.standardize_dtype(rows.dtype):
-        return rows  # integer tables are layouts, not weights: invalid ids read row 0
-    valid = selection.valid
-    extra = len(rows.shape) - len(valid.shape)
-    if extra and len(valid.shape):
-        valid = ops.reshape(valid, (-1,) + (1,) * extra)
-    return ops.where(valid, rows, ops.cast(float("nan"), rows.dtype))
+    if not fill_invalid or "float" not in K.standardize_dtype(params.dtype):
+        # integer tables are layouts, not weights: invalid ids read row 0
+        return _take_rows(params, selection.ids)
+    padding = ((0, 1),) + ((0, 0),) * (len(params.shape) - 1)
+    params = ops.pad(params, padding, constant_values=float("nan"))
+    return _take_rows(params, selection.nan_ids())
+
+
+def domain_matmul(inputs, kernels, selection):
+    """Each example times its own domain's matrix: `inputs[b] @ kernels[domain[b]]`.
+
+    Args:
+        inputs: `(batch, positions, in)`.
+        kernels: per-domain matrices `(num_domains, in, out)`, a tensor (not a variable).
+        selection: a `Selection` of a domain vector.
+
+    Returns:
+        `(batch, positions, out)`; NaN for the examples with an invalid id.
+
+    One gather and a batched GEMM; the gradient is written out (a batched GEMM and one
+    segment sum into the domains' matrices, so a NaN stays in its domain) instead of
+    differentiating the gather, which builds about four times the graph ops.
+    """
+
+    @ops.custom_gradient
+    def matmul(inputs, kernels):
+        # Naming the inputs' batch makes a domain vector of another length raise.
+        batch = inputs.shape[0] if inputs.shape[0] is not None else ops.shape(inputs)[0]
+        rows = ops.reshape(take_domains(kernels, selection), (batch, *kernels.shape[1:]))
+        outputs = ops.matmul(inputs, rows)
+
+        def grad(*upstream):
+            upstream = upstream[0]
+            input_grad = ops.matmul(upstream, ops.transpose(rows, (0, 2, 1)))
+            row_grads = ops.matmul(ops.transpose(inputs, (0, 2, 1)), upstream)
+            return input_grad, domain_sums(row_grads, selection)
+
+        return outputs, grad
+
+    return matmul(inputs, kernels)
+
+
+def read(variable):
+    """A variable's value as a tensor (TF's `custom_gradient` refuses variable inputs)."""
+    if K.backend() == "tensorflow":
+        import tensorflow as tf
+
+        return tf.convert_to_tensor(variable)
+    return ops.convert_to_tensor(variable)
+
+
+def take_columns(table, columns):
+    """`table[i, columns[i, j]]`: each example's own columns of a `(batch, n)` table."""
+    if K.backend() == "tensorflow":
+        import tensorflow as tf
+
+        # A gather from the flattened table: Keras' `take_along_axis` (and a gather with
+        # `batch_dims`) cost about 100 graph ops with their gradient, this about 25.
+        width, batch = table.shape[-1], tf.shape(table)[0]
+        # Reshaped to the table's batch: a domain vector of another length raises.
+        columns = tf.reshape(columns, (batch, columns.shape[-1]))
+        return tf.gather(tf.reshape(table, (-1,)), columns + (tf.range(batch) * width)[:, None])
+    return ops.take_along_axis(table, columns, axis=1)
 
 
 def domain_sums(data, selection):

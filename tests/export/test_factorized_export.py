@@ -1,5 +1,5 @@
 """Factorised layers export per task: reconstructed kernels (constants) or kept factorised,
-or swapped at run time (each task's kernel in the pack)."""
+swapped at run time (each task's kernel in the pack) or refolded on a switch."""
 
 import numpy as np
 import pytest
@@ -17,11 +17,12 @@ def factorized_export(tmp_path_factory):
 
     model = factorized_model()
     directory = str(tmp_path_factory.mktemp("factorized"))
-    export_all(model, directory, layouts=("folded", "multi_signature", "swappable"))
+    export_all(model, directory,
+               layouts=("folded", "multi_signature", "swappable", "fold_on_switch"))
     return model, directory
 
 
-@pytest.mark.parametrize("layout", ["folded", "multi_signature", "swappable"])
+@pytest.mark.parametrize("layout", ["folded", "multi_signature", "swappable", "fold_on_switch"])
 def test_factorized_model_parity_per_task(factorized_export, layout):
     from keras_mdn.export import load
 

@@ -150,8 +150,11 @@ def test_bad_manifest_names_the_file(exported, tmp_path):
     with pytest.raises(ValueError, match=r"json is not a keras_mdn manifest: key 'layouts'"):
         load(str(copy))
     manifest.write_text(text.replace('"packs"', '"pack_files"'))
+    with pytest.raises(ValueError, match=r"json: layout 'fold_on_switch' \(None\) has no "
+                       "'packs'"):
+        load(str(copy))  # the default layout
     with pytest.raises(ValueError, match=r"json: layout 'swappable' \(None\) has no 'packs'"):
-        load(str(copy))
+        load(str(copy), layout="swappable")
 
 
 @pytest.mark.parametrize("layout, relative", [("swappable", "swappable/swappable.tflite"),

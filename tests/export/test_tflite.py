@@ -41,8 +41,10 @@ def test_all_files_use_builtin_ops_only(exported):
     directory, manifest = exported
     paths = [p for entry in manifest["layouts"].values() for v in entry.values()
              for p in ([v["path"]] if "path" in v else
-                       [v["base"]] if "base" in v else list(v["paths"].values()))]
-    assert len(paths) == T + 2
+                       [v["base"]] if "base" in v else
+                       [v["template"], v["fold"]] if "template" in v else
+                       list(v["paths"].values()))]
+    assert len(paths) == T + 4
     for path in paths:
         ops = op_counts(_read(os.path.join(directory, path)))
         assert ops and all(name.isupper() and not name.startswith("FLEX") for name in ops)

@@ -6,6 +6,7 @@ from keras import ops
 
 from keras_mdn import FactorizedConv2D, FactorizedDense
 from keras_mdn.factorizations import planning
+from keras_mdn.ops import routing
 from tests.helpers import assert_close, rng, to_numpy
 
 KINDS = ["laf", "tucker", "tt", "tt_matrix"]
@@ -30,7 +31,9 @@ def test_every_conv_kernel_split_matches_reference(kind):
     mixed = np.array([2, 0], dtype="int32")
     expected_mixed, expected_one = conv_reference(layer, x, mixed), conv_reference(layer, x, 1)
     count = 0
-    for is_mixed, domain, expected in ((True, mixed, expected_mixed), (False, 1, expected_one)):
+    selection = routing.select(mixed, TASKS)
+    for is_mixed, domain, expected in ((True, selection, expected_mixed),
+                                       (False, 1, expected_one)):
         for subset in planning._kernel_subsets(factorization.network_, is_mixed):
             step = planning._factored(factorization, subset, sizes, 50, 27, is_mixed)
             if step is None:
@@ -42,7 +45,7 @@ def test_every_conv_kernel_split_matches_reference(kind):
     assert count >= 2
     # The reconstructed / coded kernels.
     plan = planning.ConvPlan(None, None)
-    assert_close(planning.conv(plan, factorization, x, mixed, layer._conv), expected_mixed,
+    assert_close(planning.conv(plan, factorization, x, selection, layer._conv), expected_mixed,
                  atol=1e-4)
 
 
@@ -62,7 +65,7 @@ def test_dense_plan_names_and_modes():
     layer.build((None, 12))
     paths = layer.contraction_paths()
     assert {"uniform", "mixed", "uniform_flops", "mixed_flops"} <= set(paths)
-    assert "task_one_hot" in paths["mixed"]
+    assert paths["mixed"] == "((factor_shared, x), factor_task)"
     with pytest.raises(ValueError, match="Received: contraction='fast'"):
         planning.plan_dense(layer.factorization, 4, "fast")
     single = FactorizedDense(8, num_domains=1, factorization="tt_matrix", rank=2)
@@ -70,10 +73,27 @@ def test_dense_plan_names_and_modes():
     assert "mixed" not in single.contraction_paths()
 
 
-def test_domain_tensor_slices_by_one_hot_product():
+def test_domain_tensor_slices_like_a_static_domain():
     layer = FactorizedDense(8, num_domains=TASKS, factorization="tucker", rank=2)
     layer.build((None, 12))
     x = rng(1).normal(size=(3, 12)).astype("float32")
     scalar = planning.matmul(layer._plan, layer.factorization, x, ops.convert_to_tensor(2))
     static = planning.matmul(layer._plan, layer.factorization, x, 2)
     assert_close(scalar, static, atol=1e-5)
+
+
+def test_mixed_batch_gathers_the_domain_operand_per_example():
+    layer = FactorizedDense(8, num_domains=TASKS, factorization="tt", rank=2)
+    layer.build((None, 12))
+    kind = layer.factorization
+    tasks = np.array([2, 0, 2, 1], dtype="int32")
+    labels = kind.example_labels()
+    assert labels[-1][0] == "B" and "t" not in labels[-1]
+    gathered = to_numpy(kind.example_operands(routing.select(tasks, TASKS))[-1])
+    last = to_numpy(kind.variables[-1])  # (r, t, 1)
+    np.testing.assert_array_equal(gathered, np.transpose(last, (1, 0, 2))[tasks])
+    x = rng(2).normal(size=(4, 12)).astype("float32")
+    mixed = planning.matmul(layer._plan, kind, x, routing.select(tasks, TASKS))
+    for b, task in enumerate(tasks):
+        assert_close(mixed[b:b + 1], planning.matmul(layer._plan, kind, x[b:b + 1], int(task)),
+                     atol=1e-5)

@@ -73,3 +73,98 @@ def check_bad_ids_give_nan_in_compiled_graphs(layer, x, jit_compile):
             assert_close(outputs[index:index + 1], expected, atol=1e-5)
         else:
             assert np.all(np.isnan(outputs[index])), (index, value)
+
+
+def compiled_outputs_and_gradients(layer, x, domain, jit_compile, power=1):
+    """`(outputs, [d sum(outputs ** power) / d w for w in layer.weights])` as NumPy, computed
+    inside one compiled function: a TF graph (`jit_compile=False`), TF XLA or JAX jit."""
+    from tests.helpers import backend
+
+    weights = list(layer.weights)
+    if backend() == "tensorflow":
+        import tensorflow as tf
+
+        def run(x, domain):
+            with tf.GradientTape() as tape:
+                outputs = layer(x, domain=domain)
+                loss = tf.reduce_sum(outputs**power)
+            grads = tape.gradient(loss, [w.value for w in weights])
+            return outputs, [tf.convert_to_tensor(g) for g in grads]
+
+        outputs, grads = tf.function(run, jit_compile=jit_compile)(x, domain)
+        return outputs.numpy(), [g.numpy() for g in grads]
+    import jax
+
+    def pure(values, x, domain):
+        with keras.StatelessScope(state_mapping=list(zip(weights, values, strict=True))):
+            outputs = layer(x, domain=domain)
+        return jax.numpy.sum(outputs**power), outputs
+
+    grads, outputs = jax.jit(jax.grad(pure, has_aux=True))([w.value for w in weights], x, domain)
+    return np.asarray(outputs), [np.asarray(g) for g in grads]
+
+
+def check_nan_example_stays_in_its_domain(layer, x, domains, jit_compile):
+    """One NaN in an example of domain `domains[0]` leaves every other example's output and
+    every other domain's slice of the per-domain weights' gradients bit-identical (compiled).
+
+    `domains` is a vector (mixed batch) or a 0-d array (the whole batch is one domain: the
+    other domains' gradient slices must then be exact zeros, as in the clean batch).
+    """
+    import pytest
+
+    from tests.helpers import backend
+
+    if backend() == "torch":
+        pytest.skip("compiled paths only (TF graph, TF XLA, JAX jit)")
+    bad = x.copy()
+    bad[0].flat[0] = np.nan
+    clean_out, clean_grads = compiled_outputs_and_gradients(layer, x, domains, jit_compile)
+    bad_out, bad_grads = compiled_outputs_and_gradients(layer, bad, domains, jit_compile)
+    assert np.any(np.isnan(bad_out[0]))
+    np.testing.assert_array_equal(bad_out[1:], clean_out[1:])
+    first = int(np.reshape(domains, (-1,))[0])
+    others = [d for d in range(layer.num_domains) if d != first]
+    index = {id(w): i for i, w in enumerate(layer.weights)}
+    reached = []  # the NaN does reach its own domain's codes: the check has teeth
+    for entry in layer.domain_variables():
+        if entry.shared:
+            continue
+        i = index[id(entry.variable)]
+        reached.append(np.any(np.isnan(np.take(bad_grads[i], [first], axis=entry.axis))))
+        np.testing.assert_array_equal(np.take(bad_grads[i], others, axis=entry.axis),
+                                      np.take(clean_grads[i], others, axis=entry.axis),
+                                      err_msg=entry.name)
+        if np.ndim(domains) == 0:
+            assert not np.any(np.take(bad_grads[i], others, axis=entry.axis)), entry.name
+    assert any(reached)
+
+
+def check_bad_ids_reach_no_domain_weights(layer, x, jit_compile):
+    """Compiled, with the loss `sum(outputs ** 2)` (NaN upstream gradients from the bad
+    examples): ids outside `[0, num_domains)` give NaN outputs, and every per-domain weight's
+    gradient stays finite (the bad examples reach no domain's codes or bias); a bad 0-d id
+    gives NaN for the whole batch and zero gradients to every per-domain weight."""
+    import pytest
+
+    from tests.helpers import backend
+
+    if backend() == "torch":
+        pytest.skip("compiled paths only (TF graph, TF XLA, JAX jit)")
+    bad = layer.num_domains
+    domains = np.array([0, bad, 1, -1][: len(x)], dtype="int32")
+    outputs, grads = compiled_outputs_and_gradients(layer, x, domains, jit_compile, power=2)
+    assert np.all(np.isnan(outputs[1])) and np.all(np.isnan(outputs[3]))
+    assert np.all(np.isfinite(outputs[[0, 2]]))
+    index = {id(w): i for i, w in enumerate(layer.weights)}
+    for entry in layer.domain_variables():
+        if not entry.shared:
+            assert np.all(np.isfinite(grads[index[id(entry.variable)]])), entry.name
+    # A 0-d domain tensor with a bad id: the whole batch is NaN, no domain weight moves.
+    for value in (bad, -1):
+        outputs, grads = compiled_outputs_and_gradients(layer, x, np.array(value, "int32"),
+                                                        jit_compile, power=2)
+        assert np.all(np.isnan(outputs))
+        for entry in layer.domain_variables():
+            if not entry.shared:
+                assert not np.any(grads[index[id(entry.variable)]]), entry.name

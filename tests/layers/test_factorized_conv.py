@@ -10,7 +10,9 @@ from keras_mdn import FactorizedConv, FactorizedConv1D, FactorizedConv2D
 from tests.helpers import assert_close, backend, rng, save_and_load, to_numpy
 from tests.layers.factorized_helpers import (
     check_bad_ids_give_nan_in_compiled_graphs,
+    check_bad_ids_reach_no_domain_weights,
     check_mixed_precision,
+    check_nan_example_stays_in_its_domain,
     gradients,
 )
 
@@ -239,3 +241,17 @@ def test_bad_ids_in_compiled_graphs_give_nan_for_their_examples_only(jit_compile
     layer = FactorizedConv2D(4, 3, num_domains=TASKS, factorization="tt", rank=2,
                              padding="same", use_bias=False, activation="relu")
     check_bad_ids_give_nan_in_compiled_graphs(layer, x, jit_compile)
+
+
+@pytest.mark.parametrize("kind,contraction", [("laf", "auto"), ("tucker", "auto"),
+                                              ("tt", "reconstruct")])
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_nan_example_never_reaches_other_domains(kind, contraction, jit_compile):
+    if backend() == "jax" and not jit_compile:
+        pytest.skip("JAX always compiles with XLA")
+    layer = make(kind, contraction=contraction)
+    x = rng(4).normal(size=(4, 6, 6, 3)).astype("float32")
+    mixed = np.array([0, 1, 2, 1], dtype="int32")
+    check_nan_example_stays_in_its_domain(layer, x, mixed, jit_compile)
+    check_bad_ids_reach_no_domain_weights(layer, x[:4], jit_compile)
+    check_nan_example_stays_in_its_domain(layer, x, np.array(2, "int32"), jit_compile)

@@ -18,7 +18,10 @@ from tests.helpers import (
 )
 from tests.layers.factorized_helpers import (
     check_bad_ids_give_nan_in_compiled_graphs,
+    check_bad_ids_reach_no_domain_weights,
     check_mixed_precision,
+    check_nan_example_stays_in_its_domain,
+    compiled_outputs_and_gradients,
     gradients,
 )
 
@@ -96,7 +99,7 @@ def test_mixed_path_never_builds_a_weight_per_example():
     paths = layer.contraction_paths()
     # The task code is contracted with the small last core, not with a reconstructed weight.
     assert paths["mixed_flops"] < 2 * 256 * 64 * 64
-    assert "task_one_hot" in paths["mixed"]
+    assert "core_2" in paths["mixed"]
 
 
 def test_training_step_reduces_loss():
@@ -320,3 +323,32 @@ def test_bad_ids_in_compiled_graphs_give_nan_for_their_examples_only(jit_compile
     check_bad_ids_give_nan_in_compiled_graphs(layer, x, jit_compile)
     layer = FactorizedDense(8, num_domains=TASKS, factorization="laf", rank=2, use_bias=False)
     check_bad_ids_give_nan_in_compiled_graphs(layer, x, jit_compile)
+
+
+@pytest.mark.parametrize("kind", ["laf", "tucker", "tt"])
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_nan_example_never_reaches_other_domains(kind, jit_compile):
+    if backend() == "jax" and not jit_compile:
+        pytest.skip("JAX always compiles with XLA")
+    layer = make(kind)
+    x = rng(4).normal(size=(6, 12)).astype("float32")
+    mixed = np.array([0, 1, 2, 0, 2, 1], dtype="int32")
+    check_nan_example_stays_in_its_domain(layer, x, mixed, jit_compile)
+    check_bad_ids_reach_no_domain_weights(layer, x[:4], jit_compile)
+    check_nan_example_stays_in_its_domain(layer, x, np.array(1, "int32"), jit_compile)
+
+
+def test_bad_id_with_sequence_inputs_gives_nan_for_its_example_only():
+    if backend() == "torch":
+        pytest.skip("compiled paths only")
+    layer = FactorizedDense(4, num_domains=TASKS, factorization="laf", rank=2)
+    layer.build((None, 5, 6))
+    x = rng(6).normal(size=(3, 5, 6)).astype("float32")
+    outputs, _ = compiled_outputs_and_gradients(layer, x, np.array([0, TASKS, 2], "int32"),
+                                                jit_compile=False)
+    assert np.all(np.isnan(outputs[1]))
+    assert_close(outputs[[0, 2]], reference_nd(layer, x[[0, 2]], np.array([0, 2])), atol=1e-5)
+
+
+def reference_nd(layer, x, tasks):
+    return np.stack([reference(layer, x[b], tasks[b]) for b in range(len(x))])

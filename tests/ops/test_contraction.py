@@ -111,17 +111,16 @@ def _contains(tree, leaf):
     return any(_contains(child, leaf) for child in tree)
 
 
-def test_selector_gather_matches_einsum_with_one_hot():
-    labels = [("i", "k"), ("k", "t"), ("B", "i"), ("B", "t")]
-    sizes = {"i": 5, "k": 3, "t": 4, "B": 6}
-    operands = random_operands(labels[:3], sizes)
-    tasks = np.array([0, 3, 1, 1, 2, 0], dtype="int32")
-    one_hot = np.eye(4, dtype="float32")[tasks]
-    expected = einsum_reference(labels, ("B",), operands + [one_hot])
-    path = contraction.search_path(labels, ("B",), sizes, selector="t")
-    assert_close(contraction.contract(path, operands + [tasks]), expected, atol=1e-5)
-    forced = contraction.search_path(labels, ("B",), sizes, selector="t", forced=(((0, 1), 2), 3))
-    assert_close(contraction.contract(forced, operands + [tasks]), expected, atol=1e-5)
+def test_per_example_operand_matches_einsum():
+    # A task operand gathered per example carries the batch label: (B, k) with (i, k).
+    labels = [("i", "k"), ("B", "k"), ("B", "i")]
+    sizes = {"i": 5, "k": 3, "B": 6}
+    operands = random_operands(labels, sizes)
+    expected = einsum_reference(labels, ("B",), operands)
+    path = contraction.search_path(labels, ("B",), sizes)
+    assert_close(contraction.contract(path, operands), expected, atol=1e-5)
+    forced = contraction.search_path(labels, ("B",), sizes, forced=((0, 1), 2))
+    assert_close(contraction.contract(forced, operands), expected, atol=1e-5)
 
 
 def test_closed_form_flops_match_the_searched_path():
@@ -148,3 +147,17 @@ def test_reshape_is_skipped_only_when_the_static_shape_matches():
     assert contraction.reshape(x, (4, 3)) is x
     assert tuple(contraction.reshape(x, (2, 6)).shape) == (2, 6)
     assert tuple(contraction.reshape(x, (-1,)).shape) == (12,)
+
+
+def test_transposed_operands_are_read_by_the_matmul():
+    # (o, r) and (r, B) laid out as the transposes of the GEMM's operands: no transpose op,
+    # the matmul reads them transposed; the result lands in output order (B, o).
+    labels = [("o", "r"), ("r", "B")]
+    sizes = {"o": 6, "r": 3, "B": 5}
+    plan = contraction.plan_pair(labels[0], labels[1], {"B", "o"}, sizes, target=("B", "o"))
+    assert plan.transpose_left and plan.transpose_right
+    assert plan.out_labels == ("B", "o")
+    operands = random_operands(labels, sizes, seed=4)
+    path = contraction.search_path(labels, ("B", "o"), sizes)
+    assert_close(contraction.contract(path, operands),
+                 einsum_reference(labels, ("B", "o"), operands), atol=1e-5)

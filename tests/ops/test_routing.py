@@ -107,3 +107,52 @@ def test_gather_and_route_agree_for_uniform_and_mixed():
     np.testing.assert_array_equal(
         to_numpy(routing.route(mixed, uniform, mixed_fn)), table[[2, 0, 2]] + 100
     )
+
+
+def _value_and_grads(fn, *args):
+    """`fn(*args)` (a scalar) and its gradients with respect to every arg (TF or JAX)."""
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        args = [tf.constant(a) for a in args]
+        with tf.GradientTape() as tape:
+            for a in args:
+                tape.watch(a)
+            value = fn(*args)
+        return value, tape.gradient(value, args)
+    if keras.backend.backend() == "jax":
+        import jax
+
+        return jax.value_and_grad(fn, argnums=tuple(range(len(args))))(*args)
+    pytest.skip("gradient check written for TensorFlow and JAX")
+
+
+def test_domain_matmul_and_its_gradient_match_per_example_products():
+    rng = np.random.default_rng(0)
+    inputs = rng.normal(size=(4, 3, 2)).astype("float32")
+    kernels = rng.normal(size=(3, 2, 5)).astype("float32")
+    upstream = rng.normal(size=(4, 3, 5)).astype("float32")
+    ids = np.array([2, 0, 2, 1])
+    selection = routing.select(keras.ops.convert_to_tensor(ids), 3)
+    ops = keras.ops
+
+    def ours(x, k):
+        return ops.sum(routing.domain_matmul(x, k, selection) * upstream)
+
+    def reference(x, k):  # autodiff of the plain gather
+        return ops.sum(ops.matmul(x, ops.take(k, ids, axis=0)) * upstream)
+
+    value, grads = _value_and_grads(ours, inputs, kernels)
+    expected_value, expected = _value_and_grads(reference, inputs, kernels)
+    np.testing.assert_allclose(to_numpy(value), to_numpy(expected_value), rtol=1e-5)
+    for g, e in zip(grads, expected):
+        np.testing.assert_allclose(to_numpy(g), to_numpy(e), rtol=1e-5, atol=1e-5)
+    # An invalid id: NaN outputs for its example only; a NaN stays in its own domain.
+    bad = routing.select(keras.ops.convert_to_tensor([2, 5, 2, 1]), 3)
+    outputs = to_numpy(routing.domain_matmul(inputs, kernels, bad))
+    assert np.isnan(outputs[1]).all() and np.isfinite(outputs[[0, 2, 3]]).all()
+    nan_inputs = inputs.copy()
+    nan_inputs[1, 0, 0] = np.nan  # an example of domain 0
+    _, (_, kernel_grad) = _value_and_grads(ours, nan_inputs, kernels)
+    kernel_grad = to_numpy(kernel_grad)
+    assert np.isnan(kernel_grad[0]).any() and np.isfinite(kernel_grad[1:]).all()
