@@ -88,23 +88,8 @@ class Patch(NamedTuple):
     dtype: str = "float32"
 
 
-class Terms(NamedTuple):
-    """A swapped layer's fold: `kernel @ mix + tap(P @ adapter)`, `bias @ mix + offset`.
-
-    `mix` is a per-channel scale, or a matrix (`matrix=True`), or None; `projection` the
-    shared `P` of a low-rank adapter (None: the identity).
-    """
-
-    mix: object = None
-    matrix: bool = False
-    adapter: object = None
-    tap: tuple = ()
-    offset: object = None
-    projection: object = None
-
-
 def fold_terms(unit, tensors, projection=None):
-    """The `Terms` of a swapped layer from its swapped tensors (arrays or tensors).
+    """The `FoldTerms` of a swapped layer from its swapped tensors: the layer's `fold_terms`.
 
     `projection`: the layer's low-rank adapter projection as an array (read from the layer
     when None: eagerly only).
@@ -112,31 +97,17 @@ def fold_terms(unit, tensors, projection=None):
     Raises:
         ValueError: for a layer whose swapped tensors do not describe a linear fold.
     """
-    from keras import ops
-
-    layer, parts = unit.layer, set(tensors)
-    mode = getattr(layer, "mode", None)
-    if projection is None and getattr(layer, "adapter_projection", None) is not None:
-        projection = _numpy(layer.adapter_projection)
-    if parts == {"scale", "offset"}:
-        return Terms(tensors["scale"], False, None, (), tensors["offset"])
-    if mode == "parallel" and "adapter" in parts and parts <= {"adapter", "scale", "offset"}:
-        return Terms(tensors.get("scale"), False, tensors["adapter"], tuple(layer.tap),
-                     tensors.get("offset"), projection)
-    if mode == "series" and parts == {"adapter", "offset"}:
-        return Terms(tensors["adapter"], True, None, (), tensors["offset"])
-    if mode == "series" and parts == {"norm_scale", "norm_offset", "adapter", "scale", "offset"}:
-        # y * scale + ((y * norm_scale + norm_offset) @ P) @ A + offset: y @ M + offset'.
-        low_rank = ops.matmul(projection, tensors["adapter"])
-        mix = ops.expand_dims(tensors["norm_scale"], -1) * low_rank
-        mix = mix + ops.diag(ops.convert_to_tensor(tensors["scale"]))
-        offset = ops.matmul(ops.expand_dims(tensors["norm_offset"], 0), low_rank)[0]
-        return Terms(mix, True, None, (), offset + tensors["offset"], projection)
-    raise ValueError(
-        f"The fold-on-switch export cannot refold layer {layer.name!r} "
-        f"({type(layer).__name__}) from its swapped tensors {sorted(parts)}: export the "
-        'swappable layout (layouts=("swappable",)) for it.'
-    )
+    fold = getattr(unit.layer, "fold_terms", None)
+    try:
+        if fold is None:
+            raise ValueError(f"{type(unit.layer).__name__} has no `fold_terms`.")
+        return fold(tensors, projection)
+    except ValueError as error:
+        raise ValueError(
+            f"The fold-on-switch export cannot refold layer {unit.layer.name!r} "
+            f"({type(unit.layer).__name__}) from its swapped tensors {sorted(tensors)}: export "
+            f'the swappable layout (layouts=("swappable",)) for it. ({error})'
+        ) from error
 
 
 class TemplatePlan:

@@ -10,6 +10,7 @@ from keras_mdn.layers.domain_layer import (
     DomainLayer,
     DomainVariable,
     count_domains,
+    domain_input,
     domain_layers,
     is_domain_layer,
 )
@@ -28,6 +29,7 @@ __all__ = [
     "FactorizedDense",
     "ResidualAdapter",
     "count_domains",
+    "domain_input",
     "domain_layers",
     "is_domain_layer",
 ]

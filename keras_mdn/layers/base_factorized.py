@@ -198,10 +198,19 @@ class BaseFactorized(keras.layers.Layer, DomainLayer):
         }
 
     @classmethod
-    def _from_stacked(cls, stacked, biases, input_shape, factorization, rank, eps, **kwargs):
+    def _from_stacked(cls, stacked, biases, input_shape, factorization, rank, eps,
+                      eps_mode=None, **kwargs):
         """A built layer whose factors decompose `stacked` `(*in, *out, T)` (NumPy)."""
         if isinstance(rank, float) and 0.0 < rank < 1.0 and eps is None:
             rank, eps = None, rank  # the DMTRL convention: values below 1 are an error bound
+        if eps_mode is not None:
+            if eps is None:
+                raise ValueError(
+                    "`eps_mode` names the meaning of `eps`: pass `eps` too. "
+                    f"Received: eps=None, eps_mode={eps_mode!r}"
+                )
+            decomposition.validate_eps_mode(eps_mode)  # the error names `eps_mode`
+            eps = decomposition.Tolerance(getattr(eps, "eps", eps), eps_mode)
         eps = decomposition.validate_eps(eps)
         kind = factorizations.get(factorization, rank)
         layer = cls(factorization=kind, **kwargs)

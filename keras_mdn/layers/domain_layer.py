@@ -27,6 +27,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_mdn.ops import folding
+
 
 class DomainVariable(NamedTuple):
     """One weight of a domain layer and how it splits over domains.
@@ -245,6 +247,29 @@ class DomainLayer:
         """True when `swappable_tensors(domain, affine=...)` can absorb a following affine map."""
         return False
 
+    def fold_terms(self, tensors, projection=None):
+        """This layer's inference map from its swapped tensors, as `ops.folding.FoldTerms`.
+
+        What the fold-on-switch export needs to refold a domain's kernel in place. The default
+        covers a per-channel affine map (`tensors` exactly `{"scale", "offset"}`: a batch
+        norm); layers computing `W @ mix + tap(adapter)` otherwise override it.
+
+        Args:
+            tensors: dict part name -> array or tensor, as `swappable_tensors` returns
+                (including an absorbed affine map's `scale` / `offset`).
+            projection: optional array, the layer's shared low-rank adapter projection (read
+                from the layer when None).
+
+        Raises:
+            ValueError: the tensors do not describe a linear fold of this layer.
+        """
+        if set(tensors) == {"scale", "offset"}:
+            return folding.FoldTerms(mix=tensors["scale"], offset=tensors["offset"])
+        raise ValueError(
+            f"Layer {self.name!r} ({type(self).__name__}) cannot be refolded from its swapped "
+            f"tensors {sorted(tensors)}: implement `fold_terms` for it."
+        )
+
     def swappable_call(self, inputs, tensors):
         """This layer's inference output from the domain's `swappable_tensors` given as inputs.
 
@@ -254,6 +279,20 @@ class DomainLayer:
         raise NotImplementedError(
             f"{type(self).__name__} does not implement DomainLayer.swappable_call()."
         )
+
+
+def domain_input(name="domain"):
+    """The `(batch,)` domain-id input of a multi-domain functional model: float32.
+
+    `resnet26`, `add_adapters` and the baselines build their `"domain"` input with it; use it
+    in your own functional models too (`keras_mdn.domain_input()`).
+
+    Keras casts what is fed to an input to its dtype before any layer runs: an int32 input
+    would turn ids `[0.7, 1.2, 2.9]` into `[0, 1, 2]` silently. As float32 the ids reach the
+    domain layers unchanged (int ids up to 2**24 exactly), which raise on a fractional id
+    eagerly and make that example's outputs NaN in compiled graphs.
+    """
+    return keras.Input(shape=(), dtype="float32", name=name)
 
 
 def is_domain_layer(layer):

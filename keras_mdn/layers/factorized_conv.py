@@ -153,6 +153,8 @@ class BaseFactorizedConv(BaseFactorized):
             rank: None (full rank, or chosen by `eps`), an int or one rank per slot; a float in
                 (0, 1) is read as `eps`. Defaults to None.
             eps: relative Frobenius error threshold in (0, 1). Defaults to None.
+            eps_mode: what `eps` means: `"frobenius"` or `"authors"` (see
+                `FactorizedDense.from_layers`). Defaults to None (`"frobenius"`).
             **kwargs: other layer arguments.
         """
         kind = keras.layers.Conv2D if cls.rank_spatial == 2 else keras.layers.Conv1D

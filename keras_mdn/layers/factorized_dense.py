@@ -176,6 +176,10 @@ class FactorizedDense(BaseFactorized):
                 in (0, 1) is read as `eps`. Defaults to None.
             eps: relative Frobenius error threshold in (0, 1) choosing the ranks. Defaults to
                 None.
+            eps_mode: what `eps` means: `"frobenius"` (the relative Frobenius error of the
+                whole decomposition, split over its SVD steps) or `"authors"` (the DMTRL
+                authors' rule: `eps` as the precision of a pivoted QR at every step; see
+                `keras_mdn.ops.decomposition`). Defaults to None (`"frobenius"`).
             **kwargs: other `FactorizedDense` arguments (e.g. `batch_size_hint`).
         """
         kernels, biases, first = stack_layer_weights(layers, keras.layers.Dense, 2)

@@ -436,6 +436,28 @@ class ResidualAdapter(keras.layers.Layer, DomainLayer):
                            "adapter": adapter, "scale": scale, "offset": offset}
         return {name: as_float32(value) for name, value in tensors.items()}
 
+    def fold_terms(self, tensors, projection=None):
+        parts = set(tensors)
+        if projection is None and self.adapter_projection is not None:
+            projection = ops.convert_to_numpy(self.adapter_projection)
+        if self.mode == "parallel" and "adapter" in parts and parts <= {
+            "adapter", "scale", "offset"
+        }:
+            return folding.FoldTerms(tensors.get("scale"), False, tensors["adapter"],
+                                     tuple(self.tap), tensors.get("offset"), projection)
+        if self.mode == "series" and parts == {"adapter", "offset"}:
+            return folding.FoldTerms(tensors["adapter"], True, None, (), tensors["offset"])
+        if self.mode == "series" and parts == {
+            "norm_scale", "norm_offset", "adapter", "scale", "offset"
+        }:
+            # y * scale + ((y * norm_scale + norm_offset) @ P) @ A + offset: y @ M + offset'.
+            low_rank = ops.matmul(projection, tensors["adapter"])
+            mix = ops.expand_dims(tensors["norm_scale"], -1) * low_rank
+            mix = mix + ops.diag(ops.convert_to_tensor(tensors["scale"]))
+            offset = ops.matmul(ops.expand_dims(tensors["norm_offset"], 0), low_rank)[0]
+            return folding.FoldTerms(mix, True, None, (), offset + tensors["offset"], projection)
+        return super().fold_terms(tensors, projection)
+
     def swappable_call(self, inputs, tensors):
         # keras.ops throughout: the tensors are NumPy arrays or the export's symbolic inputs.
         if self.mode == "parallel":
@@ -456,6 +478,7 @@ class ResidualAdapter(keras.layers.Layer, DomainLayer):
         hidden = _channel_matmul(normalized, self.adapter_projection)
         return ops.add(ops.add(ops.multiply(y, tensors["scale"]),
                                _channel_matmul(hidden, tensors["adapter"])), tensors["offset"])
+
 
 def _input_spec(adapter, input_shape):
     """Fixes the channels; and the spatial size where a strided parallel adapter's tap needs it.

@@ -4,6 +4,7 @@ import keras
 
 from keras_mdn.layers.domain_batch_normalization import DomainBatchNormalization
 from keras_mdn.layers.domain_head import DomainHead, check_num_classes
+from keras_mdn.layers.domain_layer import domain_input
 from keras_mdn.layers.residual_adapter import MODES, ResidualAdapter
 
 STEM_WIDTH = 32
@@ -98,8 +99,10 @@ def resnet26(
 
     Returns:
         A `keras.Model` with inputs `"image"` `(batch, *input_shape)` and `"domain"`
-        `(batch,)` int32, and output the logits `(batch, max(num_classes))` of each example's
-        domain (see `DomainHead`).
+        `(batch,)` float32 (`keras_mdn.domain_input`: a fractional id reaches the layers,
+        which make its outputs NaN, instead of being truncated by Keras' input cast; int ids
+        are cast exactly), and output the logits `(batch, max(num_classes))` of each
+        example's domain (see `DomainHead`).
 
     Example:
 
@@ -119,7 +122,7 @@ def resnet26(
         raise ValueError(f"`rank` must be a positive int or None. Received: rank={rank!r}")
 
     image = keras.Input(shape=input_shape, name="image")
-    domain = keras.Input(shape=(), dtype="int32", name="domain")
+    domain = domain_input()
     logits = _network(image, domain, num_classes, width_factor, adapter, rank,
                       adapter_regularizer, freeze_shared)
     return keras.Model([image, domain], logits, name=name)

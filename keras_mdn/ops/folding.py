@@ -13,8 +13,29 @@ A residual adapter is linear once a domain is fixed, so it merges into the share
 Functions take and return backend tensors; kernels have the output channels last.
 """
 
+from typing import NamedTuple
+
 import numpy as np
 from keras import ops
+
+
+class FoldTerms(NamedTuple):
+    """A domain layer's inference map before its activation, as folding terms.
+
+    The layer computes `W @ mix + tap(P @ adapter)` with bias `b @ mix + offset` from its
+    shared kernel `W` (and bias `b`): `mix` is a per-channel scale (a batch norm folded in), a
+    channel-mixing matrix (`matrix=True`: a series adapter) or None; `adapter` a parallel
+    adapter `(in, out)` added at the kernel position `tap` (empty for dense), or None;
+    `projection` the shared `P` of a low-rank adapter (None: the identity). The fold-on-switch
+    export refolds a domain's kernel from these (`keras_mdn.export.fold_on_switch`).
+    """
+
+    mix: object = None
+    matrix: bool = False
+    adapter: object = None
+    tap: tuple = ()
+    offset: object = None
+    projection: object = None
 
 
 def adapter_matrix(kernel_table, domain, projection=None):

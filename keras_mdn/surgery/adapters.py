@@ -33,7 +33,7 @@ def add_adapters(
 ):
     """A multi-domain copy of a built single-domain functional model.
 
-    The graph of `model` is rebuilt with an extra int32 input `"domain"`:
+    The graph of `model` is rebuilt with an extra float32 domain-id input `"domain"`:
 
     - the chosen `Conv1D`/`Conv2D`/`Dense` layers are wrapped in `ResidualAdapter`s around a
       copy of the layer (its weights shared by all domains), with the original layer's name;

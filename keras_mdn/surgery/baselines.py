@@ -43,7 +43,7 @@ def frozen_features(model, num_classes, source_domain=None, classifier=None, nam
         name: name of the new model. Defaults to `"<model name>_frozen_features"`.
 
     Returns:
-        A `keras.Model` with the model's inputs and an int `"domain"` input.
+        A `keras.Model` with the model's inputs and a `"domain"` input (`keras_mdn.domain_input`).
 
     Example:
 
@@ -69,7 +69,7 @@ def batch_norms_only(model, num_classes, source_domain=None, classifier=None, na
         name: name of the new model. Defaults to `"<model name>_batch_norms_only"`.
 
     Returns:
-        A `keras.Model` with the model's inputs and an int `"domain"` input.
+        A `keras.Model` with the model's inputs and a `"domain"` input (`keras_mdn.domain_input`).
     """
     return _baseline(model, num_classes, True, source_domain, classifier,
                      name or f"{model.name}_batch_norms_only")

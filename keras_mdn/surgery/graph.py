@@ -14,6 +14,8 @@ import keras
 from keras_mdn.layers.domain_head import DomainHead
 from keras_mdn.layers.domain_layer import count_domains, is_domain_layer
 
+DOMAIN_INPUT = "domain"  # the name of a multi-domain model's domain-id input
+
 
 class Node(NamedTuple):
     """One call of an operation in a functional graph.
@@ -59,7 +61,8 @@ class FunctionalGraph:
         model: the model.
         nodes: list of `Node` in topological order.
         inputs: list of `GraphInput`.
-        domain_input: the name of the domain input (the integer-typed input), or None.
+        domain_input: the name of the domain input (the input named `"domain"`, else the
+            integer-typed input), or None.
         outputs: the output structure, with `(layer_name, node_index, tensor_index)` leaves.
         uses: number of reads of each output tensor `(layer_name, node_index, tensor_index)`,
             model outputs included.
@@ -88,7 +91,7 @@ class FunctionalGraph:
                 name = op.name if index == 0 else f"{op.name}_{index}"
                 pending.append(Node(op, name, args, kwargs, (op.name, index)))
         self.inputs = []
-        self.domain_input = None
+        integer_inputs = []
         for history in _history_leaves(_history_structure(config["input_layers"])):
             layer = operations[history[0]]
             tensor = layer.output
@@ -96,12 +99,19 @@ class FunctionalGraph:
             self.inputs.append(GraphInput(layer.name, (history[0], history[1]), dtype,
                                           tensor.shape))
             if "int" in dtype:
-                if self.domain_input is not None:
-                    raise ValueError(
-                        "Expected one integer (domain) input. Received: model with integer "
-                        f"inputs {self.domain_input!r} and {layer.name!r}"
-                    )
-                self.domain_input = layer.name
+                integer_inputs.append(layer.name)
+        # The input named "domain" (float32 from `keras_mdn.domain_input`), else the one
+        # integer-typed input.
+        names = [i.name for i in self.inputs]
+        if DOMAIN_INPUT in names:
+            self.domain_input = DOMAIN_INPUT
+        elif len(integer_inputs) > 1:
+            raise ValueError(
+                "Expected one integer (domain) input or one named 'domain'. Received: model "
+                f"with integer inputs {integer_inputs}"
+            )
+        else:
+            self.domain_input = integer_inputs[0] if integer_inputs else None
         self.outputs = _history_structure(config["output_layers"])
         for history in _history_leaves(self.outputs):
             self._count(history)

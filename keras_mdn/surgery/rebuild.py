@@ -8,9 +8,8 @@ are inlined, so their layers can be replaced too.
 
 import keras
 
-from keras_mdn.surgery.graph import FunctionalGraph
-
-DOMAIN_INPUT = "domain"
+from keras_mdn.layers.domain_layer import domain_input
+from keras_mdn.surgery.graph import DOMAIN_INPUT, FunctionalGraph
 
 
 def as_functional(model):
@@ -35,7 +34,8 @@ def rebuild(model, call, add_domain_input=False, name=None):
         call: function returning the outputs of one node; `op` is the original operation,
             `args`/`kwargs` its new inputs, `domain` the domain input tensor (or None).
             `call_layer(op, args, kwargs)` re-applies the original layer.
-        add_domain_input: add an int32 input named `"domain"` (error if one exists).
+        add_domain_input: add a float32 domain-id input named `"domain"`
+            (`keras_mdn.domain_input`; error if one exists).
         name: the new model's name. Defaults to the model's name.
 
     Returns:
@@ -55,7 +55,7 @@ def rebuild(model, call, add_domain_input=False, name=None):
                 f"The model already has an input named {DOMAIN_INPUT!r}. Received: model "
                 f"with inputs {list(inputs)}"
             )
-        domain = keras.Input(shape=(), dtype="int32", name=DOMAIN_INPUT)
+        domain = domain_input(DOMAIN_INPUT)
     elif graph.domain_input is not None:
         domain = inputs[graph.domain_input]
     outputs = _run(graph, inputs, call, domain)

@@ -246,3 +246,31 @@ def test_a_layer_without_the_interface_says_what_is_missing():
         with pytest.raises(NotImplementedError, match=f"Partial does not implement.*{method}"):
             getattr(layer, method)(*args)
     assert not layer.merges_affine() and not layer.factorized
+
+
+@pytest.mark.parametrize("name", sorted(LAYERS))
+def test_fold_terms_describe_the_linear_layers_and_refuse_the_others(name):
+    layer, _ = _built(name)
+    tensors = layer.swappable_tensors(1)
+    mode = getattr(layer, "mode", None)
+    if isinstance(layer, DomainBatchNormalization):
+        terms = layer.fold_terms(tensors)
+        np.testing.assert_array_equal(terms.mix, tensors["scale"])
+        np.testing.assert_array_equal(terms.offset, tensors["offset"])
+        assert terms.adapter is None and not terms.matrix
+    elif mode == "parallel":
+        terms = layer.fold_terms(tensors)
+        np.testing.assert_array_equal(terms.adapter, tensors["adapter"])
+        assert terms.tap == tuple(layer.tap) and not terms.matrix
+        assert (terms.projection is None) == (layer.rank is None)
+    elif mode == "series":
+        terms = layer.fold_terms(tensors)
+        assert terms.matrix and terms.adapter is None
+        channels = layer.layer.compute_output_shape(LAYERS[name][1])[-1]
+        assert tuple(np.shape(terms.mix)) == (channels, channels)
+    else:  # heads, factorised layers, the user layer: replaced whole, not refolded
+        if set(tensors) == {"scale", "offset"}:
+            assert layer.fold_terms(tensors).offset is not None
+        else:
+            with pytest.raises(ValueError, match=layer.name):
+                layer.fold_terms(tensors)

@@ -205,3 +205,16 @@ def test_trains_and_round_trips(tmp_path):
 def test_bad_arguments_raise_clear_errors(kwargs, match):
     with pytest.raises((ValueError, TypeError), match=match):
         resnet26(**kwargs)
+
+
+def test_fractional_domain_ids_are_not_truncated_by_the_model_input():
+    model = resnet26(CLASSES, adapter="parallel", **SMALL)
+    assert model.get_layer("domain").output.dtype == "float32"
+    x = rng(2).normal(size=(3, 8, 8, 3)).astype("float32")
+    ids = np.array([0.7, 1.0, 1.5], "float32")
+    with pytest.raises(ValueError, match="whole numbers"):
+        model([x, ids])
+    logits = model.predict({"image": x, "domain": ids}, verbose=0)  # compiled: NaN rows
+    assert np.isnan(logits[[0, 2]]).all() and np.isfinite(logits[1]).all()
+    exact = model.predict({"image": x, "domain": np.array([1, 1, 1], "int32")}, verbose=0)
+    np.testing.assert_allclose(logits[1], exact[1], rtol=1e-6, atol=1e-6)

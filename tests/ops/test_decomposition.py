@@ -215,3 +215,10 @@ def test_tolerance_reaches_from_layers():
                                             eps=decomposition.Tolerance(eps, "authors"))
         _, factors = decomposition.hosvd(stacked, eps=eps, eps_mode="authors")
         assert tuple(built.factorization.rank) == tuple(f.shape[1] for f in factors)
+        by_keyword = FactorizedDense.from_layers(layers, factorization="tucker", eps=eps,
+                                                 eps_mode="authors")
+        assert by_keyword.factorization.rank == built.factorization.rank
+    with pytest.raises(ValueError, match="eps_mode='authors'"):
+        FactorizedDense.from_layers(layers, factorization="tucker", eps_mode="authors")
+    with pytest.raises(ValueError, match="eps_mode"):
+        FactorizedDense.from_layers(layers, factorization="tucker", eps=0.3, eps_mode="spectral")
