@@ -208,10 +208,7 @@ class SwappableModel(_Runner):
         Returns:
             The `Pack`.
         """
-        source = "pack" if isinstance(pack, packs.Pack) else os.fspath(pack)
-        if not isinstance(pack, packs.Pack):
-            pack = packs.read_pack(pack)
-        pack.check(self.model_id, self.input_specs, domain=domain, source=source)
+        pack = checked_pack(pack, self.model_id, self.input_specs, domain)
         self.set_domain_runner(**pack.tensors)  # written once; every predict reads it
         self.pack = pack
         return pack
@@ -319,10 +316,7 @@ class FoldOnSwitchModel(_Runner):
         from keras_mdn.export import fold_on_switch
         from keras_mdn.export.fold_on_switch import TEMPLATE_SIGNATURE
 
-        source = "pack" if isinstance(pack, packs.Pack) else os.fspath(pack)
-        if not isinstance(pack, packs.Pack):
-            pack = packs.read_pack(pack)
-        pack.check(self.model_id, self.input_specs, domain=domain, source=source)
+        pack = checked_pack(pack, self.model_id, self.input_specs, domain)
         times = [time.perf_counter()]
         buffers = self.fold_runner(**self._current, **pack.tensors)
         times.append(time.perf_counter())
@@ -447,3 +441,12 @@ def load(path, layout=None, num_threads=None, quantization=None):
     if SWAPPABLE_SIGNATURE in signatures:
         return SwappableModel(path, num_threads=num_threads)
     return MultiSignatureModel(path, num_threads=num_threads)
+
+
+def checked_pack(pack, model_id, specs, domain=None):
+    """`pack` (a `Pack` or the path of a pack file), checked against a model's id and tensors."""
+    source = "pack" if isinstance(pack, packs.Pack) else os.fspath(pack)
+    if not isinstance(pack, packs.Pack):
+        pack = packs.read_pack(pack)
+    pack.check(model_id, specs, domain=domain, source=source)
+    return pack

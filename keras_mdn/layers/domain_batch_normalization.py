@@ -368,7 +368,7 @@ def per_domain_normalization(x, gamma, beta, shift, sizes, selection, epsilon, s
         rows = routing.per_example(routing.take_domains(table, selection), x)
         return ops.split(rows, parts, axis=-1)
 
-    @ops.custom_gradient
+    @routing.custom_gradient
     def normalize(x, gamma, beta):
         centered = x - shift
         _, (shifted_sum, square_sum) = per_domain_sums(centered, ops.square(centered))

@@ -107,6 +107,8 @@ def valid_domains(domain, num_domains):
     if "float" in K.standardize_dtype(domain.dtype):
         whole = ops.equal(domain, ops.floor(domain))
         return ops.logical_and(whole, _in_range(domain, num_domains))
+    if K.backend() == "torch":  # torch's uint32 casts do not wrap negative ids
+        return _in_range(domain, num_domains)
     # One comparison: a negative id wraps to a large unsigned one.
     return ops.less(ops.cast(domain, "uint32"), ops.cast(num_domains, "uint32"))
 
@@ -197,6 +199,23 @@ def take_domains(params, selection, fill_invalid=True):
     return _take_rows(params, selection.nan_ids())
 
 
+def custom_gradient(fn):
+    """`keras.ops.custom_gradient`, except on torch, where `fn`'s forward ops are differentiated.
+
+    The written-out gradients here save graph ops when tracing (TF, JAX); torch runs eagerly
+    and Keras' torch `custom_gradient` takes one output and passes `upstream` by keyword, so
+    there autodiff of the same forward computation is used.
+    """
+    if K.backend() != "torch":
+        return ops.custom_gradient(fn)
+
+    def forward(*args):
+        outputs, _ = fn(*args)
+        return outputs
+
+    return forward
+
+
 def domain_matmul(inputs, kernels, selection):
     """Each example times its own domain's matrix: `inputs[b] @ kernels[domain[b]]`.
 
@@ -213,7 +232,7 @@ def domain_matmul(inputs, kernels, selection):
     differentiating the gather, which builds about four times the graph ops.
     """
 
-    @ops.custom_gradient
+    @custom_gradient
     def matmul(inputs, kernels):
         # Naming the inputs' batch makes a domain vector of another length raise.
         batch = inputs.shape[0] if inputs.shape[0] is not None else ops.shape(inputs)[0]

@@ -171,6 +171,8 @@ def _gradients(fn, x, variables):
 
 @pytest.mark.parametrize("shape", [(7, 3), (7, 4, 4, 3)])
 def test_mixed_training_gradient_matches_automatic_differentiation(shape):
+    if keras.backend.backend() == "torch":
+        pytest.skip("torch differentiates the forward ops: no written-out gradient to check")
     # The mixed training path has a hand-written gradient: check it against autodiff of
     # the masked per-domain reference, for the inputs, gamma and beta.
     x = rng(0).normal(size=shape).astype("float32")
