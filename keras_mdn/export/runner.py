@@ -215,16 +215,7 @@ class SwappableModel(_Runner):
 
     def predict(self, images, domain=None):
         """Logits for `images`; `domain` switches to that domain's pack first (if given)."""
-        if domain is not None:
-            loaded = [] if self.pack is None else [self.pack.domain]
-            domain = check_domain_argument(domain, sorted(set(self.domains + loaded)))
-            if self.pack is None or self.pack.domain != domain:
-                self.load_pack(self.pack_paths[domain], domain=domain)
-        if self.pack is None:
-            raise ValueError("No pack loaded: call load_pack(path) or pass `domain`.")
-        outputs = self.runner(**{self.input_name: self._images(images, self.runner)})
-        logits = _single_output(outputs)
-        return logits[:, : self.pack.num_classes] if self.pack.num_classes else logits
+        return _predict_with_packs(self, images, domain)
 
 
 class FoldOnSwitchModel(_Runner):
@@ -336,17 +327,7 @@ class FoldOnSwitchModel(_Runner):
 
     def predict(self, images, domain=None):
         """Logits for `images`; `domain` switches to that domain's pack first (if given)."""
-        current = type(domain) is int and self.pack is not None and domain == self.pack.domain
-        if domain is not None and not current:
-            loaded = [] if self.pack is None else [self.pack.domain]
-            domain = check_domain_argument(domain, sorted(set(self.domains + loaded)))
-            if self.pack is None or self.pack.domain != domain:
-                self.load_pack(self.pack_paths[domain], domain=domain)
-        if self.pack is None:
-            raise ValueError("No pack loaded: call load_pack(path) or pass `domain`.")
-        outputs = self.runner(**{self.input_name: self._images(images, self.runner)})
-        logits = _single_output(outputs)
-        return logits[:, : self.pack.num_classes] if self.pack.num_classes else logits
+        return _predict_with_packs(self, images, domain)
 
 
 def _read_bytes(path):
@@ -450,3 +431,18 @@ def checked_pack(pack, model_id, specs, domain=None):
         pack = packs.read_pack(pack)
     pack.check(model_id, specs, domain=domain, source=source)
     return pack
+
+
+def _predict_with_packs(model, images, domain):
+    """`predict` of the pack-based runners: switch to `domain`'s pack if asked, then run."""
+    current = type(domain) is int and model.pack is not None and domain == model.pack.domain
+    if domain is not None and not current:
+        loaded = [] if model.pack is None else [model.pack.domain]
+        domain = check_domain_argument(domain, sorted(set(model.domains + loaded)))
+        if model.pack is None or model.pack.domain != domain:
+            model.load_pack(model.pack_paths[domain], domain=domain)
+    if model.pack is None:
+        raise ValueError("No pack loaded: call load_pack(path) or pass `domain`.")
+    outputs = model.runner(**{model.input_name: model._images(images, model.runner)})
+    logits = _single_output(outputs)
+    return logits[:, : model.pack.num_classes] if model.pack.num_classes else logits
