@@ -157,7 +157,7 @@ class DomainBatchNormalization(keras.layers.Layer, DomainLayer):
             # Replicas may hold different domains: reduce per domain, as for a mixed batch.
             domain = ops.full((ops.shape(inputs)[0],), domain, "int32")
         if not routing.is_uniform(domain):
-            selection = routing.select(domain, self.num_domains)
+            selection = routing.select(domain, self.num_domains, inputs)
             if training:
                 outputs = self._mixed_training(inputs, selection, synchronized)
             else:

@@ -259,7 +259,7 @@ class ResidualAdapter(keras.layers.Layer, DomainLayer):
             return self._pointwise(routing.gather_domain(self.adapter_kernel, domain), inputs)
         # Per-example kernels as one batched GEMM: (B, positions, in) @ (B, in, out).
         # (An einsum with an ellipsis here runs about 7x slower on TensorFlow's CPU.)
-        selection = routing.select(domain, self.num_domains)
+        selection = routing.select(domain, self.num_domains, inputs)
         batch = inputs.shape[0] if inputs.shape[0] is not None else ops.shape(inputs)[0]
         spatial = tuple(inputs.shape[1:-1])
         if any(size is None for size in spatial):

@@ -124,9 +124,12 @@ class Selection:
         num_domains: int.
     """
 
-    def __init__(self, domain, num_domains):
+    def __init__(self, domain, num_domains, same_length=True):
         self.num_domains = num_domains
         self.valid = valid_domains(domain, num_domains)
+        if same_length is not True:
+            # A length-1 vector against a batch of unknown size: NaN rows, not a broadcast.
+            self.valid = ops.logical_and(self.valid, same_length)
         self.ids = ops.cast(ops.where(self.valid, domain, 0), "int32")
         self.segments = ops.where(self.valid, self.ids, -1)
         # Not lazy: a tensor first made inside a custom gradient (a JAX custom_vjp trace)
@@ -152,21 +155,29 @@ class Selection:
 _last_selection = threading.local()
 
 
-def select(domain, num_domains):
+def select(domain, num_domains, inputs=None):
     """Prepares a tensor `domain` (rank 0 or 1) for repeated selections: a `Selection`.
 
     The last one is kept (per thread) and reused for the very same tensor object: every
     layer of a functional model's call gets the same domain tensor, so its ids, validity and
     per-domain counts are computed once per call, not once per layer (fewer graph ops, a
     shorter trace). The identity check keeps it from ever crossing graphs or traces.
+
+    With `inputs` (the caller's batch), a domain vector's length is checked against the
+    batch once per call (`same_length`): where it cannot be known while tracing, every id of
+    a vector of another length is invalid (NaN rows; a length-1 vector would otherwise
+    broadcast to the batch), unless a reshape or broadcast raises first.
     """
     if isinstance(domain, Selection):
         return domain
+    checks = inputs is not None and len(domain.shape) == 1
     cached = getattr(_last_selection, "value", None)
-    if cached is not None and cached[0] is domain and cached[1] == num_domains:
+    if (cached is not None and cached[0] is domain and cached[1] == num_domains
+            and (cached[3] or not checks)):
         return cached[2]
-    selection = Selection(domain, num_domains)
-    _last_selection.value = (domain, num_domains, selection)
+    same = same_length(domain, inputs) if checks else True
+    selection = Selection(domain, num_domains, same)
+    _last_selection.value = (domain, num_domains, selection, checks)
     return selection
 
 
@@ -306,6 +317,19 @@ def check_batch(domain, inputs, name="domain"):
             f"Received: {name} with shape={tuple(domain.shape)} for inputs with "
             f"shape={tuple(inputs.shape)}"
         )
+
+
+def same_length(domain, inputs):
+    """Whether a domain vector has the inputs' batch length: a Python bool, or a traced scalar.
+
+    A reshape of per-example rows to the batch does not catch a length-1 vector in a TF graph
+    of unknown batch size: Grappler drops a reshape between shapes it cannot tell apart
+    (`(?, n)` to `(?, n)`), and the rows broadcast to the whole batch.
+    """
+    length, batch = domain.shape[0], inputs.shape[0]
+    if length is not None and batch is not None:
+        return length == batch
+    return ops.equal(ops.shape(domain)[0], ops.shape(inputs)[0])
 
 
 def route(domain, uniform_fn, mixed_fn):
