@@ -260,13 +260,10 @@ class ResidualAdapter(keras.layers.Layer, DomainLayer):
         # Per-example kernels as one batched GEMM: (B, positions, in) @ (B, in, out).
         # (An einsum with an ellipsis here runs about 7x slower on TensorFlow's CPU.)
         selection = routing.select(domain, self.num_domains, inputs)
-        batch = inputs.shape[0] if inputs.shape[0] is not None else ops.shape(inputs)[0]
         spatial = tuple(inputs.shape[1:-1])
         if any(size is None for size in spatial):
             spatial = tuple(ops.shape(inputs)[1:-1])
-        flat = ops.reshape(
-            inputs, (batch, math.prod(spatial) if spatial else 1, inputs.shape[-1])
-        )
+        flat = ops.reshape(inputs, (-1, math.prod(spatial) if spatial else 1, inputs.shape[-1]))
         kernels = routing.read(self.adapter_kernel)
         outputs = routing.domain_matmul(flat, kernels, selection)
         return ops.reshape(outputs, (-1, *spatial, kernels.shape[-1]))

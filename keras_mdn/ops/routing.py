@@ -245,20 +245,34 @@ def domain_matmul(inputs, kernels, selection):
 
     @custom_gradient
     def matmul(inputs, kernels):
-        # Naming the inputs' batch makes a domain vector of another length raise.
-        batch = inputs.shape[0] if inputs.shape[0] is not None else ops.shape(inputs)[0]
-        rows = ops.reshape(take_domains(kernels, selection), (batch, *kernels.shape[1:]))
+        # No reshape of the rows to the batch: the selection made with the inputs
+        # (`select(domain, num_domains, inputs)`) NaNs a vector of another length, and the
+        # batched product raises for any other mismatch.
+        rows = take_domains(kernels, selection)
         outputs = ops.matmul(inputs, rows)
 
         def grad(*upstream):
             upstream = upstream[0]
-            input_grad = ops.matmul(upstream, ops.transpose(rows, (0, 2, 1)))
-            row_grads = ops.matmul(ops.transpose(inputs, (0, 2, 1)), upstream)
+            input_grad = _matmul_transposed(upstream, rows, transpose_b=True)
+            row_grads = _matmul_transposed(inputs, upstream, transpose_a=True)
             return input_grad, domain_sums(row_grads, selection)
 
         return outputs, grad
 
     return matmul(inputs, kernels)
+
+
+def _matmul_transposed(a, b, transpose_a=False, transpose_b=False):
+    """Batched `a @ b` with the last two axes of `a` or `b` transposed (no transpose op on TF)."""
+    if K.backend() == "tensorflow":
+        import tensorflow as tf
+
+        return tf.linalg.matmul(a, b, adjoint_a=transpose_a, adjoint_b=transpose_b)
+    if transpose_a:
+        a = ops.swapaxes(a, -1, -2)
+    if transpose_b:
+        b = ops.swapaxes(b, -1, -2)
+    return ops.matmul(a, b)
 
 
 def read(variable):
