@@ -135,7 +135,8 @@ class Selection:
         # Not lazy: a tensor first made inside a custom gradient (a JAX custom_vjp trace)
         # must not be cached for use outside it.
         self._nan_ids = ops.where(self.valid, self.ids, num_domains)
-        self._counts = None
+        # Lazy, shared by the layers of one call (made outside any custom gradient).
+        self._counts = self._divisors = self._present = None
 
     def nan_ids(self):
         """int32 ids, invalid ones `num_domains`: the NaN row `take_domains` appends."""
@@ -147,6 +148,18 @@ class Selection:
             ones = ops.ones_like(self.segments, dtype="float32")
             self._counts = self._segment_sum(ones)
         return self._counts
+
+    def divisors(self):
+        """`(num_domains, 1)` float32: examples per domain, at least 1 (for averages)."""
+        if self._divisors is None:
+            self._divisors = ops.expand_dims(ops.maximum(self.counts(), 1.0), -1)
+        return self._divisors
+
+    def present(self):
+        """`(num_domains, 1)` bool: the domains with at least one (valid) example."""
+        if self._present is None:
+            self._present = ops.expand_dims(ops.greater(self.counts(), 0.0), -1)
+        return self._present
 
     def _segment_sum(self, data):
         return ops.segment_sum(data, self.segments, num_segments=self.num_domains)
