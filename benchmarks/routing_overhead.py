@@ -295,6 +295,7 @@ def layers_worker(args):
     domain = rng.integers(0, NUM_DOMAINS, size=(BATCH,)).astype("int32")
     names = [f"{lib}_{pair}" for pair in LAYER_PAIRS for lib in ("keras", "mdn")]
     for path in args.paths:
+        warm_up(keras, np, path)
         models, first, times, ops_count = {}, {}, {}, {}
         for name in names:
             keras.utils.set_random_seed(0)
