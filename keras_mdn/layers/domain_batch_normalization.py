@@ -186,7 +186,9 @@ class DomainBatchNormalization(keras.layers.Layer, DomainLayer):
         gamma = rows[2] if self.gamma is not None else None
         beta = rows[-1] if self.beta is not None else None
         scale, offset = self._scale_offset(rows[0], rows[1], gamma, beta)
-        scale = routing.per_example(ops.cast(scale, inputs.dtype), inputs, check_batch=True)
+        # No batch-length reshape: the call's Selection (made with the inputs) NaNs a vector
+        # of another length, and broadcasting raises for any other mismatch.
+        scale = routing.per_example(ops.cast(scale, inputs.dtype), inputs)
         offset = routing.per_example(ops.cast(offset, inputs.dtype), inputs)
         return ops.add(offset, ops.multiply(inputs, scale))
 
@@ -195,7 +197,7 @@ class DomainBatchNormalization(keras.layers.Layer, DomainLayer):
         x = ops.cast(inputs, "float32")
         moving_mean = ops.convert_to_tensor(self.moving_mean)
         shift = routing.take_domains(moving_mean, selection, fill_invalid=False)
-        shift = routing.per_example(shift, x, check_batch=True)
+        shift = routing.per_example(shift, x)
         if synchronized:  # over every replica's examples of each domain
             counts = distribution.cross_replica_sum(selection.counts())
             divisors = ops.expand_dims(ops.maximum(counts, 1.0), -1)
