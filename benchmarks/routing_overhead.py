@@ -24,7 +24,8 @@ series <= 1.4x, mixed batches <= 1.5x; first step <= 1.5x.
 Each keras_mdn model is also compared with its floor: the plain network with the adapter's
 extra layers (a 1x1 conv beside each 3x3 conv, or BN + 1x1 conv after it) and no routing.
 The full grid (SGD momentum; `--quick` also runs Adam) takes about 15 minutes on 2 idle
-cores: rounds shrink (to at least 2) to fit `--budget-s` per backend.
+cores: `--budget-s` (840 s by default) is the whole run's wall time, shared by the cells
+as they come, and a cell's rounds shrink (to at least 2) to fit its share.
 
 Each (backend, compile path, width, size) cell runs in its own subprocess (`--layers`: each
 backend and path), and every row is appended to `routing_overhead[_quick].jsonl` as it
@@ -385,7 +386,7 @@ def model_intro(meta):
         f"Load average at start {meta['load_start']}, at end {meta['load_end']} "
         f"({meta['cpus']} CPUs). Batch {BATCH}, {NUM_DOMAINS} domains, median of "
         f"{meta['rounds']} interleaved rounds at most (fewer where the time budget of "
-        f"{meta['budget_s']} s per backend is short: column `n`). Step target: BN only "
+        f"{meta['budget_s']} s for the whole run is short: column `n`). Step target: BN only "
         f"{TARGETS['bn']}x, parallel {TARGETS['parallel']}x, series {TARGETS['series']}x, "
         f"mixed batch {TARGETS['mixed']}x; first step {TARGETS['first']}x. `!` marks a miss.",
         "",
@@ -556,8 +557,8 @@ def main():
     parser.add_argument("--kinds", nargs="+", default=list(KINDS), choices=list(KINDS))
     parser.add_argument("--rounds", type=int, default=None)
     parser.add_argument("--budget-s", type=float, default=None,
-                        help="seconds of timing rounds per backend, shared by its cells; "
-                        "rounds shrink to fit (at least 2)")
+                        help="wall seconds for the whole run, shared by the cells as they "
+                        "come; a cell's rounds shrink to fit its share (at least 2)")
     parser.add_argument("--suffix", default=None, help="results file suffix")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--widths", type=float, nargs="+", default=None)
@@ -576,7 +577,7 @@ def main():
         args.rounds = 8 if args.quick else 10
     if args.budget_s is None:
         # The full grid: about 15 minutes on 2 idle cores for both backends.
-        args.budget_s = 1e9 if args.quick else 420.0
+        args.budget_s = 1e9 if args.quick else 840.0
     if args.worker:
         (layers_worker if args.layers else run_worker)(args)
         return
@@ -592,10 +593,13 @@ def main():
                 optimizers=args.optimizers)
     todo = cells(args)
     rows, crashed = [], []
-    for cell in todo:
-        # Each backend's budget is shared by its cells; a cell spends at least 2 rounds.
-        share = sum(c["backend"] == cell["backend"] for c in todo)
-        new, crash = run_cell(args, cell, args.budget_s / share, stem + ".jsonl")
+    started = time.perf_counter()
+    for index, cell in enumerate(todo):
+        # What is left of the budget, shared by the cells left (a cell that overruns its share,
+        # with its compiles and at least 2 rounds, takes from the later ones).
+        left = args.budget_s - (time.perf_counter() - started)
+        share = max(left / (len(todo) - index), 0.0)
+        new, crash = run_cell(args, cell, share, stem + ".jsonl")
         rows += new
         crashed += [crash] if crash else []
     meta["load_end"] = loadavg()
