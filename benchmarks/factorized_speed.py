@@ -51,7 +51,7 @@ import t3f  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from keras_mdn import FactorizedConv2D, FactorizedDense  # noqa: E402
-from keras_mdn.factorizations import TTMatrix  # noqa: E402
+from keras_mdn.factorizations import TTMatrix, planning  # noqa: E402
 from keras_mdn.ops import contraction  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -379,7 +379,10 @@ def conv_paths(layer, batch, positions):
     result = {"uniform_kind": chosen["uniform"]}
     for key in ("uniform", "mixed"):
         step = getattr(plan, key)
-        if step is not None:
+        if isinstance(step, planning.PerExampleConv):
+            result[key] = f"per example: {chosen[key + '_detail']}"
+            result[f"{key}_flops"] = step.kernel_path.flops + 2 * calls * in_size * out_size
+        elif step is not None:
             width = math.prod(factorization.network_.sizes[lab] for lab in step.bonds)
             result[key] = f"factored: {chosen[key + '_detail']}"
             result[f"{key}_flops"] = (step.kernel_path.flops + 2 * calls * in_size * width

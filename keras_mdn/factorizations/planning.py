@@ -59,8 +59,27 @@ class FactoredConv(NamedTuple):
     cost: float
 
 
+class PerExampleConv(NamedTuple):
+    """A mixed batch's convolution as one GEMM per example against its own kernel.
+
+    Each example's kernel `(*in_dims, *out_dims)` is contracted from the factors with the domain
+    operand gathered per example (`kernel_path`, labels `(B, *in, *out)`); the input's patches
+    `(B, P, prod(in_dims))` then meet it in one batched matmul. The convolution's flops are a
+    uniform batch's (the coded kernel's are `E` times those), paid for by writing the patches
+    and `B` kernels.
+
+    Attributes:
+        kernel_path: path building the per-example kernels from the example operands.
+        cost: modelled cost, in the units of `contraction`.
+    """
+
+    kernel_path: contraction.Path
+    cost: float
+
+
 class ConvPlan(NamedTuple):
-    """`uniform` / `mixed`: a `FactoredConv`, or None for the reconstructed (coded) kernel."""
+    """`uniform` / `mixed`: a `FactoredConv`, a `PerExampleConv` (mixed only), or None for the
+    reconstructed (coded) kernel."""
 
     uniform: object
     mixed: object
@@ -183,8 +202,27 @@ def plan_conv(factorization, batch_size, positions, mode="auto"):
             found = _factored(factorization, candidate, sizes, calls, in_size, key == "mixed")
             if found is not None and (best is None or found.cost < best.cost):
                 best = found
+        if key == "mixed":
+            candidate = _per_example(factorization, sizes, calls, in_size, out_size)
+            if best is None or candidate.cost < best.cost:
+                best = candidate
         plans[key] = best if best is not None and best.cost < baselines[key] else None
     return ConvPlan(plans.get("uniform"), plans.get("mixed"))
+
+
+def _per_example(factorization, sizes, calls, in_size, out_size):
+    """The `PerExampleConv` of a mixed batch and its modelled cost."""
+    net = factorization.network_
+    batch = sizes[contraction.BATCH]
+    output = (contraction.BATCH,) + net.in_labels + net.out_labels
+    kernel_path = contraction.search_path(factorization.example_labels(), output, sizes)
+    # Patches written once and read by the GEMM (a convolution packs its input the same way,
+    # inside the kernel), the kernels read by the GEMM, then the convolution's own cost.
+    cost = (kernel_path.cost
+            + (contraction.OUTPUT_COST + contraction.INPUT_COST) * calls * in_size
+            + contraction.INPUT_COST * batch * in_size * out_size
+            + _conv_cost(calls, in_size, out_size))
+    return PerExampleConv(kernel_path, cost)
 
 
 def _conv_cost(calls, in_size, width):
@@ -226,8 +264,13 @@ def _factored(factorization, inner, sizes, calls, in_size, mixed):
     return FactoredConv(inner, outer, kernel_path, post, bonds, cost)
 
 
-def conv(plan, factorization, inputs, domain, conv_fn):
-    """`conv_fn(inputs, kernel)` with domain `domain`'s weights, by `plan`."""
+def conv(plan, factorization, inputs, domain, conv_fn, patches_fn=None):
+    """`conv_fn(inputs, kernel)` with domain `domain`'s weights, by `plan`.
+
+    `patches_fn(inputs)`: `(patches, spatial)`, the convolution's input patches
+    `(B, P, prod(in_dims))` (kernel positions, then input channels) and its static output
+    spatial shape (needed by a `PerExampleConv` plan).
+    """
     net = factorization.network_
     out_channels = math.prod(factorization.out_dims)
 
@@ -246,7 +289,17 @@ def conv(plan, factorization, inputs, domain, conv_fn):
             return factored(plan.uniform, factorization.sliced_operands(d))
         return conv_fn(inputs, factorization.task_weight(d))
 
+    def per_example(step, operands):
+        kernels = contraction.contract(step.kernel_path, operands)
+        kernels = contraction.reshape(kernels, (-1, math.prod(factorization.in_dims),
+                                                out_channels))
+        patches, spatial = patches_fn(inputs)
+        outputs = contraction.matmul(patches, ops.cast(kernels, patches.dtype))
+        return ops.reshape(outputs, (-1,) + tuple(spatial) + (out_channels,))
+
     def mixed(selection):
+        if isinstance(plan.mixed, PerExampleConv):
+            return per_example(plan.mixed, factorization.example_operands(selection))
         if plan.mixed is not None:
             return factored(plan.mixed, factorization.example_operands(selection))
         kernel, codes = factorization.coded_weight()
@@ -264,10 +317,16 @@ def conv(plan, factorization, inputs, domain, conv_fn):
 
 
 def describe_conv(plan, factorization):
-    """`{"uniform": "factored" | "reconstruct", "mixed": ..., "<key>_detail": text}`."""
+    """`{"uniform": "factored" | "reconstruct", "mixed": ... | "per_example",
+    "<key>_detail": text}`."""
     names = list(factorization.network_.names)
     summary = {}
     for key, step in plan._asdict().items():
+        if isinstance(step, PerExampleConv):
+            summary[key] = "per_example"
+            summary[f"{key}_detail"] = (f"each example's kernel {step.kernel_path.describe(names)}"
+                                        ", then one GEMM per example with the input's patches")
+            continue
         summary[key] = "reconstruct" if step is None else "factored"
         if step is not None:
             kernel = ", ".join(names[i] for i in step.inner)

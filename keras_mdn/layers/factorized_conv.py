@@ -1,5 +1,6 @@
 """FactorizedConv1D / FactorizedConv2D: per-task convolutions with a factorised stacked kernel."""
 
+import itertools
 import math
 
 import keras
@@ -113,10 +114,40 @@ class BaseFactorizedConv(BaseFactorized):
         return ops.conv(inputs, kernel, strides=self.strides, padding=self.padding,
                         data_format="channels_last", dilation_rate=self.dilation_rate)
 
+    def _patches(self, inputs):
+        """`(patches, spatial)`: the input under each output position's kernel window.
+
+        `patches` is `(batch, prod(spatial), prod(kernel_size) * C_in)`, ordered as the
+        flattened kernel `(*kernel_size, C_in)`; `spatial` the static output size. The same
+        padding as `keras.ops.conv` ("same": the excess split with the extra row after).
+        """
+        sizes = tuple(inputs.shape[1:-1])
+        spatial = self.compute_output_shape(inputs.shape)[1:-1]
+        pads = [(0, 0)]
+        for size, out, kernel, stride, dilation in zip(sizes, spatial, self.kernel_size,
+                                                       self.strides, self.dilation_rate):
+            total = 0
+            if self.padding == "same":
+                total = max((out - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)
+            pads.append((total // 2, total - total // 2))
+        pads.append((0, 0))
+        if any(pad != (0, 0) for pad in pads):
+            inputs = ops.pad(inputs, pads)
+        taps = []
+        for offsets in itertools.product(*(range(k) for k in self.kernel_size)):
+            window = tuple(
+                slice(offset * dilation, offset * dilation + (out - 1) * stride + 1, stride)
+                for offset, out, stride, dilation in zip(offsets, spatial, self.strides,
+                                                         self.dilation_rate))
+            taps.append(inputs[(slice(None),) + window + (slice(None),)])
+        patches = ops.concatenate(taps, axis=-1) if len(taps) > 1 else taps[0]
+        return ops.reshape(patches, (-1, math.prod(spatial), patches.shape[-1])), spatial
+
     def call(self, inputs, domain=None):
         route, selection = self._domain(domain, inputs)
         inputs = ops.cast(inputs, self.compute_dtype)
-        outputs = planning.conv(self._plan, self.factorization, inputs, route, self._conv)
+        outputs = planning.conv(self._plan, self.factorization, inputs, route, self._conv,
+                                self._patches)
         return self._finish(outputs, route, selection)
 
     def contraction_paths(self):

@@ -7,6 +7,7 @@ from keras import ops
 
 import keras_mdn
 from keras_mdn import FactorizedConv, FactorizedConv1D, FactorizedConv2D
+from keras_mdn.factorizations import planning
 from tests.helpers import assert_close, backend, rng, save_and_load, to_numpy
 from tests.layers.factorized_helpers import (
     check_bad_ids_give_nan_in_compiled_graphs,
@@ -50,6 +51,30 @@ def test_forward_every_task_uniform_and_mixed(kind, contraction):
     x = rng(0).normal(size=(5, 7, 7, 3)).astype("float32")
     for task in range(TASKS):
         assert_close(layer(x, domain=task), reference(layer, x, task), atol=1e-5)
+    mixed = np.array([0, 2, 1, 1, 2], dtype="int32")
+    assert_close(layer(x, domain=mixed), reference(layer, x, mixed), atol=1e-5)
+
+
+def per_example(layer):
+    """`layer` with its mixed-batch plan replaced by per-example kernels (patches + GEMM)."""
+    factorization = layer.factorization
+    sizes = dict(factorization.network_.sizes, B=8, P=16)
+    step = planning._per_example(factorization, sizes, 128, 27, layer.filters)
+    layer._plan = planning.ConvPlan(layer._plan.uniform, step)
+    return layer
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("cls,kwargs", [
+    (FactorizedConv2D, {"strides": 2, "padding": "same"}),
+    (FactorizedConv2D, {"strides": (1, 2), "padding": "valid", "dilation_rate": 1}),
+    (FactorizedConv2D, {"padding": "same", "dilation_rate": 2}),
+    (FactorizedConv1D, {"strides": 2, "padding": "same", "dilation_rate": 1}),
+])
+def test_per_example_kernels_match_reference(kind, cls, kwargs):
+    layer = per_example(make(kind, cls=cls, **kwargs))
+    shape = (5,) + (7,) * cls.rank_spatial + (3,)
+    x = rng(6).normal(size=shape).astype("float32")
     mixed = np.array([0, 2, 1, 1, 2], dtype="int32")
     assert_close(layer(x, domain=mixed), reference(layer, x, mixed), atol=1e-5)
 
@@ -255,3 +280,15 @@ def test_nan_example_never_reaches_other_domains(kind, contraction, jit_compile)
     check_nan_example_stays_in_its_domain(layer, x, mixed, jit_compile)
     check_bad_ids_reach_no_domain_weights(layer, x[:4], jit_compile)
     check_nan_example_stays_in_its_domain(layer, x, np.array(2, "int32"), jit_compile)
+
+
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_per_example_kernels_keep_nan_and_bad_ids_in_their_examples(jit_compile):
+    if backend() == "jax" and not jit_compile:
+        pytest.skip("JAX always compiles with XLA")
+    x = rng(4).normal(size=(4, 6, 6, 3)).astype("float32")
+    layer = per_example(make("laf"))
+    check_nan_example_stays_in_its_domain(layer, x, np.array([0, 1, 2, 1], "int32"),
+                                          jit_compile)
+    check_bad_ids_reach_no_domain_weights(layer, x, jit_compile)
+    check_bad_ids_give_nan_in_compiled_graphs(per_example(make("tucker")), x, jit_compile)
