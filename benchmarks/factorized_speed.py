@@ -438,7 +438,8 @@ def _print_case(info):
 # === Compile paths: TF graph, TF XLA, JAX jit (issue 8) ===
 
 COMPILE_SHAPES = [("dense", "laf", 5), ("dense", "tucker", 5), ("dense", "tt", 10),
-                  ("conv", "laf", 10), ("conv", "tucker", 2), ("conv", "tt", 2)]
+                  ("conv", "laf", 10), ("conv", "tucker", 2), ("conv", "tucker", 10),
+                  ("conv", "tt", 2)]
 
 
 def _compile_layers(family, kind, tasks):
@@ -491,7 +492,8 @@ def compile_path_rows(backend, jit, reps=11):
         uniform = keras.ops.convert_to_tensor(np.int32(1))
         mixed = keras.ops.convert_to_tensor(
             RNG.permutation(np.arange(batch) % tasks).astype("int32"))
-        row = {"shape": f"{family} {kind} T{tasks}", "backend": backend, "jit": jit}
+        row = {"shape": f"{family} {kind} T{tasks}", "backend": backend, "jit": jit,
+               "flops_mixed_over_uniform": _mixed_flop_ratio(layer, shape)}
         for backward in (False, True):
             tag = "fwd_bwd_" if backward else ""
             def apply(y, d, layer=layer):
@@ -524,6 +526,15 @@ def compile_path_rows(backend, jit, reps=11):
     return rows
 
 
+def _mixed_flop_ratio(layer, shape):
+    """Flops of the layer's mixed-batch path over its one-domain path (build-time plans)."""
+    if isinstance(layer, FactorizedDense):
+        paths = layer.contraction_paths()
+    else:
+        paths = conv_paths(layer, shape[0], math.prod(shape[1:-1]))
+    return paths["mixed_flops"] / paths["uniform_flops"]
+
+
 def measure_compile_paths():
     """TF graph and TF XLA in this process, JAX jit in a child process (one backend each)."""
     load_start = [round(v, 2) for v in os.getloadavg()]
@@ -545,14 +556,18 @@ def _compile_paths_markdown(result):
              "whole; `uniform` = a 0-d domain tensor, `mixed` = a shuffled domain vector, "
              "`plain` = `keras.layers.Dense` / `Conv2D` of the same shape, interleaved in one "
              f"process per backend. Load average {result['load_average_start']} at start, "
-             f"{result['load_average_end']} at end.", "",
-             "| shape | path | uniform ms | mixed/uniform | uniform/plain | fwd+bwd mixed/uniform"
-             " | fwd+bwd uniform/plain |", "|---|---|---|---|---|---|---|"]
+             f"{result['load_average_end']} at end. `FLOPs mixed/uniform`: the flops of the "
+             "layer's mixed-batch path over its one-domain path (a floor for the time ratio "
+             "where the extra flops are GEMM / conv flops).", "",
+             "| shape | path | uniform ms | mixed/uniform | FLOPs mixed/uniform | uniform/plain "
+             "| fwd+bwd mixed/uniform | fwd+bwd uniform/plain |",
+             "|---|---|---|---|---|---|---|---|"]
     for row in result["rows"]:
         path = "JAX jit" if row["backend"] == "jax" else ("TF XLA" if row["jit"] else "TF graph")
         lines.append(
             f"| {row['shape']} | {path} | {row['uniform_ms']:.3f} | "
-            f"{row['mixed_over_uniform']:.2f} | {row['uniform_over_plain']:.2f} | "
+            f"{row['mixed_over_uniform']:.2f} | {_fmt(row.get('flops_mixed_over_uniform'))} | "
+            f"{row['uniform_over_plain']:.2f} | "
             f"{row['fwd_bwd_mixed_over_uniform']:.2f} | {row['fwd_bwd_uniform_over_plain']:.2f} |")
     return lines
 
