@@ -32,10 +32,16 @@ _MODES = ("auto", "flops", "reconstruct")
 
 
 class DensePlan(NamedTuple):
-    """Contraction paths of `x @ W`: `uniform` (one domain) and `mixed` (None: one domain)."""
+    """Contraction paths of `x @ W`: `uniform` (one domain) and `mixed` (None: one domain).
+
+    `per_example`: for inputs `(B, positions, ...)` with a domain per example, the path building
+    each example's weight `(B, *in, *out)`, then one batched matmul over its positions (the
+    uniform flops), when that costs less than `mixed` over every row; else None.
+    """
 
     uniform: contraction.Path
     mixed: object
+    per_example: object = None
 
 
 class FactoredConv(NamedTuple):
@@ -94,8 +100,12 @@ def check_mode(mode, allowed=_MODES):
 # === Dense ===
 
 
-def plan_dense(factorization, batch_size, mode="auto"):
-    """The `DensePlan` of a built factorisation for a batch of `batch_size` rows."""
+def plan_dense(factorization, batch_size, mode="auto", positions=1):
+    """The `DensePlan` of a built factorisation for a batch of `batch_size` rows.
+
+    `positions`: rows per example (inputs `(B, ..., D_in)`: the product of the middle
+    dimensions; None when unknown), `batch_size` counting every row.
+    """
     check_mode(mode)
     net = factorization.network_
     sizes = dict(net.sizes)
@@ -103,11 +113,29 @@ def plan_dense(factorization, batch_size, mode="auto"):
     x_labels = (contraction.BATCH,) + net.in_labels
     output = (contraction.BATCH,) + net.out_labels
     uniform = _search(net, factorization.sliced_labels() + [x_labels], output, sizes, mode)
-    mixed = None
+    mixed = per_example = None
     if net.task_label is not None:
         labels = factorization.example_labels() + [x_labels]
         mixed = _search(net, labels, output, sizes, mode)
-    return DensePlan(uniform, mixed)
+        if mode == "auto" and positions is not None and positions > 1:
+            per_example = _per_example_dense(factorization, sizes, positions, mixed.cost)
+    return DensePlan(uniform, mixed, per_example)
+
+
+def _per_example_dense(factorization, sizes, positions, mixed_cost):
+    """The per-example weights' path when cheaper than `mixed_cost` (every row), else None."""
+    net = factorization.network_
+    sizes = dict(sizes)
+    rows = sizes[contraction.BATCH]
+    sizes[contraction.BATCH] = max(rows // positions, 1)
+    in_size = math.prod(factorization.in_dims)
+    out_size = math.prod(factorization.out_dims)
+    kernel_path = contraction.search_path(factorization.example_labels(),
+                                          (contraction.BATCH,) + net.in_labels + net.out_labels,
+                                          sizes)
+    cost = (kernel_path.cost + contraction.INPUT_COST * sizes[contraction.BATCH] * in_size
+            * out_size + _conv_cost(rows, in_size, out_size))
+    return kernel_path if cost < mixed_cost else None
 
 
 def _search(net, labels, output, sizes, mode):
@@ -158,10 +186,20 @@ def matmul(plan, factorization, x, domain):
     return contraction.reshape(result, (-1, math.prod(factorization.out_dims)))
 
 
+def per_example_matmul(plan, factorization, x, selection):
+    """`x[b] @ W_domain[b]` for `x` `(B, positions, prod(in_dims))` and the `Selection` of a
+    domain vector, by `plan.per_example`: each example's weight, then one batched matmul."""
+    weights = contraction.contract(plan.per_example, factorization.example_operands(selection))
+    weights = contraction.reshape(weights, (-1, math.prod(factorization.in_dims),
+                                            math.prod(factorization.out_dims)))
+    return contraction.matmul(x, ops.cast(weights, x.dtype))
+
+
 def describe_dense(plan, factorization):
     """`{"uniform": "((core_0, x), core_1)", "uniform_flops": ..., "mixed": ...}`.
 
-    In the mixed path the domain operand's name stands for its per-example gather."""
+    In the mixed path the domain operand's name stands for its per-example gather;
+    `per_example` is the path of each example's weight (inputs with positions)."""
     names = list(factorization.network_.names) + ["x"]
     summary = {}
     for key, path in plan._asdict().items():

@@ -103,9 +103,12 @@ def test_conv1d_with_dilation(kind):
 
 
 @pytest.mark.parametrize("kind,contraction", [("tucker", "auto"), ("tt", "auto"),
-                                              ("tt", "reconstruct")])
+                                              ("tt", "reconstruct"), ("laf", "per_example")])
 def test_gradients_match_dense_reference(kind, contraction):
-    layer = make(kind, contraction=contraction)
+    if contraction == "per_example":
+        layer = per_example(make(kind))
+    else:
+        layer = make(kind, contraction=contraction)
     x = rng(2).normal(size=(3, 5, 5, 3)).astype("float32")
     tasks = np.array([2, 0, 2], dtype="int32")
     upstream = rng(3).normal(size=(3, 5, 5, 4)).astype("float32")
