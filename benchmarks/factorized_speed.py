@@ -439,15 +439,16 @@ def _print_case(info):
 
 COMPILE_SHAPES = [("dense", "laf", 5), ("dense", "tucker", 5), ("dense", "tt", 10),
                   ("conv", "laf", 10), ("conv", "tucker", 2), ("conv", "tucker", 10),
-                  ("conv", "tt", 2)]
+                  ("conv", "tt", 2), ("sequence", "laf", 5)]
 
 
 def _compile_layers(family, kind, tasks):
     rank = _rank(kind, tasks)
-    if family == "dense":
-        layer = FactorizedDense(DENSE_N, num_domains=tasks, factorization=kind, rank=rank)
-        plain = keras.layers.Dense(DENSE_N)
-        shape = (DENSE_BATCH, DENSE_N)
+    if family in ("dense", "sequence"):
+        units = DENSE_N if family == "dense" else SEQ_SHAPE[-1]
+        layer = FactorizedDense(units, num_domains=tasks, factorization=kind, rank=rank)
+        plain = keras.layers.Dense(units)
+        shape = (DENSE_BATCH, DENSE_N) if family == "dense" else SEQ_SHAPE
     else:
         layer = FactorizedConv2D(CONV_CHANNELS, 3, num_domains=tasks, factorization=kind,
                                  rank=rank, padding="same")
@@ -530,6 +531,10 @@ def _mixed_flop_ratio(layer, shape):
     """Flops of the layer's mixed-batch path over its one-domain path (build-time plans)."""
     if isinstance(layer, FactorizedDense):
         paths = layer.contraction_paths()
+        if "per_example" in paths:  # each example's weight, then a batched matmul
+            rows = math.prod(shape[:-1])
+            return ((paths["per_example_flops"] + 2 * rows * shape[-1] * layer.units)
+                    / paths["uniform_flops"])
     else:
         paths = conv_paths(layer, shape[0], math.prod(shape[1:-1]))
     return paths["mixed_flops"] / paths["uniform_flops"]
@@ -608,6 +613,7 @@ def grid(quick):
 MULTITASK_RANK = {"laf": 4, "tucker": 16, "tt": 16}  # capped per slot (LAF: min(4, T))
 DENSE_N, DENSE_BATCH = 512, 256
 CONV_CHANNELS, CONV_SIZE, CONV_BATCH = 32, 16, 16
+SEQ_SHAPE = (32, 64, 256)  # FactorizedDense on (batch, positions, features)
 
 
 def _rank(kind, tasks):
