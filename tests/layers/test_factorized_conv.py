@@ -65,15 +65,16 @@ def per_example(layer):
 
 
 @pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("cls,kwargs", [
-    (FactorizedConv2D, {"strides": 2, "padding": "same"}),
-    (FactorizedConv2D, {"strides": (1, 2), "padding": "valid", "dilation_rate": 1}),
-    (FactorizedConv2D, {"padding": "same", "dilation_rate": 2}),
-    (FactorizedConv1D, {"strides": 2, "padding": "same", "dilation_rate": 1}),
+@pytest.mark.parametrize("cls,size,kwargs", [
+    (FactorizedConv2D, 7, {"strides": 2, "padding": "same"}),
+    (FactorizedConv2D, 8, {"strides": 2, "padding": "same"}),
+    (FactorizedConv2D, 7, {"strides": (1, 2), "padding": "valid", "dilation_rate": 1}),
+    (FactorizedConv2D, 7, {"padding": "same", "dilation_rate": 2}),
+    (FactorizedConv1D, 7, {"strides": 2, "padding": "same", "dilation_rate": 1}),
 ])
-def test_per_example_kernels_match_reference(kind, cls, kwargs):
+def test_per_example_kernels_match_reference(kind, cls, size, kwargs):
     layer = per_example(make(kind, cls=cls, **kwargs))
-    shape = (5,) + (7,) * cls.rank_spatial + (3,)
+    shape = (5,) + (size,) * cls.rank_spatial + (3,)
     x = rng(6).normal(size=shape).astype("float32")
     mixed = np.array([0, 2, 1, 1, 2], dtype="int32")
     assert_close(layer(x, domain=mixed), reference(layer, x, mixed), atol=1e-5)
