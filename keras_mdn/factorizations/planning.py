@@ -7,17 +7,22 @@ A factorised layer holds a `DensePlan` or a `ConvPlan` made here from its factor
   `contraction.search_path`; the reconstruct-then-GEMM order is one of the candidates, so the
   cheaper one wins. For a mixed-domain batch the domain operand is first gathered per example
   (`Factorization.example_operands`, labels `(B, ...)`), then contracted like the others.
+  Inputs with positions (`(B, ..., D_in)`, several rows per example) may instead build each
+  example's weight from its gathered codes and run one batched matmul (`per_example`).
 - convolution: the conv kernel is formed by a subset of the factors that holds every factor
   touching the input modes (spatial and `C_in`), never the domain factor of a mixed batch;
   the convolution writes that kernel's open bond labels as channels, and the remaining factors
   (output factor, domain codes) are contracted with its output like a dense layer. The subset
   with the lowest modelled cost is taken; the full kernel (`"reconstruct"`) is one candidate.
+  A mixed batch has one more candidate, `PerExampleConv`: each example's kernel from its
+  gathered codes, the input's patches, one batched matmul (a uniform batch's conv flops, where
+  the other forms multiply them by the code size).
 
 The form of the domain decides the path while tracing (never a run-time `cond`): an int or 0-d
 tensor takes `uniform`, a `keras_mdn.ops.routing.Selection` of a domain vector takes `mixed`.
 Per-example selection is a gather of the small domain operand (its codes), never a one-hot
 product (which would spread a NaN example to every domain's gradients as `0 * NaN`) and never
-a gathered full weight per example.
+a full weight gathered from a stack of every domain's weights.
 """
 
 import itertools

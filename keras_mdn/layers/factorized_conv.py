@@ -22,7 +22,9 @@ class BaseFactorizedConv(BaseFactorized):
     are the bond ranks, and the rest (output factor, domain codes) is contracted afterwards like
     a dense layer. A mixed batch without the factored path runs one convolution with
     `filters * E` channels against the shared part and mixes per example with the domain codes
-    (E: LAF K, Tucker r_T, TT the last rank, or T), so no per-example kernel is built.
+    (E: LAF K, Tucker r_T, TT the last rank, or T); or, where those multiply the flops, each
+    example's kernel is contracted from its domain code and meets the input's patches in one
+    batched matmul (a uniform batch's flops; `contraction_paths()["mixed"] == "per_example"`).
     """
 
     rank_spatial = None

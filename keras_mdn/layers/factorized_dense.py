@@ -19,7 +19,9 @@ class FactorizedDense(BaseFactorized):
     `num_domains=1` and `factorization="tt_matrix"` it is a tensorised (TT-matrix) dense layer
     that compresses one big layer. The forward path (factor-by-factor contraction in the best
     order, or reconstruct-then-matmul) is chosen once at build time from the shapes, the ranks
-    and the batch size by a cost model; a mixed-domain batch never builds a weight per example.
+    and the batch size by a cost model; a mixed-domain batch gathers each example's domain code
+    and, on 2-D inputs, never builds a weight per example (inputs `(batch, ..., D_in)` with
+    many rows per example may: one weight per example, then one batched matmul).
 
     Args:
         units: output dimension.
