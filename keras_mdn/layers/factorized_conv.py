@@ -92,6 +92,9 @@ class BaseFactorizedConv(BaseFactorized):
         if input_shape[-1] is None:
             raise ValueError(f"The channel dimension of the inputs must be known. "
                              f"Received: input_shape={input_shape}")
+        # Later calls with other channels (or rank) raise Keras' clear input-spec error.
+        self.input_spec = keras.layers.InputSpec(
+            ndim=len(input_shape), axes={-1: input_shape[-1]})
         in_dims, out_dims = self._factor_dims(input_shape)
         fan_in, fan_out = fans(in_dims, out_dims, math.prod(self.kernel_size))
         self._build_factors(in_dims, out_dims, fan_in, fan_out, self.filters)

@@ -120,6 +120,8 @@ class FactorizedDense(BaseFactorized):
         if input_shape[-1] is None:
             raise ValueError(f"The last dimension of the inputs must be known. "
                              f"Received: input_shape={input_shape}")
+        # Later calls with other features raise Keras' clear input-spec error.
+        self.input_spec = keras.layers.InputSpec(min_ndim=2, axes={-1: input_shape[-1]})
         in_dims, out_dims = self._factor_dims(input_shape)
         self._build_factors(in_dims, out_dims, in_dims[0], self.units, self.units)
         leading = input_shape[:-1]

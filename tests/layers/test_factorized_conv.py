@@ -8,10 +8,18 @@ from keras import ops
 import keras_mdn
 from keras_mdn import FactorizedConv, FactorizedConv1D, FactorizedConv2D
 from keras_mdn.factorizations import planning
-from tests.helpers import assert_close, backend, rng, save_and_load, to_numpy
+from tests.helpers import (
+    assert_close,
+    backend,
+    rng,
+    save_and_load,
+    skip_unless_tensorflow,
+    to_numpy,
+)
 from tests.layers.factorized_helpers import (
     check_bad_ids_give_nan_in_compiled_graphs,
     check_bad_ids_reach_no_domain_weights,
+    check_length_one_vector_and_changed_features,
     check_mixed_precision,
     check_nan_example_stays_in_its_domain,
     gradients,
@@ -296,3 +304,11 @@ def test_per_example_kernels_keep_nan_and_bad_ids_in_their_examples(jit_compile)
                                           jit_compile)
     check_bad_ids_reach_no_domain_weights(layer, x, jit_compile)
     check_bad_ids_give_nan_in_compiled_graphs(per_example(make("tucker")), x, jit_compile)
+
+
+@pytest.mark.parametrize("kind", ["laf", "tt"])
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_length_one_vector_and_changed_features(kind, jit_compile):
+    skip_unless_tensorflow()
+    x = rng(5).normal(size=(4, 5, 5, 3)).astype("float32")
+    check_length_one_vector_and_changed_features(FactorizedConv2D(4, 3, num_domains=TASKS, factorization=kind, rank=2, padding="same"), x, jit_compile)

@@ -19,6 +19,7 @@ from tests.helpers import (
 from tests.layers.factorized_helpers import (
     check_bad_ids_give_nan_in_compiled_graphs,
     check_bad_ids_reach_no_domain_weights,
+    check_length_one_vector_and_changed_features,
     check_mixed_precision,
     check_nan_example_stays_in_its_domain,
     compiled_outputs_and_gradients,
@@ -383,3 +384,11 @@ def test_bad_id_with_sequence_inputs_gives_nan_for_its_example_only():
 
 def reference_nd(layer, x, tasks):
     return np.stack([reference(layer, x[b], tasks[b]) for b in range(len(x))])
+
+
+@pytest.mark.parametrize("kind", ["laf", "tt"])
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_length_one_vector_and_changed_features(kind, jit_compile):
+    skip_unless_tensorflow()
+    x = rng(5).normal(size=(4, 12)).astype("float32")
+    check_length_one_vector_and_changed_features(FactorizedDense(8, num_domains=TASKS, factorization=kind, rank=2), x, jit_compile)
