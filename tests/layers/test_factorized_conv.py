@@ -311,4 +311,5 @@ def test_per_example_kernels_keep_nan_and_bad_ids_in_their_examples(jit_compile)
 def test_length_one_vector_and_changed_features(kind, jit_compile):
     skip_unless_tensorflow()
     x = rng(5).normal(size=(4, 5, 5, 3)).astype("float32")
-    check_length_one_vector_and_changed_features(FactorizedConv2D(4, 3, num_domains=TASKS, factorization=kind, rank=2, padding="same"), x, jit_compile)
+    layer = FactorizedConv2D(4, 3, num_domains=TASKS, factorization=kind, rank=2, padding="same")
+    check_length_one_vector_and_changed_features(layer, x, jit_compile)

@@ -391,4 +391,5 @@ def reference_nd(layer, x, tasks):
 def test_length_one_vector_and_changed_features(kind, jit_compile):
     skip_unless_tensorflow()
     x = rng(5).normal(size=(4, 12)).astype("float32")
-    check_length_one_vector_and_changed_features(FactorizedDense(8, num_domains=TASKS, factorization=kind, rank=2), x, jit_compile)
+    layer = FactorizedDense(8, num_domains=TASKS, factorization=kind, rank=2)
+    check_length_one_vector_and_changed_features(layer, x, jit_compile)
