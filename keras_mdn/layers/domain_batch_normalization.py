@@ -151,6 +151,10 @@ class DomainBatchNormalization(keras.layers.Layer, DomainLayer):
     def call(self, inputs, domain, training=None):
         domain = routing.canonicalize_domain(domain, self.num_domains)
         routing.check_batch(domain, inputs)
+        if not keras.backend.is_float_dtype(inputs.dtype):
+            # Integer images normalise in floats, as Keras' BatchNormalization does (the
+            # output cast back to the input's dtype would truncate them).
+            inputs = ops.cast(inputs, self.compute_dtype)
         training = bool(training) and self.trainable
         synchronized = training and distribution.should_synchronize(self.synchronized)
         if synchronized and routing.is_uniform(domain):

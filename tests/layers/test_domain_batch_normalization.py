@@ -227,3 +227,14 @@ def test_length_one_domain_vector_never_broadcasts_in_a_graph_of_unknown_batch(t
         pass  # raising is the other allowed answer
     for old, new in zip(before, bn.non_trainable_weights):
         np.testing.assert_array_equal(to_numpy(new), old)
+
+
+def test_integer_inputs_normalise_in_floats():
+    # As Keras' BatchNormalization: a cast back to int32 would truncate the outputs.
+    x = np.arange(2 * 3 * 3 * 2).reshape(2, 3, 3, 2).astype("int32")
+    bn = DomainBatchNormalization(T)
+    outputs = bn(x, domain=np.array([0, 1], "int32"), training=True)
+    expected = keras.layers.BatchNormalization()
+    assert keras.backend.standardize_dtype(outputs.dtype) == "float32"
+    reference = np.stack([to_numpy(expected(x[i:i + 1], training=True))[0] for i in range(2)])
+    assert_close(outputs, reference, atol=1e-4, rtol=1e-4)
