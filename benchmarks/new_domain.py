@@ -43,6 +43,7 @@ limit allows; results are saved after every run):
 import argparse
 import json
 import os
+import tempfile
 import time
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -109,13 +110,25 @@ def train(model, data, domains, seed, args, max_epochs, patience, adapter_weight
     return len(accuracy), int(np.argmax(accuracy)) + 1, float(np.max(accuracy))
 
 
+def pretrained_model(data, kind, rank, args):
+    """The (untrained) ResNet-26 with `kind` adapters on domains 0..T-2."""
+    return resnet26([data.num_classes[d] for d in range(data.num_domains - 1)], adapter=kind,
+                    rank=rank, input_shape=data.image_shape, width_factor=args.width_factor,
+                    name=f"pretrained_{kind}{rank or ''}")
+
+
+def pretrained_path(args, name, kind, rank):
+    """Where a pretrained network and its info are kept between processes (`--cache`)."""
+    key = (f"{args.dataset}_{name}_{kind}{rank or ''}_w{args.width_factor}_s{args.pretrain_seed}"
+           f"_lr{args.learning_rate}_e{args.pretrain_max_epochs}p{args.pretrain_patience}")
+    return os.path.join(args.cache, key.replace(" ", "_").replace("/", "_"))
+
+
 def pretrain(data, kind, rank, args):
     """A ResNet-26 with `kind` adapters trained from scratch on domains 0..T-2 (all weights)."""
     keras.utils.set_random_seed(args.pretrain_seed)
     old = list(range(data.num_domains - 1))
-    model = resnet26([data.num_classes[d] for d in old], adapter=kind, rank=rank,
-                     input_shape=data.image_shape, width_factor=args.width_factor,
-                     name=f"pretrained_{kind}{rank or ''}")
+    model = pretrained_model(data, kind, rank, args)
     start = time.perf_counter()
     epochs, best, validation = train(model, data, old, args.pretrain_seed, args,
                                      args.pretrain_max_epochs, args.pretrain_patience)
@@ -183,17 +196,30 @@ def run(args):
         key = (name, kind, rank)
         if key not in cache:
             rot = rotated[name]
-            model, info = pretrain(rot, kind, rank, args)
-            new = rot.num_domains - 1
-            images, labels = rot.arrays("train", new)
-            closest = closest_domain(model, images, labels)
-            info.update(closest=rot.names[closest.domain],
-                        closest_scores={rot.names[d]: s for d, s in closest.scores.items()})
+            stored = pretrained_path(args, name, kind, rank)
+            if os.path.isfile(stored + ".json"):  # pretrained by an earlier process
+                with open(stored + ".json") as f:
+                    info = json.load(f)
+                model = pretrained_model(rot, kind, rank, args)
+                model.load_weights(stored + ".weights.h5")
+                print(f"pretrained {kind}{rank or ''} without {name}: loaded {stored}",
+                      flush=True)
+            else:
+                model, info = pretrain(rot, kind, rank, args)
+                new = rot.num_domains - 1
+                images, labels = rot.arrays("train", new)
+                closest = closest_domain(model, images, labels)
+                info.update(closest=rot.names[closest.domain],
+                            closest_scores={rot.names[d]: s for d, s in closest.scores.items()})
+                os.makedirs(os.path.dirname(stored), exist_ok=True)
+                model.save_weights(stored + ".weights.h5")
+                with open(stored + ".json", "w") as f:
+                    json.dump(info, f)
+                print(f"pretrained {kind}{rank or ''} without {name}: {info['epochs']} epochs, "
+                      f"test {info['test']}, closest {info['closest']}", flush=True)
             results["pretrained"][f"{args.dataset}/{name}/{kind}{rank or ''}"] = info
             save_results(args.out, results)
-            print(f"pretrained {kind}{rank or ''} without {name}: {info['epochs']} epochs, "
-                  f"test {info['test']}, closest {info['closest']}", flush=True)
-            cache[key] = (model, closest.domain)
+            cache[key] = (model, rot.names.index(info["closest"]))
         return cache[key]
 
     for name in names:  # rotation-major: a time limit leaves whole rotations, all seeds
@@ -444,6 +470,9 @@ def parse_args(argv=None):
     parser.add_argument("--time-limit", type=float, default=None,
                         help="seconds after which no new run starts (seed-major order)")
     parser.add_argument("--out", default=os.path.join(RESULTS, "new_domain"))
+    parser.add_argument("--cache", default=os.path.join(tempfile.gettempdir(),
+                                                        "keras_mdn_new_domain"),
+                        help="folder of the pretrained networks, shared between processes")
     parser.add_argument("--merge", nargs="+", default=None,
                         help="with --report: result prefixes of other processes to merge")
     parser.add_argument("--report", action="store_true",
