@@ -25,9 +25,18 @@ domain's classes best, the new domain's starting point unless said otherwise):
 - `series`: series adapters (a network pretrained with series adapters);
 - `parallel_lowrank`: low-rank parallel adapters (`resnet26(rank=...)`, pretrained so).
 
-Not run, because neither keras_mdn nor Keras has the step (no glue written here): per-group
-learning rates (Keras optimizers take one learning rate), the authors' adapter dropout (no
-option of `ResidualAdapter` or `resnet26`).
+The recipe variants below all start fresh (`add_domain`'s default, the digits' winner):
+
+- `series_fresh`, `lowrank_fresh`: `series`, `parallel_lowrank` from the initializers;
+- `parallel_grouplr`: `parallel_fresh` with the adapter kernels at `--adapter-lr-multiplier`
+  (9) times the learning rate (`keras_mdn.optimizers.GroupLearningRates`): under one rate a
+  1x1 adapter's output moves about 1/9 as fast per step as the 3x3 conv's it sits beside;
+- `parallel_l2`: `parallel_fresh` with the authors' per-group coupled L2 (their README's
+  adapter commands: `--wd1x1 1 --wd 5`, i.e. 1e-4 on the 1x1 adapters, 5e-4 on the batch
+  norms and the head; `GroupLearningRates(l2=...)`, PyTorch's form: added to the gradient);
+- `parallel_dropout`: `parallel_fresh` on a network pretrained with the authors' adapter
+  dropout (`resnet26(adapter_dropout=...)`: 2-D dropout of the adapter's input, p 0.5 in
+  their code), where this keras_mdn has it.
 
 Data: the digits domains (native 8x8) and Omniglot small1 (5 alphabets, 32x32). Alphabets outside
 small1 are not on this machine, so "new alphabets never seen in any form" is not checked here.
@@ -56,6 +65,7 @@ import keras_mdn  # noqa: E402
 from keras_mdn import DomainBatchNormalization, DomainHead  # noqa: E402
 from keras_mdn.datasets import load_digits_domains, load_omniglot_domains  # noqa: E402
 from keras_mdn.models import resnet26  # noqa: E402
+from keras_mdn.optimizers import GroupLearningRates  # noqa: E402
 from keras_mdn.report import parameter_report  # noqa: E402
 from keras_mdn.surgery import add_domain, closest_domain, train_only_domains  # noqa: E402
 
@@ -64,15 +74,26 @@ OMNIGLOT_ZIP = os.path.normpath(os.path.join(
     os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data", "omniglot",
     "images_background_small1.zip"))
 METHODS = ("finetune", "frozen", "bn_only", "parallel", "parallel_fresh", "parallel_wd",
-           "series", "parallel_lowrank")
+           "series", "parallel_lowrank", "series_fresh", "lowrank_fresh", "parallel_grouplr",
+           "parallel_l2", "parallel_dropout")
+# Methods that start the new domain from the closest existing domain (the others: fresh).
+FROM_CLOSEST = ("parallel", "parallel_wd", "series", "parallel_lowrank")
+ADAPTER_KERNELS = r".*adapter_(kernel|projection)"
 LABELS = {"finetune": "full fine-tuning", "frozen": "frozen extractor (new head)",
           "bn_only": "BN + head", "parallel": "parallel adapters (from closest)",
           "parallel_fresh": "parallel adapters (fresh)",
           "parallel_wd": "parallel adapters + adapter weight decay",
           "series": "series adapters (from closest)",
-          "parallel_lowrank": "low-rank parallel adapters (from closest)"}
+          "parallel_lowrank": "low-rank parallel adapters (from closest)",
+          "series_fresh": "series adapters (fresh)",
+          "lowrank_fresh": "low-rank parallel adapters (fresh)",
+          "parallel_grouplr": "parallel adapters (fresh), adapters at 9x lr",
+          "parallel_l2": "parallel adapters (fresh), authors' per-group L2",
+          "parallel_dropout": "parallel adapters (fresh), adapter dropout"}
 # The pretrained network each method starts from: (adapter kind, low rank or None).
-PRETRAINED = {"series": ("series", None), "parallel_lowrank": ("parallel", "rank")}
+PRETRAINED = {"series": ("series", None), "parallel_lowrank": ("parallel", "rank"),
+              "series_fresh": ("series", None), "lowrank_fresh": ("parallel", "rank"),
+              "parallel_dropout": ("parallel_dropout", None)}
 SETTINGS = {"digits": {"image_size": None, "batch_size": 64},  # the native 8x8
             "omniglot": {"image_size": 32, "batch_size": 32}}
 
@@ -80,18 +101,31 @@ SETTINGS = {"digits": {"image_size": None, "batch_size": 64},  # the native 8x8
 # === Training to convergence ===
 
 
-def train(model, data, domains, seed, args, max_epochs, patience, adapter_weight_decay=None):
+def method_optimizer(method, model, args):
+    """SGD + momentum 0.9; the per-group variants through `GroupLearningRates`."""
+    decay = args.adapter_weight_decay if method == "parallel_wd" else None
+    optimizer = keras.optimizers.SGD(args.learning_rate, momentum=0.9, weight_decay=decay)
+    if decay:
+        optimizer.exclude_from_weight_decay(var_list=[
+            v for v in model.trainable_variables if not v.path.endswith("adapter_kernel")
+            and not v.path.endswith("adapter_projection")])
+    if method == "parallel_grouplr":
+        return GroupLearningRates(optimizer,
+                                  multipliers={ADAPTER_KERNELS: args.adapter_lr_multiplier})
+    if method == "parallel_l2":  # every other trained variable: batch norms and head
+        return GroupLearningRates(optimizer, l2={
+            ADAPTER_KERNELS: 1e-4, rf"(?!{ADAPTER_KERNELS}$).*": 5e-4})
+    return optimizer
+
+
+def train(model, data, domains, seed, args, max_epochs, patience, optimizer=None):
     """SGD + momentum until validation accuracy stops improving; the best epoch's weights.
 
     Returns `(epochs run, best epoch, best validation accuracy)`.
     """
     batch_size = SETTINGS[args.dataset]["batch_size"]
-    optimizer = keras.optimizers.SGD(args.learning_rate, momentum=0.9,
-                                     weight_decay=adapter_weight_decay)
-    if adapter_weight_decay:
-        optimizer.exclude_from_weight_decay(var_list=[
-            v for v in model.trainable_variables if not v.path.endswith("adapter_kernel")
-            and not v.path.endswith("adapter_projection")])
+    if optimizer is None:
+        optimizer = keras.optimizers.SGD(args.learning_rate, momentum=0.9)
     model.compile(optimizer=optimizer, metrics=["accuracy"],
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     steps = data.steps_per_epoch("train", batch_size, batching="per_domain", domains=domains)
@@ -112,15 +146,20 @@ def train(model, data, domains, seed, args, max_epochs, patience, adapter_weight
 
 def pretrained_model(data, kind, rank, args):
     """The (untrained) ResNet-26 with `kind` adapters on domains 0..T-2."""
+    extra = {}
+    if kind == "parallel_dropout":
+        kind, extra = "parallel", {"adapter_dropout": args.adapter_dropout}
     return resnet26([data.num_classes[d] for d in range(data.num_domains - 1)], adapter=kind,
                     rank=rank, input_shape=data.image_shape, width_factor=args.width_factor,
-                    name=f"pretrained_{kind}{rank or ''}")
+                    name=f"pretrained_{kind}{rank or ''}", **extra)
 
 
 def pretrained_path(args, name, kind, rank):
     """Where a pretrained network and its info are kept between processes (`--cache`)."""
     key = (f"{args.dataset}_{name}_{kind}{rank or ''}_w{args.width_factor}_s{args.pretrain_seed}"
            f"_lr{args.learning_rate}_e{args.pretrain_max_epochs}p{args.pretrain_patience}")
+    if kind == "parallel_dropout":
+        key += f"_d{args.adapter_dropout}"
     return os.path.join(args.cache, key.replace(" ", "_").replace("/", "_"))
 
 
@@ -146,7 +185,7 @@ def method_model(method, pretrained, closest, data, seed):
     new = data.num_domains - 1
     classes = data.num_classes[new]
     keras.utils.set_random_seed(seed)
-    init_from = None if method == "parallel_fresh" else closest
+    init_from = closest if method in FROM_CLOSEST else None
     model = add_domain(pretrained, num_classes=classes, init_from=init_from,
                        freeze_existing=method != "finetune")
     if method == "frozen":
@@ -235,15 +274,15 @@ def run(args):
                 pretrained, closest = pretrained_for(name, method)
                 model = method_model(method, pretrained, closest, rot, seed)
                 start = time.perf_counter()
-                decay = args.adapter_weight_decay if method == "parallel_wd" else None
                 epochs, best, validation = train(model, rot, [new], seed, args,
-                                                 args.max_epochs, args.patience, decay)
+                                                 args.max_epochs, args.patience,
+                                                 method_optimizer(method, model, args))
                 accuracy = keras_mdn.domain_accuracies(model, rot, "test", domains=[new])[name]
                 results["runs"].append({
                     "dataset": args.dataset, "new_domain": name, "method": method,
                     "seed": seed, "test_accuracy": accuracy, "validation_accuracy": validation,
                     "epochs": epochs, "best_epoch": best, "init_from": (
-                        None if method == "parallel_fresh" else rot.names[closest]),
+                        rot.names[closest] if method in FROM_CLOSEST else None),
                     "trained_parameters": trained_parameters(model, new),
                     "seconds": round(time.perf_counter() - start, 1)})
                 save_results(args.out, results)
@@ -467,6 +506,8 @@ def parse_args(argv=None):
     parser.add_argument("--pretrain-patience", type=int, default=4)
     parser.add_argument("--adapter-weight-decay", type=float, default=5e-4)
     parser.add_argument("--rank", type=int, default=4, help="rank of the low-rank adapters")
+    parser.add_argument("--adapter-lr-multiplier", type=float, default=9.0)
+    parser.add_argument("--adapter-dropout", type=float, default=0.5)
     parser.add_argument("--time-limit", type=float, default=None,
                         help="seconds after which no new run starts (seed-major order)")
     parser.add_argument("--out", default=os.path.join(RESULTS, "new_domain"))
