@@ -94,7 +94,8 @@ def test_learning_rate_sets_every_group_and_schedules_scale():
 
 def test_fit_with_reduce_lr_and_serialisation(tmp_path):
     inputs = keras.Input((3,))
-    outputs = keras.layers.Dense(2, name="head")(keras.layers.Dense(4, name="body")(inputs))
+    body = keras.layers.Dense(4, name="body")(inputs)
+    outputs = keras.layers.Dense(2, name="head", kernel_constraint="non_neg")(body)
     model = keras.Model(inputs, outputs)
     optimizer = GroupLearningRates(keras.optimizers.SGD(0.1, momentum=0.9),
                                    multipliers={"body/.*": 0.0}, l2={"head/kernel": 1e-3})
@@ -104,6 +105,7 @@ def test_fit_with_reduce_lr_and_serialisation(tmp_path):
     model.fit(x, y, epochs=3, verbose=0, callbacks=[keras.callbacks.ReduceLROnPlateau(
         "loss", factor=0.5, patience=0, min_delta=1e9)])  # epochs 2, 3
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(model.get_layer("body").kernel), body)
+    assert np.all(keras.ops.convert_to_numpy(model.get_layer("head").kernel) >= 0)  # constraint
     np.testing.assert_allclose(float(optimizer.learning_rate), 0.1 * 0.5 ** 2, rtol=1e-6)
     copy = GroupLearningRates.from_config(optimizer.get_config())
     assert copy.get_config()["multipliers"] == {"body/.*": 0.0}
