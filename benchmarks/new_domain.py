@@ -104,7 +104,8 @@ SETTINGS = {"digits": {"image_size": None, "batch_size": 64},  # the native 8x8
 def method_optimizer(method, model, args):
     """SGD + momentum 0.9; the per-group variants through `GroupLearningRates`."""
     decay = args.adapter_weight_decay if method == "parallel_wd" else None
-    optimizer = keras.optimizers.SGD(args.learning_rate, momentum=0.9, weight_decay=decay)
+    optimizer = keras.optimizers.SGD(method_learning_rate(method, args), momentum=0.9,
+                                     weight_decay=decay)
     if decay:
         optimizer.exclude_from_weight_decay(var_list=[
             v for v in model.trainable_variables if not v.path.endswith("adapter_kernel")
@@ -116,6 +117,12 @@ def method_optimizer(method, model, args):
         return GroupLearningRates(optimizer, l2={
             ADAPTER_KERNELS: 1e-4, rf"(?!{ADAPTER_KERNELS}$).*": 5e-4})
     return optimizer
+
+
+def method_learning_rate(method, args):
+    """`--method-learning-rate method=rate`, else `--learning-rate`."""
+    rates = dict(pair.split("=") for pair in args.method_learning_rate or [])
+    return float(rates.get(method, args.learning_rate))
 
 
 def train(model, data, domains, seed, args, max_epochs, patience, optimizer=None):
@@ -284,6 +291,7 @@ def run(args):
                     "epochs": epochs, "best_epoch": best, "init_from": (
                         rot.names[closest] if method in FROM_CLOSEST else None),
                     "trained_parameters": trained_parameters(model, new),
+                    "learning_rate": method_learning_rate(method, args),
                     "seconds": round(time.perf_counter() - start, 1)})
                 save_results(args.out, results)
                 print(f"{args.dataset} new={name} seed={seed} {method}: test {accuracy:.4f} "
@@ -507,6 +515,9 @@ def parse_args(argv=None):
     parser.add_argument("--adapter-weight-decay", type=float, default=5e-4)
     parser.add_argument("--rank", type=int, default=4, help="rank of the low-rank adapters")
     parser.add_argument("--adapter-lr-multiplier", type=float, default=9.0)
+    parser.add_argument("--method-learning-rate", nargs="+", default=None, metavar="METHOD=LR",
+                        help="a new domain's learning rate for some methods (pretraining and "
+                             "the others: --learning-rate)")
     parser.add_argument("--adapter-dropout", type=float, default=0.5)
     parser.add_argument("--time-limit", type=float, default=None,
                         help="seconds after which no new run starts (seed-major order)")
