@@ -66,6 +66,13 @@ class ResidualAdapter(keras.layers.Layer, DomainLayer):
         norm_momentum: float, momentum of the series adapter's batch norm moving averages,
             in Keras terms (`moving = momentum * moving + (1 - momentum) * batch`).
             Defaults to `0.9` (the authors' PyTorch momentum 0.1).
+        dropout: float in `[0, 1)`, rate of channel-wise (spatial) dropout on the parallel
+            adapter's input only, in training: the shared layer sees the undropped input, as
+            in the authors' code (`F.dropout2d` before `parallel_conv`). Each example drops
+            whole channels (the same ones at every position), the rest scaled by
+            `1 / (1 - dropout)`, like `keras.layers.SpatialDropout2D`. Parallel mode only.
+            Defaults to `0.0`.
+        seed: optional int, seed of the dropout. Defaults to `None`.
         **kwargs: base layer keyword arguments.
 
     Call arguments:
@@ -102,6 +109,8 @@ class ResidualAdapter(keras.layers.Layer, DomainLayer):
         freeze_base=False,
         norm_epsilon=1e-5,
         norm_momentum=0.9,
+        dropout=0.0,
+        seed=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -133,6 +142,15 @@ class ResidualAdapter(keras.layers.Layer, DomainLayer):
         self.is_conv = isinstance(layer, _CONV_TYPES)
         self.norm_epsilon = check_epsilon(norm_epsilon, "norm_epsilon")
         self.norm_momentum = check_momentum(norm_momentum, "norm_momentum")
+        self.dropout = _check_dropout(dropout)
+        if self.dropout and mode != "parallel":
+            raise ValueError(
+                "`dropout` applies to the parallel adapter's input only (the authors' code: no "
+                f"effect in series mode). Received: dropout={dropout!r} with mode={mode!r}"
+            )
+        self.seed = seed
+        # Only with dropout: a rate-0 layer keeps exactly its variables of before.
+        self.seed_generator = keras.random.SeedGenerator(seed) if self.dropout else None
         self.adapter_norm = (
             DomainBatchNormalization(
                 self.num_domains,
@@ -203,7 +221,8 @@ class ResidualAdapter(keras.layers.Layer, DomainLayer):
         domain = routing.canonicalize_domain(domain, self.num_domains)
         routing.check_batch(domain, inputs)
         if self.mode == "parallel":
-            if training and routing.is_uniform(domain) and self._merges_uniform():
+            dropping = bool(training) and self.dropout > 0
+            if training and not dropping and routing.is_uniform(domain) and self._merges_uniform():
                 # Training on one domain: its adapter merged into the kernel tap it reads, one
                 # conv instead of two (exact up to rounding: both are linear). Not at
                 # inference: a traced per-domain endpoint keeps the shared kernel as is, so a
@@ -213,11 +232,22 @@ class ResidualAdapter(keras.layers.Layer, DomainLayer):
                     adapter = ops.matmul(self.adapter_projection, adapter)
                 kernel = folding.fold_parallel(self.layer.kernel, adapter, self.tap)
                 return self._activation(self._base_linear(inputs, kernel))
-            outputs = self._base_linear(inputs) + self._adapt(self.tap_input(inputs), domain)
+            taps = self.tap_input(inputs)
+            if dropping:
+                taps = self._drop_channels(taps)
+            outputs = self._base_linear(inputs) + self._adapt(taps, domain)
             return self._activation(outputs)
         outputs = self._activation(self._base_linear(inputs))
         normalized = self.adapter_norm(outputs, domain=domain, training=training)
         return outputs + self._adapt(normalized, domain)
+
+    def _drop_channels(self, inputs):
+        """Spatial dropout: whole channels of each example, `(batch, 1, ..., 1, channels)`."""
+        shape = ops.shape(inputs)
+        noise_shape = (shape[0],) + (1,) * (len(inputs.shape) - 2) + (shape[-1],)
+        return keras.random.dropout(
+            inputs, self.dropout, noise_shape=noise_shape, seed=self.seed_generator
+        )
 
     def _adapt(self, inputs, domain):
         if self.adapter_projection is not None:
@@ -367,6 +397,8 @@ class ResidualAdapter(keras.layers.Layer, DomainLayer):
             "adapter_regularizer": keras.regularizers.serialize(self.adapter_regularizer),
             "norm_epsilon": self.norm_epsilon,
             "norm_momentum": self.norm_momentum,
+            "dropout": self.dropout,
+            "seed": self.seed,
         }
 
     # === Domain-layer interface (keras_mdn.layers.domain_layer) ===
@@ -478,6 +510,16 @@ class ResidualAdapter(keras.layers.Layer, DomainLayer):
         hidden = _channel_matmul(normalized, self.adapter_projection)
         return ops.add(ops.add(ops.multiply(y, tensors["scale"]),
                                _channel_matmul(hidden, tensors["adapter"])), tensors["offset"])
+
+
+def _check_dropout(rate):
+    if (
+        isinstance(rate, bool)
+        or not isinstance(rate, (int, float, np.integer, np.floating))
+        or not 0 <= rate < 1
+    ):
+        raise ValueError(f"`dropout` must be a float in [0, 1). Received: dropout={rate!r}")
+    return float(rate)
 
 
 def _input_spec(adapter, input_shape):

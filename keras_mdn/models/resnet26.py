@@ -24,6 +24,7 @@ def resnet26(
     rank=None,
     adapter_regularizer=None,
     freeze_shared=False,
+    adapter_dropout=0.0,
     name="resnet26",
 ):
     """The ResNet-26 of Rebuffi et al. (2017, 2018) with per-domain batch norms and heads.
@@ -95,6 +96,11 @@ def resnet26(
             weight decay). Defaults to `None`.
         freeze_shared: bool, make the shared 3x3 convs non-trainable (learning new domains on
             a pretrained network). Defaults to `False`.
+        adapter_dropout: float, or a pair `(rate_first, rate_second)`: the parallel
+            adapters' channel-wise dropout in training (`ResidualAdapter(dropout=...)`), as the
+            authors' `isdropout1` / `isdropout2` (rate 0.5 there): `rate_first` for the stem
+            conv and the first conv of each block, `rate_second` for the second; one float
+            sets both. Parallel adapters only. Defaults to `0.0`.
         name: model name. Defaults to `"resnet26"`.
 
     Returns:
@@ -120,11 +126,12 @@ def resnet26(
     input_shape = _check_shapes(input_shape, width_factor)
     if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
         raise ValueError(f"`rank` must be a positive int or None. Received: rank={rank!r}")
+    dropout = _check_adapter_dropout(adapter_dropout, adapter)
 
     image = keras.Input(shape=input_shape, name="image")
     domain = domain_input()
     logits = _network(image, domain, num_classes, width_factor, adapter, rank,
-                      adapter_regularizer, freeze_shared)
+                      adapter_regularizer, freeze_shared, dropout)
     return keras.Model([image, domain], logits, name=name)
 
 
@@ -167,7 +174,7 @@ def plain_resnet26(num_classes, input_shape=(64, 64, 3), width_factor=1.0, name=
 
 
 def _network(image, domain, num_classes, width_factor, adapter=None, rank=None,
-             adapter_regularizer=None, freeze_shared=False):
+             adapter_regularizer=None, freeze_shared=False, dropout=(0.0, 0.0)):
     """The ResNet-26 graph on `image`: multi-domain, or plain Keras layers with `domain=None`."""
     num_domains = len(num_classes)
     stem_width = int(STEM_WIDTH * width_factor)
@@ -204,6 +211,8 @@ def _network(image, domain, num_classes, width_factor, adapter=None, rank=None,
                 freeze_base=freeze_shared,
                 norm_epsilon=BN_EPSILON,
                 norm_momentum=BN_MOMENTUM,
+                # The authors' `second`: the block's second conv; the stem counts as a first.
+                dropout=dropout[1] if index == 2 else dropout[0],
                 name=conv_name,
             )(x, domain)
         return batch_norm(x, f"{prefix}_bn{index}")
@@ -235,6 +244,29 @@ def _network(image, domain, num_classes, width_factor, adapter=None, rank=None,
     return DomainHead(num_classes, name="head")(x, domain)
 
 
+
+
+def _check_adapter_dropout(adapter_dropout, adapter):
+    """`(rate_first, rate_second)` from a rate or a pair; nonzero only with parallel adapters."""
+    rates = adapter_dropout
+    if not isinstance(rates, (tuple, list)):
+        rates = (rates, rates)
+    valid = len(rates) == 2 and all(
+        not isinstance(rate, bool) and isinstance(rate, (int, float)) and 0 <= rate < 1
+        for rate in rates
+    )
+    if not valid:
+        raise ValueError(
+            "`adapter_dropout` must be a rate in [0, 1) or a pair (rate_first, rate_second) of "
+            f"them. Received: adapter_dropout={adapter_dropout!r}"
+        )
+    if any(rates) and adapter != "parallel":
+        raise ValueError(
+            "`adapter_dropout` applies to parallel adapters only (the authors' dropout is on "
+            f"the parallel adapter's input). Received: adapter_dropout={adapter_dropout!r} "
+            f"with adapter={adapter!r}"
+        )
+    return tuple(float(rate) for rate in rates)
 
 
 def _check_shapes(input_shape, width_factor):

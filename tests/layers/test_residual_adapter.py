@@ -255,3 +255,90 @@ def test_input_specs_catch_changed_channels_and_strided_sizes():
     series(np.zeros((2, 6, 6, 3), "float32"), domain=0)  # stride 1: any size
     with pytest.raises(ValueError, match="expected axis -1 of input shape to have value 3"):
         series(np.zeros((2, 8, 8, 2), "float32"), domain=0)
+
+
+# === Adapter dropout (the authors' `F.dropout2d` on the parallel adapter's input) ===
+
+
+def _identity_adapters(layer):
+    """Adapter of domain `d` = `(d + 1) I`: the adapter's output shows its input directly."""
+    channels = layer.adapter_kernel.shape[-1]
+    eye = np.eye(channels, dtype="float32")
+    layer.adapter_kernel.assign(np.stack([(d + 1) * eye for d in range(T)]))
+
+
+@pytest.mark.parametrize("strides", [1, 2])
+def test_dropout_zeroes_whole_adapter_input_channels_with_scaling(strides):
+    x = rng(0).normal(size=(6, 8, 8, 4)).astype("float32") + 3.0  # no zero inputs
+    conv = keras.layers.Conv2D(4, 3, strides=strides, padding="same")
+    layer = ResidualAdapter(conv, T, dropout=0.5, seed=3)
+    layer(x, domain=0)
+    _identity_adapters(layer)
+    base = to_numpy(conv(x))  # the shared conv sees the undropped input
+    taps = to_numpy(layer.tap_input(x))
+    for domain in (1, np.array([0, 1, 2, 2, 1, 0])):
+        scales = np.broadcast_to(np.asarray(domain) + 1.0, (6,))[:, None, None, None]
+        ratio = (to_numpy(layer(x, domain=domain, training=True)) - base) / (taps * scales)
+        kept = ratio[:, :1, :1, :]
+        # Each (example, channel) is dropped at every position or kept and scaled by 2.
+        np.testing.assert_allclose(ratio, np.broadcast_to(kept, ratio.shape), atol=1e-4)
+        assert set(np.round(kept.ravel(), 3)) == {0.0, 2.0}
+
+
+@pytest.mark.parametrize("rank", [None, 2])
+def test_dropout_inference_is_exact_and_rate_zero_is_unchanged(rank):
+    x = rng(0).normal(size=(4, 9, 9, 3)).astype("float32")
+    plain = ResidualAdapter(keras.layers.Conv2D(5, 3, strides=2), T, rank=rank)
+    zero = ResidualAdapter(keras.layers.Conv2D(5, 3, strides=2), T, rank=rank, dropout=0.0)
+    dropping = ResidualAdapter(keras.layers.Conv2D(5, 3, strides=2), T, rank=rank, dropout=0.4)
+    for layer in (plain, zero, dropping):
+        layer(x, domain=0)
+    _randomize(plain)
+    for layer in (zero, dropping):
+        for target, source in zip(layer.weights, plain.weights):
+            target.assign(source)
+    # Rate 0: no seed state, the same variables and the same outputs, training included.
+    assert zero.seed_generator is None and len(zero.variables) == len(plain.variables)
+    for domain in (2, np.array([0, 2, 1, 2])):
+        for training in (False, True):
+            expected = to_numpy(plain(x, domain=domain, training=training))
+            np.testing.assert_array_equal(to_numpy(zero(x, domain=domain, training=training)),
+                                          expected)
+        # Inference with dropout: the adapter reads the whole input.
+        np.testing.assert_array_equal(to_numpy(dropping(x, domain=domain)),
+                                      to_numpy(plain(x, domain=domain)))
+    # Fold (the inference path) is unaffected by the rate.
+    for domain in range(T):
+        (folded,) = dropping.fold(domain)
+        assert_close(folded(x), plain(x, domain=domain), atol=1e-4)
+
+
+def test_dropout_trains_compiled_and_round_trips(tmp_path):
+    x = rng(0).normal(size=(6, 8, 8, 3)).astype("float32")
+    domain = np.array([0, 2, 0, 2, 2, 0], "int32")
+    image_in = keras.Input((8, 8, 3), name="image")
+    domain_in = keras.Input((), dtype="int32", name="domain")
+    adapter = ResidualAdapter(keras.layers.Conv2D(4, 3, padding="same"), T, dropout=0.5, seed=7)
+    model = keras.Model([image_in, domain_in], adapter(image_in, domain_in))
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")  # default jit_compile
+    model.fit([x, domain], np.ones((6, 8, 8, 4), "float32"), batch_size=6, verbose=0)
+    assert np.isfinite(to_numpy(adapter.adapter_kernel)).all()
+    assert np.abs(to_numpy(adapter.adapter_kernel)).max() > 0
+    config = adapter.get_config()
+    assert config["dropout"] == 0.5 and config["seed"] == 7
+    clone = ResidualAdapter.from_config(config)
+    assert clone.dropout == 0.5 and clone.seed == 7
+    loaded = save_and_load(model, tmp_path)
+    assert loaded.layers[-1].dropout == 0.5
+    np.testing.assert_array_equal(loaded.predict([x, domain], verbose=0),
+                                  model.predict([x, domain], verbose=0))
+
+
+def test_dropout_bad_rates_raise_clear_errors():
+    conv = keras.layers.Conv2D(4, 3)
+    for rate in (1.0, -0.1, float("nan"), True, "0.5", None):
+        with pytest.raises(ValueError, match=f"dropout={rate!r}"):
+            ResidualAdapter(conv, T, dropout=rate)
+    with pytest.raises(ValueError, match="dropout=0.5 with mode='series'"):
+        ResidualAdapter(conv, T, mode="series", dropout=0.5)
+    ResidualAdapter(conv, T, mode="series", dropout=0.0)  # rate 0 is allowed in series mode

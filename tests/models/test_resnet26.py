@@ -200,6 +200,10 @@ def test_trains_and_round_trips(tmp_path):
         (dict(num_classes=[3], width_factor=0.01), "width_factor=0.01"),
         (dict(num_classes=[3], input_shape=(None, 8, 3)), "input_shape"),
         (dict(num_classes=[3], adapter="parallel", rank=0), "rank=0"),
+        (dict(num_classes=[3], adapter="parallel", adapter_dropout=1.0), "adapter_dropout=1.0"),
+        (dict(num_classes=[3], adapter="parallel", adapter_dropout=(0.5,)), "adapter_dropout"),
+        (dict(num_classes=[3], adapter="series", adapter_dropout=0.5), "adapter='series'"),
+        (dict(num_classes=[3], adapter_dropout=(0.0, 0.5)), "adapter=None"),
     ],
 )
 def test_bad_arguments_raise_clear_errors(kwargs, match):
@@ -218,3 +222,25 @@ def test_fractional_domain_ids_are_not_truncated_by_the_model_input():
     assert np.isnan(logits[[0, 2]]).all() and np.isfinite(logits[1]).all()
     exact = model.predict({"image": x, "domain": np.array([1, 1, 1], "int32")}, verbose=0)
     np.testing.assert_allclose(logits[1], exact[1], rtol=1e-6, atol=1e-6)
+
+
+def test_adapter_dropout_per_conv_position_as_the_authors_isdropout1_and_2():
+    model = resnet26(CLASSES, adapter="parallel", adapter_dropout=(0.5, 0.25), **SMALL)
+    adapters = [layer for layer in model.layers if isinstance(layer, ResidualAdapter)]
+    assert len(adapters) == 25
+    for layer in adapters:
+        # The stem is a first conv (`second=0`) in the authors' code.
+        expected = 0.25 if layer.name.endswith("_conv2") else 0.5
+        assert layer.dropout == expected, layer.name
+    both = resnet26(CLASSES, adapter="parallel", adapter_dropout=0.3, **SMALL)
+    assert {layer.dropout for layer in both.layers if isinstance(layer, ResidualAdapter)} == {0.3}
+    x = rng(0).normal(size=(2, 8, 8, 3)).astype("float32")
+    reference = resnet26(CLASSES, adapter="parallel", **SMALL)
+    reference.set_weights(model.get_weights())
+    _randomize(reference)
+    model.set_weights(reference.get_weights())
+    domain = np.array([1, 0])
+    np.testing.assert_array_equal(_infer(model, x, domain), _infer(reference, x, domain))
+    dropped = to_numpy(model([x, domain.astype("int32")], training=True))
+    assert np.isfinite(dropped).all()
+    assert not np.allclose(dropped, to_numpy(reference([x, domain.astype("int32")], training=True)))
