@@ -77,7 +77,8 @@ METHODS = ("finetune", "frozen", "bn_only", "parallel", "parallel_fresh", "paral
            "series", "parallel_lowrank", "series_fresh", "lowrank_fresh", "parallel_grouplr",
            "parallel_l2", "parallel_dropout")
 # Methods that start the new domain from the closest existing domain (the others: fresh).
-FROM_CLOSEST = ("parallel", "parallel_wd", "series", "parallel_lowrank")
+FROM_CLOSEST = ("finetune", "frozen", "bn_only", "parallel", "parallel_wd", "series",
+                "parallel_lowrank")
 ADAPTER_KERNELS = r".*adapter_(kernel|projection)"
 LABELS = {"finetune": "full fine-tuning", "frozen": "frozen extractor (new head)",
           "bn_only": "BN + head", "parallel": "parallel adapters (from closest)",
