@@ -374,7 +374,9 @@ def report(args):
     for prefix in [args.out] + (args.merge or []):
         lines += [f"Note ({os.path.basename(prefix)}): {note}"
                   for note in load_results(prefix).get("notes", [])]
-    settings = results.get("settings", {})
+    settings = results.get("settings") or next(
+        (load_results(p)["settings"] for p in args.merge or [] if "settings" in load_results(p)),
+        {})
     if settings:
         lines += [f"Settings: max {settings.get('max_epochs')} epochs (patience "
                   f"{settings.get('patience')}) for a new domain, max "
@@ -382,7 +384,9 @@ def report(args):
                   f"{settings.get('pretrain_patience')}) for pretraining; SGD lr "
                   f"{settings.get('learning_rate')}, momentum 0.9; width factor "
                   f"{settings.get('width_factor')}; adapter weight decay "
-                  f"{settings.get('adapter_weight_decay')}; low rank "
+                  f"{settings.get('adapter_weight_decay')}; adapter lr multiplier "
+                  f"{settings.get('adapter_lr_multiplier')}; adapter dropout "
+                  f"{settings.get('adapter_dropout')}; low rank "
                   f"{settings.get('rank')}; new-domain seeds {settings.get('seeds')}, "
                   f"pretraining seed {settings.get('pretrain_seed')}.", ""]
     verdicts = []
@@ -445,7 +449,7 @@ def target_lines(dataset, table):
              "and the frozen extractor all ran):", ""]
     if any(m not in table for m in ("finetune", "frozen")):
         return lines + ["- not enough runs to check", ""]
-    for method in [m for m in table if m.startswith("parallel") or m == "series"]:
+    for method in [m for m in table if m not in ("finetune", "frozen", "bn_only")]:
         row = table[method]
         common = [d for d in row["per_domain"] if d in table["finetune"]["per_domain"]
                   and d in table["frozen"]["per_domain"]]
