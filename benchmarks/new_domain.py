@@ -46,6 +46,16 @@ limit allows; results are saved after every run):
 
     nice python benchmarks/new_domain.py --time-limit 5400
 
+Omniglot (12 training images per class: an epoch is 8-15 steps, so a longer patience):
+
+    nice python benchmarks/new_domain.py --dataset omniglot --pretrain-max-epochs 60 \
+        --max-epochs 80 --patience 10 --methods finetune frozen parallel_fresh \
+        --seeds 0 --out benchmarks/results/new_domain_omniglot_s0
+
+Several processes (other seeds, rotations or methods, each with its own `--out`) share the
+pretrained networks through `--cache`; `--report --out benchmarks/results/new_domain_omniglot
+--merge <their --out>...` writes one table.
+
 `--report` rewrites the .md and .png from the .json.
 """
 
