@@ -378,7 +378,9 @@ def report(args):
     runs = results.get("runs", [])
     lines = ["# New domains: adapters against fine-tuning, to convergence", "",
              "Protocol and methods: the docstring of `benchmarks/new_domain.py`. Written by "
-             "the script from `new_domain.json`; load average at the start and end of each "
+             f"the script from `{os.path.basename(args.out)}.json`"
+             + "".join(f", `{os.path.basename(m)}.json`" for m in args.merge or [])
+             + "; load average at the start and end of each "
              "run: " + "; ".join(f"{x['when']} {x['time']}: {' '.join(x['loadavg'])}"
                                  for x in results.get("loadavg", [])) + ".", ""]
     for prefix in [args.out] + (args.merge or []):
@@ -444,7 +446,8 @@ def report(args):
         verdicts.append(target_lines(dataset, table))
     for verdict in verdicts:
         lines += verdict
-    lines += ["Plot: `new_domain.png` (mean test accuracy per method and new domain).", ""]
+    lines += [f"Plot: `{os.path.basename(args.out)}.png` (mean test accuracy per method and "
+              "new domain).", ""]
     with open(args.out + ".md", "w") as f:
         f.write("\n".join(lines))
     plot(runs, args.out + ".png")
