@@ -443,7 +443,7 @@ def report(args):
                 lines.append(f"| {key.split('/', 1)[1]} | {info['epochs']} | {test} | "
                              f"{info['closest']} ({scores}) |")
             lines.append("")
-        verdicts.append(target_lines(dataset, table))
+        verdicts.append(target_lines(dataset, table) + paired_lines(dataset, runs))
     for verdict in verdicts:
         lines += verdict
     lines += [f"Plot: `{os.path.basename(args.out)}.png` (mean test accuracy per method and "
@@ -482,6 +482,26 @@ def target_lines(dataset, table):
                      f"{lead:+.1f} points above the frozen extractor: "
                      f"{'met' if held else 'missed'}")
     return lines + [""]
+
+
+def paired_lines(dataset, runs, reference="parallel_fresh"):
+    """Each method against `reference` on the (new domain, seed) pairs both ran."""
+    runs = [r for r in runs if r["dataset"] == dataset]
+    accuracy = {(r["method"], r["new_domain"], r["seed"]): r["test_accuracy"] for r in runs}
+    lines = []
+    for method in [m for m in METHODS if m != reference]:
+        pairs = [(d, s) for (m, d, s) in accuracy if m == method
+                 and (reference, d, s) in accuracy]
+        if pairs:
+            diff = [100 * (accuracy[(method, *p)] - accuracy[(reference, *p)]) for p in pairs]
+            lines.append(f"- {LABELS[method]} minus {LABELS[reference]}, paired over "
+                         f"{len(pairs)} (new domain, seed) runs: {np.mean(diff):+.1f} points "
+                         f"(std {np.std(diff):.1f}, {sum(d > 0 for d in diff)} higher, "
+                         f"{sum(d < 0 for d in diff)} lower)")
+    if lines:
+        lines = [f"Paired with {LABELS[reference]} (same new domain, pretrained network and "
+                 "seed):", ""] + lines + [""]
+    return lines
 
 
 def plot(runs, path):
