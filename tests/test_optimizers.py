@@ -2,7 +2,7 @@ import keras
 import numpy as np
 import pytest
 
-from keras_mdn.optimizers import GroupLearningRates, ScaledSchedule
+from keras_mdn.optimizers import GroupLearningRates, ScaledSchedule, adapter_learning_rates
 
 pytestmark = pytest.mark.skipif(
     not hasattr(keras.optimizers, "MultiOptimizer"), reason="needs keras.optimizers.MultiOptimizer"
@@ -131,3 +131,19 @@ def test_errors():
     built.build(variables())
     with pytest.raises(ValueError, match="must not be built"):
         GroupLearningRates(built)
+
+
+def test_adapter_learning_rates_scales_only_adapter_kernels():
+    from keras_mdn import ResidualAdapter
+
+    layer = ResidualAdapter(keras.layers.Dense(3, use_bias=False), num_domains=2, rank=2)
+    layer.build((None, 4))
+    optimizer = adapter_learning_rates(keras.optimizers.SGD(0.1), multiplier=9.0)
+    variables = layer.trainable_variables
+    before = [keras.ops.convert_to_numpy(v) for v in variables]
+    optimizer.apply([keras.ops.ones_like(v) for v in variables], variables)
+    steps = {v.path.rsplit("/", 1)[-1]: float(np.max(b - keras.ops.convert_to_numpy(v)))
+             for v, b in zip(variables, before)}
+    assert steps.pop("adapter_kernel") == pytest.approx(0.9)
+    assert steps.pop("adapter_projection") == pytest.approx(0.9)
+    assert steps and all(step == pytest.approx(0.1) for step in steps.values())
