@@ -51,7 +51,7 @@ import t3f  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from keras_mdn import FactorizedConv2D, FactorizedDense  # noqa: E402
-from keras_mdn.factorizations import TTMatrix  # noqa: E402
+from keras_mdn.factorizations import TTMatrix, planning  # noqa: E402
 from keras_mdn.ops import contraction  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -379,7 +379,10 @@ def conv_paths(layer, batch, positions):
     result = {"uniform_kind": chosen["uniform"]}
     for key in ("uniform", "mixed"):
         step = getattr(plan, key)
-        if step is not None:
+        if isinstance(step, planning.PerExampleConv):
+            result[key] = f"per example: {chosen[key + '_detail']}"
+            result[f"{key}_flops"] = step.kernel_path.flops + 2 * calls * in_size * out_size
+        elif step is not None:
             width = math.prod(factorization.network_.sizes[lab] for lab in step.bonds)
             result[key] = f"factored: {chosen[key + '_detail']}"
             result[f"{key}_flops"] = (step.kernel_path.flops + 2 * calls * in_size * width
@@ -435,15 +438,17 @@ def _print_case(info):
 # === Compile paths: TF graph, TF XLA, JAX jit (issue 8) ===
 
 COMPILE_SHAPES = [("dense", "laf", 5), ("dense", "tucker", 5), ("dense", "tt", 10),
-                  ("conv", "laf", 10), ("conv", "tucker", 2), ("conv", "tt", 2)]
+                  ("conv", "laf", 10), ("conv", "tucker", 2), ("conv", "tucker", 10),
+                  ("conv", "tt", 2), ("sequence", "laf", 5)]
 
 
 def _compile_layers(family, kind, tasks):
     rank = _rank(kind, tasks)
-    if family == "dense":
-        layer = FactorizedDense(DENSE_N, num_domains=tasks, factorization=kind, rank=rank)
-        plain = keras.layers.Dense(DENSE_N)
-        shape = (DENSE_BATCH, DENSE_N)
+    if family in ("dense", "sequence"):
+        units = DENSE_N if family == "dense" else SEQ_SHAPE[-1]
+        layer = FactorizedDense(units, num_domains=tasks, factorization=kind, rank=rank)
+        plain = keras.layers.Dense(units)
+        shape = (DENSE_BATCH, DENSE_N) if family == "dense" else SEQ_SHAPE
     else:
         layer = FactorizedConv2D(CONV_CHANNELS, 3, num_domains=tasks, factorization=kind,
                                  rank=rank, padding="same")
@@ -488,7 +493,8 @@ def compile_path_rows(backend, jit, reps=11):
         uniform = keras.ops.convert_to_tensor(np.int32(1))
         mixed = keras.ops.convert_to_tensor(
             RNG.permutation(np.arange(batch) % tasks).astype("int32"))
-        row = {"shape": f"{family} {kind} T{tasks}", "backend": backend, "jit": jit}
+        row = {"shape": f"{family} {kind} T{tasks}", "backend": backend, "jit": jit,
+               "flops_mixed_over_uniform": _mixed_flop_ratio(layer, shape)}
         for backward in (False, True):
             tag = "fwd_bwd_" if backward else ""
             def apply(y, d, layer=layer):
@@ -521,6 +527,19 @@ def compile_path_rows(backend, jit, reps=11):
     return rows
 
 
+def _mixed_flop_ratio(layer, shape):
+    """Flops of the layer's mixed-batch path over its one-domain path (build-time plans)."""
+    if isinstance(layer, FactorizedDense):
+        paths = layer.contraction_paths()
+        if "per_example" in paths:  # each example's weight, then a batched matmul
+            rows = math.prod(shape[:-1])
+            return ((paths["per_example_flops"] + 2 * rows * shape[-1] * layer.units)
+                    / paths["uniform_flops"])
+    else:
+        paths = conv_paths(layer, shape[0], math.prod(shape[1:-1]))
+    return paths["mixed_flops"] / paths["uniform_flops"]
+
+
 def measure_compile_paths():
     """TF graph and TF XLA in this process, JAX jit in a child process (one backend each)."""
     load_start = [round(v, 2) for v in os.getloadavg()]
@@ -542,14 +561,18 @@ def _compile_paths_markdown(result):
              "whole; `uniform` = a 0-d domain tensor, `mixed` = a shuffled domain vector, "
              "`plain` = `keras.layers.Dense` / `Conv2D` of the same shape, interleaved in one "
              f"process per backend. Load average {result['load_average_start']} at start, "
-             f"{result['load_average_end']} at end.", "",
-             "| shape | path | uniform ms | mixed/uniform | uniform/plain | fwd+bwd mixed/uniform"
-             " | fwd+bwd uniform/plain |", "|---|---|---|---|---|---|---|"]
+             f"{result['load_average_end']} at end. `FLOPs mixed/uniform`: the flops of the "
+             "layer's mixed-batch path over its one-domain path (a floor for the time ratio "
+             "where the extra flops are GEMM / conv flops).", "",
+             "| shape | path | uniform ms | mixed/uniform | FLOPs mixed/uniform | uniform/plain "
+             "| fwd+bwd mixed/uniform | fwd+bwd uniform/plain |",
+             "|---|---|---|---|---|---|---|---|"]
     for row in result["rows"]:
         path = "JAX jit" if row["backend"] == "jax" else ("TF XLA" if row["jit"] else "TF graph")
         lines.append(
             f"| {row['shape']} | {path} | {row['uniform_ms']:.3f} | "
-            f"{row['mixed_over_uniform']:.2f} | {row['uniform_over_plain']:.2f} | "
+            f"{row['mixed_over_uniform']:.2f} | {_fmt(row.get('flops_mixed_over_uniform'))} | "
+            f"{row['uniform_over_plain']:.2f} | "
             f"{row['fwd_bwd_mixed_over_uniform']:.2f} | {row['fwd_bwd_uniform_over_plain']:.2f} |")
     return lines
 
@@ -590,6 +613,7 @@ def grid(quick):
 MULTITASK_RANK = {"laf": 4, "tucker": 16, "tt": 16}  # capped per slot (LAF: min(4, T))
 DENSE_N, DENSE_BATCH = 512, 256
 CONV_CHANNELS, CONV_SIZE, CONV_BATCH = 32, 16, 16
+SEQ_SHAPE = (32, 64, 256)  # FactorizedDense on (batch, positions, features)
 
 
 def _rank(kind, tasks):

@@ -26,7 +26,12 @@ extra layers (a 1x1 conv beside each 3x3 conv, or BN + 1x1 conv after it) and no
 The full grid (SGD momentum; `--quick` also runs Adam) takes about 15 minutes on 2 idle
 cores: rounds shrink (to at least 2) to fit `--budget-s` per backend.
 
-Writes `benchmarks/results/routing_overhead[_quick].{json,md,png}`. Never asserts a time.
+Each (backend, compile path, width, size) cell runs in its own subprocess (`--layers`: each
+backend and path), and every row is appended to `routing_overhead[_quick].jsonl` as it
+arrives: a cell whose process dies (a TF worker once died with `free(): invalid next size`
+after the XLA rows) is reported as crashed, with its exit code and stderr tail, and the other
+cells' rows are kept. Writes `benchmarks/results/routing_overhead[_quick].{jsonl,json,md,png}`.
+Never asserts a time.
 """
 
 import argparse
@@ -104,34 +109,47 @@ def optimizer(keras, name):
 # === Worker (one backend per process) ===
 
 
+def emit(row):
+    """A worker's row, to the parent (which appends it to the .jsonl at once)."""
+    print("ROW " + json.dumps(row), flush=True)
+
+
 def run_worker(args):
+    """One cell: a compile path, a width and a size (every optimizer in turn)."""
     import keras
     import numpy as np
 
     from keras_mdn.models import resnet26
 
-    backend = keras.backend.backend()
-    paths = ["graph", "xla"] if backend == "tensorflow" else ["jit"]
-    paths = [p for p in paths if args.paths is None or p in args.paths]
-    settings = [(w, s, o, p) for w in args.widths for s in args.sizes
-                for o in args.optimizers for p in paths]
-    rows = []
+    (path,), (width,), (size,) = args.paths, args.widths, args.sizes
     rng = np.random.default_rng(0)
-    for width, size, opt, path in settings:
-        images = rng.normal(size=(BATCH, size, size, 3)).astype("float32")
-        labels = rng.integers(0, NUM_CLASSES, size=(BATCH,)).astype("int32")
-        domains = {
-            "one": np.full((BATCH,), 2, "int32"),
-            "mixed": rng.integers(0, NUM_DOMAINS, size=(BATCH,)).astype("int32"),
-        }
-        new = time_setting(
+    images = rng.normal(size=(BATCH, size, size, 3)).astype("float32")
+    labels = rng.integers(0, NUM_CLASSES, size=(BATCH,)).astype("int32")
+    domains = {
+        "one": np.full((BATCH,), 2, "int32"),
+        "mixed": rng.integers(0, NUM_DOMAINS, size=(BATCH,)).astype("int32"),
+    }
+    warm_up(keras, np, path)
+    for opt in args.optimizers:
+        for row in time_setting(
             keras, resnet26, np, width, size, opt, path, images, labels, domains, args.rounds,
-            args.budget_s / len(settings), args.kinds,
-        )
-        rows += new
-        for row in new:
-            print(json.dumps(row), file=sys.stderr, flush=True)
-    print("RESULT " + json.dumps(rows))
+            args.budget_s / len(args.optimizers), args.kinds,
+        ):
+            emit(row)
+
+
+def warm_up(keras, np, path):
+    """One throwaway training step of a small plain network, compiled as the cell's models.
+
+    A process's first compiled function pays one-time start-up costs (the backend's function
+    and compiler machinery): without this, they would land on the plain network, timed
+    first in every cell, and bias every first-step ratio low.
+    """
+    model = plain_resnet26(keras, (16, 16, 3), 0.25)
+    model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  jit_compile=path != "graph")
+    model.train_on_batch(np.zeros((BATCH, 16, 16, 3), "float32"), np.zeros((BATCH,), "int32"))
+    keras.backend.clear_session()
 
 
 def time_setting(keras, resnet26, np, width, size, opt, path, images, labels, domains, rounds,
@@ -270,16 +288,14 @@ def layers_worker(args):
     import numpy as np
 
     backend = keras.backend.backend()
-    paths = ["graph", "xla"] if backend == "tensorflow" else ["jit"]
-    paths = [p for p in paths if args.paths is None or p in args.paths]
     size, channels = 16, 16
     rng = np.random.default_rng(0)
     image = rng.normal(size=(BATCH, size, size, channels)).astype("float32")
     features = rng.normal(size=(BATCH, 4 * channels)).astype("float32")
     domain = rng.integers(0, NUM_DOMAINS, size=(BATCH,)).astype("int32")
     names = [f"{lib}_{pair}" for pair in LAYER_PAIRS for lib in ("keras", "mdn")]
-    rows = []
-    for path in paths:
+    for path in args.paths:
+        warm_up(keras, np, path)
         models, first, times, ops_count = {}, {}, {}, {}
         for name in names:
             keras.utils.set_random_seed(0)
@@ -309,7 +325,7 @@ def layers_worker(args):
         for pair in LAYER_PAIRS:
             plain, ours = f"keras_{pair}", f"mdn_{pair}"
             step = {n: statistics.median(times[n]) for n in (plain, ours)}
-            rows.append(dict(
+            emit(dict(
                 backend=backend, path=path, pair=pair, keras_step_s=step[plain],
                 mdn_step_s=step[ours], step_ratio=step[ours] / step[plain],
                 min_ratio=min(times[ours]) / min(times[plain]),
@@ -317,17 +333,84 @@ def layers_worker(args):
                 first_ratio=first[ours] / first[plain],
                 keras_ops=ops_count.get(plain), mdn_ops=ops_count.get(ours),
             ))
-            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
         keras.backend.clear_session()
-    print("RESULT " + json.dumps(rows))
 
 
-def write_layer_results(rows, meta, suffix):
-    os.makedirs(RESULTS, exist_ok=True)
-    stem = os.path.join(RESULTS, f"routing_overhead{suffix}")
-    with open(stem + ".json", "w") as f:
-        json.dump({"meta": meta, "rows": rows}, f, indent=1)
-    lines = [
+# === Report ===
+
+
+def target(row):
+    return TARGETS["mixed"] if row["batch"] == "mixed" else TARGETS[row["kind"]]
+
+
+def _ops(pair):
+    return "" if pair is None else "{} / {}".format(*pair)
+
+
+def _mark(ratio, limit):
+    return f"{ratio:.2f}" + ("" if ratio <= limit else " !")
+
+
+# (header, cell) per column: the model grid and the per-layer microbenchmark.
+MODEL_COLUMNS = [
+    ("width", lambda r: r["width"]), ("px", lambda r: r["size"]),
+    ("optimizer", lambda r: r["optimizer"]), ("path", lambda r: r["path"]),
+    ("model", lambda r: r["kind"]), ("batch", lambda r: r["batch"]),
+    ("n", lambda r: r["rounds"]), ("step ms", lambda r: f"{1e3 * r['step_s']:.1f}"),
+    ("plain ms", lambda r: f"{1e3 * r['plain_step_s']:.1f}"),
+    ("step x", lambda r: _mark(r["step_ratio"], target(r))),
+    ("floor x", lambda r: _mark(r["floor_ratio"], target(r))),
+    ("/ floor", lambda r: f"{r['step_over_floor']:.2f}"),
+    ("first s", lambda r: f"{r['first_s']:.1f}"),
+    ("plain first s", lambda r: f"{r['plain_first_s']:.1f}"),
+    ("first x", lambda r: _mark(r["first_ratio"], TARGETS["first"])),
+    ("floor first x", lambda r: f"{r['floor_first_ratio']:.2f}"),
+]
+LAYER_COLUMNS = [
+    ("backend", lambda r: r["backend"]), ("path", lambda r: r["path"]),
+    ("layer", lambda r: r["pair"]), ("keras ms", lambda r: f"{1e3 * r['keras_step_s']:.2f}"),
+    ("keras_mdn ms", lambda r: f"{1e3 * r['mdn_step_s']:.2f}"),
+    ("step x", lambda r: f"{r['step_ratio']:.2f}"),
+    ("fastest step x", lambda r: f"{r['min_ratio']:.2f}"),
+    ("first x", lambda r: f"{r['first_ratio']:.2f}"),
+    ("keras ops fwd / +grad", lambda r: _ops(r["keras_ops"])),
+    ("keras_mdn ops fwd / +grad", lambda r: _ops(r["mdn_ops"])),
+]
+
+
+def model_intro(meta):
+    return [
+        "# Routing overhead: keras_mdn ResNet-26 / plain Keras ResNet-26",
+        "",
+        f"Load average at start {meta['load_start']}, at end {meta['load_end']} "
+        f"({meta['cpus']} CPUs). Batch {BATCH}, {NUM_DOMAINS} domains, median of "
+        f"{meta['rounds']} interleaved rounds at most (fewer where the time budget of "
+        f"{meta['budget_s']} s per backend is short: column `n`). Step target: BN only "
+        f"{TARGETS['bn']}x, parallel {TARGETS['parallel']}x, series {TARGETS['series']}x, "
+        f"mixed batch {TARGETS['mixed']}x; first step {TARGETS['first']}x. `!` marks a miss.",
+        "",
+        "`floor x`: a plain Keras ResNet-26 with the adapter's extra compute as plain layers "
+        "(parallel: a 1x1 conv beside each 3x3; series: BN + 1x1 conv after it; one domain, "
+        "no routing) over the plain network: the least an adapter can cost. `/ floor`: the "
+        "keras_mdn model over that floor, the cost of routing alone.",
+    ]
+
+
+def model_summary(rows):
+    missed = [r for r in rows if r["step_ratio"] > target(r)]
+    floor_missed = [r for r in missed if r["floor_ratio"] > target(r)]
+    ones = [r for r in rows if r["batch"] == "one"]
+    first_missed = [r for r in ones if r["first_ratio"] > TARGETS["first"]]
+    return [
+        f"Step targets met: {len(rows) - len(missed)}/{len(rows)} ({len(floor_missed)} of the "
+        f"misses have a floor above the target: the plain Keras network with the adapter's "
+        f"extra layers misses it too); first-step targets met: "
+        f"{len(ones) - len(first_missed)}/{len(ones)}.",
+    ]
+
+
+def layer_intro(meta):
+    return [
         "# Routing overhead per layer: keras_mdn layer / its plain Keras equivalent",
         "",
         f"Load average at start {meta['load_start']}, at end {meta['load_end']} "
@@ -338,81 +421,40 @@ def write_layer_results(rows, meta, suffix):
         "ResidualAdapter + DomainBatchNormalization vs the same extra 1x1 conv (and BN) as "
         "Keras layers; head: DomainHead vs Dense. Ops: TF graph ops of the forward pass, and "
         "of forward + gradient.",
-        "",
-        "| backend | path | layer | keras ms | keras_mdn ms | step x | fastest step x | first x "
-        "| keras ops fwd / +grad | keras_mdn ops fwd / +grad |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for r in rows:
-        ops_k = "" if r["keras_ops"] is None else "{} / {}".format(*r["keras_ops"])
-        ops_m = "" if r["mdn_ops"] is None else "{} / {}".format(*r["mdn_ops"])
-        lines.append(
-            f"| {r['backend']} | {r['path']} | {r['pair']} | {1e3 * r['keras_step_s']:.2f} | "
-            f"{1e3 * r['mdn_step_s']:.2f} | {r['step_ratio']:.2f} | "
-            f"{r.get('min_ratio', float('nan')):.2f} | {r['first_ratio']:.2f} | "
-            f"{ops_k} | {ops_m} |"
-        )
-    with open(stem + ".md", "w") as f:
-        f.write("\n".join(lines) + "\n")
 
 
-# === Report ===
+def write_results(stem, meta, rows, crashed, layers):
+    """The one writer: `<stem>.json`, `<stem>.md` (and the model grid's `<stem>.png`).
 
-
-def target(row):
-    return TARGETS["mixed"] if row["batch"] == "mixed" else TARGETS[row["kind"]]
-
-
-def write_results(rows, meta, suffix):
-    os.makedirs(RESULTS, exist_ok=True)
-    stem = os.path.join(RESULTS, f"routing_overhead{suffix}")
+    Crashed cells are listed with their exit code and stderr tail after the table.
+    """
+    columns = LAYER_COLUMNS if layers else MODEL_COLUMNS
     with open(stem + ".json", "w") as f:
-        json.dump({"meta": meta, "rows": rows}, f, indent=1)
-    lines = [
-        "# Routing overhead: keras_mdn ResNet-26 / plain Keras ResNet-26",
+        json.dump({"meta": meta, "rows": rows, "crashed": crashed}, f, indent=1)
+    lines = (layer_intro if layers else model_intro)(meta) + [
         "",
-        f"Load average at start {meta['load_start']}, at end {meta['load_end']} "
-        f"({meta['cpus']} CPUs). Batch {BATCH}, {NUM_DOMAINS} domains, median of "
-        f"{meta['rounds']} interleaved rounds at most (fewer where the time budget of "
-        f"{meta.get('budget_s', '?')} s is short: column `n`). Step target: BN only "
-        f"{TARGETS['bn']}x, parallel {TARGETS['parallel']}x, series {TARGETS['series']}x, "
-        f"mixed batch {TARGETS['mixed']}x; first step {TARGETS['first']}x. `!` marks a miss.",
-        "",
-        "`floor x`: a plain Keras ResNet-26 with the adapter's extra compute as plain layers "
-        "(parallel: a 1x1 conv beside each 3x3; series: BN + 1x1 conv after it; one domain, "
-        "no routing) over the plain network: the least an adapter can cost. `/ floor`: the "
-        "keras_mdn model over that floor, the cost of routing alone.",
-        "",
-        "| width | px | optimizer | path | model | batch | n | step ms | plain ms | step x "
-        "| floor x | / floor | first s | plain first s | first x | floor first x |",
-        "|---:|---:|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| " + " | ".join(header for header, _ in columns) + " |",
+        "|" + "|".join("---" if header in ("optimizer", "path", "model", "batch", "backend",
+                                          "layer") else "---:" for header, _ in columns) + "|",
     ]
-    for r in rows:
-        step_mark = "" if r["step_ratio"] <= target(r) else " !"
-        first_mark = "" if r["first_ratio"] <= TARGETS["first"] else " !"
-        floor_mark = "" if r["floor_ratio"] <= target(r) else " !"
-        lines.append(
-            f"| {r['width']} | {r['size']} | {r['optimizer']} | {r['path']} | {r['kind']} | "
-            f"{r['batch']} | {r.get('rounds', meta['rounds'])} | {1e3 * r['step_s']:.1f} | "
-            f"{1e3 * r['plain_step_s']:.1f} | {r['step_ratio']:.2f}{step_mark} | "
-            f"{r['floor_ratio']:.2f}{floor_mark} | {r['step_over_floor']:.2f} | "
-            f"{r['first_s']:.1f} | {r['plain_first_s']:.1f} | {r['first_ratio']:.2f}{first_mark} | "
-            f"{r['floor_first_ratio']:.2f} |"
-        )
-    missed = [r for r in rows if r["step_ratio"] > target(r)]
-    floor_missed = [r for r in missed if r["floor_ratio"] > target(r)]
-    first_missed = [r for r in rows if r["batch"] == "one" and r["first_ratio"] > TARGETS["first"]]
-    lines += [
-        "",
-        f"Step targets met: {len(rows) - len(missed)}/{len(rows)} ({len(floor_missed)} of the "
-        f"misses have a floor above the target: the plain Keras network with the adapter's "
-        f"extra layers misses it too); first-step targets met: "
-        f"{sum(r['batch'] == 'one' for r in rows) - len(first_missed)}/"
-        f"{sum(r['batch'] == 'one' for r in rows)}.",
-    ]
+    lines += ["| " + " | ".join(str(cell(r)) for _, cell in columns) + " |" for r in rows]
+    if rows and not layers:
+        lines += [""] + model_summary(rows)
+    for crash in crashed:
+        lines += [
+            "",
+            f"CRASHED cell {' '.join(f'{k}={v}' for k, v in crash['cell'].items())}: exit "
+            f"code {crash['returncode']} after {crash['rows_before']} rows; stderr tail:",
+            "",
+            "```",
+            crash["stderr_tail"],
+            "```",
+        ]
     with open(stem + ".md", "w") as f:
         f.write("\n".join(lines) + "\n")
-    plot(rows, stem + ".png")
+    if rows and not layers:
+        plot(rows, stem + ".png")
 
 
 def plot(rows, path):
@@ -450,6 +492,60 @@ def loadavg():
         return " ".join(f.read().split()[:3])
 
 
+def cells(args):
+    """The subprocesses: (backend, path, width, size); `--layers`: (backend, path)."""
+    out = []
+    for backend in args.backends.split(","):
+        paths = ["graph", "xla"] if backend == "tensorflow" else ["jit"]
+        for path in [p for p in paths if args.paths is None or p in args.paths]:
+            if args.layers:
+                out.append(dict(backend=backend, path=path))
+                continue
+            out += [dict(backend=backend, path=path, width=w, size=s)
+                    for w in args.widths for s in args.sizes]
+    return out
+
+
+def run_cell(args, cell, budget_s, jsonl):
+    """Runs one cell in its own process; appends each of its rows to `jsonl` as it arrives.
+
+    Returns `(rows, crash)`: `crash` is None, or the exit code and stderr tail of a cell
+    whose process died (its rows before the crash are kept).
+    """
+    import tempfile
+
+    command = [sys.executable, os.path.abspath(__file__), "--worker",
+               "--rounds", str(args.rounds), "--budget-s", str(budget_s),
+               "--optimizers", *args.optimizers, "--kinds", *args.kinds,
+               "--paths", cell["path"]]
+    if args.layers:
+        command.append("--layers")
+    else:
+        command += ["--widths", str(cell["width"]), "--sizes", str(cell["size"])]
+    env = dict(os.environ, KERAS_BACKEND=cell["backend"], TF_CPP_MIN_LOG_LEVEL="2")
+    rows = []
+    with tempfile.TemporaryFile("w+") as stderr:
+        process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=stderr,
+                                   text=True)
+        for line in process.stdout:
+            if line.startswith("ROW "):
+                row = {**json.loads(line[len("ROW "):]), "backend": cell["backend"]}
+                rows.append(row)
+                with open(jsonl, "a") as f:
+                    f.write(json.dumps(row) + "\n")
+                print(json.dumps(row), flush=True)
+        returncode = process.wait()
+        if returncode == 0:
+            return rows, None
+        stderr.seek(0)
+        tail = "\n".join(stderr.read().strip().splitlines()[-15:])
+    crash = dict(cell=cell, returncode=returncode, stderr_tail=tail, rows_before=len(rows))
+    with open(jsonl, "a") as f:
+        f.write(json.dumps({"crashed": crash}) + "\n")
+    print(f"cell {cell} crashed with exit code {returncode}:\n{tail}", flush=True)
+    return rows, crash
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="width 0.25, 32 px only")
@@ -460,7 +556,8 @@ def main():
     parser.add_argument("--kinds", nargs="+", default=list(KINDS), choices=list(KINDS))
     parser.add_argument("--rounds", type=int, default=None)
     parser.add_argument("--budget-s", type=float, default=None,
-                        help="seconds per backend; rounds shrink to fit (at least 2)")
+                        help="seconds of timing rounds per backend, shared by its cells; "
+                        "rounds shrink to fit (at least 2)")
     parser.add_argument("--suffix", default=None, help="results file suffix")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--widths", type=float, nargs="+", default=None)
@@ -481,38 +578,29 @@ def main():
         # The full grid: about 15 minutes on 2 idle cores for both backends.
         args.budget_s = 1e9 if args.quick else 420.0
     if args.worker:
-        if args.layers:
-            layers_worker(args)
-        else:
-            run_worker(args)
+        (layers_worker if args.layers else run_worker)(args)
         return
+    if args.layers:
+        suffix = "_layers" if args.suffix is None else args.suffix
+    else:
+        suffix = ("_quick" if args.quick else "") if args.suffix is None else args.suffix
+    os.makedirs(RESULTS, exist_ok=True)
+    stem = os.path.join(RESULTS, f"routing_overhead{suffix}")
+    open(stem + ".jsonl", "w").close()
     meta = dict(load_start=loadavg(), cpus=os.cpu_count(), rounds=args.rounds,
                 budget_s=args.budget_s, widths=args.widths, sizes=args.sizes,
                 optimizers=args.optimizers)
-    rows = []
-    for backend in args.backends.split(","):
-        command = [sys.executable, os.path.abspath(__file__), "--worker",
-                   "--rounds", str(args.rounds), "--budget-s", str(args.budget_s),
-                   "--widths", *map(str, args.widths), "--sizes", *map(str, args.sizes),
-                   "--optimizers", *args.optimizers, "--kinds", *args.kinds]
-        if args.paths:
-            command += ["--paths", *args.paths]
-        if args.layers:
-            command.append("--layers")
-        env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="2")
-        done = subprocess.run(command, env=env, stdout=subprocess.PIPE, text=True)
-        if done.returncode != 0:
-            raise SystemExit(f"{backend} worker failed with exit code {done.returncode}")
-        line = [x for x in done.stdout.splitlines() if x.startswith("RESULT ")][-1]
-        rows += json.loads(line[len("RESULT "):])
+    todo = cells(args)
+    rows, crashed = [], []
+    for cell in todo:
+        # Each backend's budget is shared by its cells; a cell spends at least 2 rounds.
+        share = sum(c["backend"] == cell["backend"] for c in todo)
+        new, crash = run_cell(args, cell, args.budget_s / share, stem + ".jsonl")
+        rows += new
+        crashed += [crash] if crash else []
     meta["load_end"] = loadavg()
-    if args.layers:
-        suffix = "_layers" if args.suffix is None else args.suffix
-        write_layer_results(rows, meta, suffix)
-    else:
-        suffix = ("_quick" if args.quick else "") if args.suffix is None else args.suffix
-        write_results(rows, meta, suffix)
-    with open(os.path.join(RESULTS, f"routing_overhead{suffix}.md")) as f:
+    write_results(stem, meta, rows, crashed, args.layers)
+    with open(stem + ".md") as f:
         print(f.read())
 
 

@@ -9,7 +9,8 @@ one of them with a different label space) trains in about a minute on a laptop C
 3. the multi-domain network: the pretrained 3x3 convs are shared and frozen, and each domain
    learns only its parallel adapters, batch norms and head, on batches of one domain each;
 4. per-domain test accuracy, the decathlon score with fine-tuning as the baseline, the
-   parameter cost, and the model saved (and exported) under `saved_models/`.
+   parameter cost, and the model saved under `saved_models/` with its SavedModel and its
+   phone export (the fold-on-switch TFLite layout and one pack per domain).
 
 Run: `python examples/train_digits.py` (see the README for the set-up command).
 """
@@ -125,7 +126,10 @@ def export(model, data, output):
         print(f"export skipped: {error}")
         return
     directory = output / "digits_parallel_adapters_export"
-    manifest = export_all(model, directory, domains=data.names)
+    # The SavedModel and the phone layout `load` defaults to; `export_all` without `layouts`
+    # also writes the folded, multi-signature and swappable TFLite layouts.
+    manifest = export_all(model, directory, domains=data.names,
+                          layouts=("saved_model", "fold_on_switch"))
     print(f"exported to {directory}: layouts {sorted(manifest['layouts'])}")
     images, labels = data.arrays("test", data.names[-1])
     domain = data.num_domains - 1

@@ -9,8 +9,11 @@ python3 -m venv .venv
 pip install -q --disable-pip-version-check -e ".[dev]"
 export TF_CPP_MIN_LOG_LEVEL=2
 BACKEND_TESTS=(tests/layers tests/ops tests/test_mixed_precision.py tests/test_quantization.py)
-KERAS_BACKEND=tensorflow python -m pytest -q
-KERAS_BACKEND=jax python -m pytest -q -m "not tensorflow_only" "${BACKEND_TESTS[@]}"
+# Two pytest workers (pytest-xdist; a module's tests stay on one worker, in order): much of
+# the suite is tracing and subprocess waits, which overlap well even on 2 cores.
+PARALLEL=(-n 2 --dist loadscope)
+KERAS_BACKEND=tensorflow python -m pytest -q "${PARALLEL[@]}"
+KERAS_BACKEND=jax python -m pytest -q "${PARALLEL[@]}" -m "not tensorflow_only" "${BACKEND_TESTS[@]}"
 # torch: a CPU wheel (here from pip's local wheel directory); skipped where none installs.
 if python -c "import torch" 2>/dev/null \
     || pip install -q --disable-pip-version-check "torch==2.13.0+cpu" 2>/dev/null; then

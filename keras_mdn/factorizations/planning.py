@@ -7,17 +7,22 @@ A factorised layer holds a `DensePlan` or a `ConvPlan` made here from its factor
   `contraction.search_path`; the reconstruct-then-GEMM order is one of the candidates, so the
   cheaper one wins. For a mixed-domain batch the domain operand is first gathered per example
   (`Factorization.example_operands`, labels `(B, ...)`), then contracted like the others.
+  Inputs with positions (`(B, ..., D_in)`, several rows per example) may instead build each
+  example's weight from its gathered codes and run one batched matmul (`per_example`).
 - convolution: the conv kernel is formed by a subset of the factors that holds every factor
   touching the input modes (spatial and `C_in`), never the domain factor of a mixed batch;
   the convolution writes that kernel's open bond labels as channels, and the remaining factors
   (output factor, domain codes) are contracted with its output like a dense layer. The subset
   with the lowest modelled cost is taken; the full kernel (`"reconstruct"`) is one candidate.
+  A mixed batch has one more candidate, `PerExampleConv`: each example's kernel from its
+  gathered codes, the input's patches, one batched matmul (a uniform batch's conv flops, where
+  the other forms multiply them by the code size).
 
 The form of the domain decides the path while tracing (never a run-time `cond`): an int or 0-d
 tensor takes `uniform`, a `keras_mdn.ops.routing.Selection` of a domain vector takes `mixed`.
 Per-example selection is a gather of the small domain operand (its codes), never a one-hot
 product (which would spread a NaN example to every domain's gradients as `0 * NaN`) and never
-a gathered full weight per example.
+a full weight gathered from a stack of every domain's weights.
 """
 
 import itertools
@@ -32,10 +37,16 @@ _MODES = ("auto", "flops", "reconstruct")
 
 
 class DensePlan(NamedTuple):
-    """Contraction paths of `x @ W`: `uniform` (one domain) and `mixed` (None: one domain)."""
+    """Contraction paths of `x @ W`: `uniform` (one domain) and `mixed` (None: one domain).
+
+    `per_example`: for inputs `(B, positions, ...)` with a domain per example, the path building
+    each example's weight `(B, *in, *out)`, then one batched matmul over its positions (the
+    uniform flops), when that costs less than `mixed` over every row; else None.
+    """
 
     uniform: contraction.Path
     mixed: object
+    per_example: object = None
 
 
 class FactoredConv(NamedTuple):
@@ -59,8 +70,27 @@ class FactoredConv(NamedTuple):
     cost: float
 
 
+class PerExampleConv(NamedTuple):
+    """A mixed batch's convolution as one GEMM per example against its own kernel.
+
+    Each example's kernel `(*in_dims, *out_dims)` is contracted from the factors with the domain
+    operand gathered per example (`kernel_path`, labels `(B, *in, *out)`); the input's patches
+    `(B, P, prod(in_dims))` then meet it in one batched matmul. The convolution's flops are a
+    uniform batch's (the coded kernel's are `E` times those), paid for by writing the patches
+    and `B` kernels.
+
+    Attributes:
+        kernel_path: path building the per-example kernels from the example operands.
+        cost: modelled cost, in the units of `contraction`.
+    """
+
+    kernel_path: contraction.Path
+    cost: float
+
+
 class ConvPlan(NamedTuple):
-    """`uniform` / `mixed`: a `FactoredConv`, or None for the reconstructed (coded) kernel."""
+    """`uniform` / `mixed`: a `FactoredConv`, a `PerExampleConv` (mixed only), or None for the
+    reconstructed (coded) kernel."""
 
     uniform: object
     mixed: object
@@ -75,8 +105,12 @@ def check_mode(mode, allowed=_MODES):
 # === Dense ===
 
 
-def plan_dense(factorization, batch_size, mode="auto"):
-    """The `DensePlan` of a built factorisation for a batch of `batch_size` rows."""
+def plan_dense(factorization, batch_size, mode="auto", positions=1):
+    """The `DensePlan` of a built factorisation for a batch of `batch_size` rows.
+
+    `positions`: rows per example (inputs `(B, ..., D_in)`: the product of the middle
+    dimensions; None when unknown), `batch_size` counting every row.
+    """
     check_mode(mode)
     net = factorization.network_
     sizes = dict(net.sizes)
@@ -84,11 +118,29 @@ def plan_dense(factorization, batch_size, mode="auto"):
     x_labels = (contraction.BATCH,) + net.in_labels
     output = (contraction.BATCH,) + net.out_labels
     uniform = _search(net, factorization.sliced_labels() + [x_labels], output, sizes, mode)
-    mixed = None
+    mixed = per_example = None
     if net.task_label is not None:
         labels = factorization.example_labels() + [x_labels]
         mixed = _search(net, labels, output, sizes, mode)
-    return DensePlan(uniform, mixed)
+        if mode == "auto" and positions is not None and positions > 1:
+            per_example = _per_example_dense(factorization, sizes, positions, mixed.cost)
+    return DensePlan(uniform, mixed, per_example)
+
+
+def _per_example_dense(factorization, sizes, positions, mixed_cost):
+    """The per-example weights' path when cheaper than `mixed_cost` (every row), else None."""
+    net = factorization.network_
+    sizes = dict(sizes)
+    rows = sizes[contraction.BATCH]
+    sizes[contraction.BATCH] = max(rows // positions, 1)
+    in_size = math.prod(factorization.in_dims)
+    out_size = math.prod(factorization.out_dims)
+    kernel_path = contraction.search_path(factorization.example_labels(),
+                                          (contraction.BATCH,) + net.in_labels + net.out_labels,
+                                          sizes)
+    cost = (kernel_path.cost + contraction.INPUT_COST * sizes[contraction.BATCH] * in_size
+            * out_size + _conv_cost(rows, in_size, out_size))
+    return kernel_path if cost < mixed_cost else None
 
 
 def _search(net, labels, output, sizes, mode):
@@ -139,10 +191,20 @@ def matmul(plan, factorization, x, domain):
     return contraction.reshape(result, (-1, math.prod(factorization.out_dims)))
 
 
+def per_example_matmul(plan, factorization, x, selection):
+    """`x[b] @ W_domain[b]` for `x` `(B, positions, prod(in_dims))` and the `Selection` of a
+    domain vector, by `plan.per_example`: each example's weight, then one batched matmul."""
+    weights = contraction.contract(plan.per_example, factorization.example_operands(selection))
+    weights = contraction.reshape(weights, (-1, math.prod(factorization.in_dims),
+                                            math.prod(factorization.out_dims)))
+    return contraction.matmul(x, ops.cast(weights, x.dtype))
+
+
 def describe_dense(plan, factorization):
     """`{"uniform": "((core_0, x), core_1)", "uniform_flops": ..., "mixed": ...}`.
 
-    In the mixed path the domain operand's name stands for its per-example gather."""
+    In the mixed path the domain operand's name stands for its per-example gather;
+    `per_example` is the path of each example's weight (inputs with positions)."""
     names = list(factorization.network_.names) + ["x"]
     summary = {}
     for key, path in plan._asdict().items():
@@ -183,8 +245,27 @@ def plan_conv(factorization, batch_size, positions, mode="auto"):
             found = _factored(factorization, candidate, sizes, calls, in_size, key == "mixed")
             if found is not None and (best is None or found.cost < best.cost):
                 best = found
+        if key == "mixed":
+            candidate = _per_example(factorization, sizes, calls, in_size, out_size)
+            if best is None or candidate.cost < best.cost:
+                best = candidate
         plans[key] = best if best is not None and best.cost < baselines[key] else None
     return ConvPlan(plans.get("uniform"), plans.get("mixed"))
+
+
+def _per_example(factorization, sizes, calls, in_size, out_size):
+    """The `PerExampleConv` of a mixed batch and its modelled cost."""
+    net = factorization.network_
+    batch = sizes[contraction.BATCH]
+    output = (contraction.BATCH,) + net.in_labels + net.out_labels
+    kernel_path = contraction.search_path(factorization.example_labels(), output, sizes)
+    # Patches written once and read by the GEMM (a convolution packs its input the same way,
+    # inside the kernel), the kernels read by the GEMM, then the convolution's own cost.
+    cost = (kernel_path.cost
+            + (contraction.OUTPUT_COST + contraction.INPUT_COST) * calls * in_size
+            + contraction.INPUT_COST * batch * in_size * out_size
+            + _conv_cost(calls, in_size, out_size))
+    return PerExampleConv(kernel_path, cost)
 
 
 def _conv_cost(calls, in_size, width):
@@ -226,8 +307,13 @@ def _factored(factorization, inner, sizes, calls, in_size, mixed):
     return FactoredConv(inner, outer, kernel_path, post, bonds, cost)
 
 
-def conv(plan, factorization, inputs, domain, conv_fn):
-    """`conv_fn(inputs, kernel)` with domain `domain`'s weights, by `plan`."""
+def conv(plan, factorization, inputs, domain, conv_fn, patches_fn=None):
+    """`conv_fn(inputs, kernel)` with domain `domain`'s weights, by `plan`.
+
+    `patches_fn(inputs)`: `(patches, spatial)`, the convolution's input patches
+    `(B, P, prod(in_dims))` (kernel positions, then input channels) and its static output
+    spatial shape (needed by a `PerExampleConv` plan).
+    """
     net = factorization.network_
     out_channels = math.prod(factorization.out_dims)
 
@@ -246,7 +332,17 @@ def conv(plan, factorization, inputs, domain, conv_fn):
             return factored(plan.uniform, factorization.sliced_operands(d))
         return conv_fn(inputs, factorization.task_weight(d))
 
+    def per_example(step, operands):
+        kernels = contraction.contract(step.kernel_path, operands)
+        kernels = contraction.reshape(kernels, (-1, math.prod(factorization.in_dims),
+                                                out_channels))
+        patches, spatial = patches_fn(inputs)
+        outputs = contraction.matmul(patches, ops.cast(kernels, patches.dtype))
+        return ops.reshape(outputs, (-1,) + tuple(spatial) + (out_channels,))
+
     def mixed(selection):
+        if isinstance(plan.mixed, PerExampleConv):
+            return per_example(plan.mixed, factorization.example_operands(selection))
         if plan.mixed is not None:
             return factored(plan.mixed, factorization.example_operands(selection))
         kernel, codes = factorization.coded_weight()
@@ -264,10 +360,16 @@ def conv(plan, factorization, inputs, domain, conv_fn):
 
 
 def describe_conv(plan, factorization):
-    """`{"uniform": "factored" | "reconstruct", "mixed": ..., "<key>_detail": text}`."""
+    """`{"uniform": "factored" | "reconstruct", "mixed": ... | "per_example",
+    "<key>_detail": text}`."""
     names = list(factorization.network_.names)
     summary = {}
     for key, step in plan._asdict().items():
+        if isinstance(step, PerExampleConv):
+            summary[key] = "per_example"
+            summary[f"{key}_detail"] = (f"each example's kernel {step.kernel_path.describe(names)}"
+                                        ", then one GEMM per example with the input's patches")
+            continue
         summary[key] = "reconstruct" if step is None else "factored"
         if step is not None:
             kernel = ", ".join(names[i] for i in step.inner)

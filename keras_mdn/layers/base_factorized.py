@@ -118,7 +118,9 @@ class BaseFactorized(keras.layers.Layer, DomainLayer):
             return domain, None
         if inputs is not None:
             check_batch(domain, inputs)
-        selection = select(domain, self.num_domains)
+        # With the inputs, a vector of another length gives NaN rows where no reshape
+        # catches it (a length-1 vector in a TF graph of unknown batch would broadcast).
+        selection = select(domain, self.num_domains, inputs)
         return selection, selection
 
     def _finish(self, outputs, route, selection):

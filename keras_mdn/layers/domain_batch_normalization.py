@@ -151,13 +151,17 @@ class DomainBatchNormalization(keras.layers.Layer, DomainLayer):
     def call(self, inputs, domain, training=None):
         domain = routing.canonicalize_domain(domain, self.num_domains)
         routing.check_batch(domain, inputs)
+        if not keras.backend.is_float_dtype(inputs.dtype):
+            # Integer images normalise in floats, as Keras' BatchNormalization does (the
+            # output cast back to the input's dtype would truncate them).
+            inputs = ops.cast(inputs, self.compute_dtype)
         training = bool(training) and self.trainable
         synchronized = training and distribution.should_synchronize(self.synchronized)
         if synchronized and routing.is_uniform(domain):
             # Replicas may hold different domains: reduce per domain, as for a mixed batch.
             domain = ops.full((ops.shape(inputs)[0],), domain, "int32")
         if not routing.is_uniform(domain):
-            selection = routing.select(domain, self.num_domains)
+            selection = routing.select(domain, self.num_domains, inputs)
             if training:
                 outputs = self._mixed_training(inputs, selection, synchronized)
             else:
@@ -186,7 +190,9 @@ class DomainBatchNormalization(keras.layers.Layer, DomainLayer):
         gamma = rows[2] if self.gamma is not None else None
         beta = rows[-1] if self.beta is not None else None
         scale, offset = self._scale_offset(rows[0], rows[1], gamma, beta)
-        scale = routing.per_example(ops.cast(scale, inputs.dtype), inputs, check_batch=True)
+        # No batch-length reshape: the call's Selection (made with the inputs) NaNs a vector
+        # of another length, and broadcasting raises for any other mismatch.
+        scale = routing.per_example(ops.cast(scale, inputs.dtype), inputs)
         offset = routing.per_example(ops.cast(offset, inputs.dtype), inputs)
         return ops.add(offset, ops.multiply(inputs, scale))
 
@@ -195,22 +201,26 @@ class DomainBatchNormalization(keras.layers.Layer, DomainLayer):
         x = ops.cast(inputs, "float32")
         moving_mean = ops.convert_to_tensor(self.moving_mean)
         shift = routing.take_domains(moving_mean, selection, fill_invalid=False)
-        shift = routing.per_example(shift, x, check_batch=True)
-        counts = selection.counts()
+        shift = routing.per_example(shift, x)
         if synchronized:  # over every replica's examples of each domain
-            counts = distribution.cross_replica_sum(counts)
+            counts = distribution.cross_replica_sum(selection.counts())
+            divisors = ops.expand_dims(ops.maximum(counts, 1.0), -1)
+            present = ops.expand_dims(ops.greater(counts, 0.0), -1)
+        else:  # computed once per call, shared by every layer
+            divisors, present = selection.divisors(), selection.present()
         spatial = x.shape[1:-1]
         if any(size is None for size in spatial):
-            spatial = ops.shape(x)[1:-1]
-        positions = math.prod(spatial) if spatial else 1
-        sizes = ops.expand_dims(ops.maximum(counts, 1.0), -1) * ops.cast(positions, "float32")
+            positions = ops.cast(math.prod(ops.shape(x)[1:-1]), "float32")
+        else:
+            positions = float(math.prod(spatial))
+        sizes = divisors * positions
         shape = (self.num_domains, x.shape[-1])
         gamma = ops.ones(shape) if self.gamma is None else routing.read(self.gamma)
         beta = ops.zeros(shape) if self.beta is None else routing.read(self.beta)
         normalized, shifted_mean, variance = per_domain_normalization(
             x, gamma, beta, shift, sizes, selection, self.epsilon, synchronized
         )
-        self._update_moving(moving_mean + shifted_mean, variance, ops.greater(counts, 0.0))
+        self._update_moving(moving_mean + shifted_mean, variance, present)
         return normalized
 
     def affine(self, domain, mean=None, variance=None):
@@ -255,12 +265,13 @@ class DomainBatchNormalization(keras.layers.Layer, DomainLayer):
         return mean, variance
 
     def _update_moving(self, mean, variance, present):
-        """Moves the statistics of the `present` domains (bool, `(num_domains,)`) only.
+        """Moves the statistics of the `present` domains (bool, `(num_domains[, 1])`) only.
 
         `where`, not a product with a mask: the other domains keep their values bit for bit
         even when the batch's statistics are NaN.
         """
-        present = ops.expand_dims(present, -1)
+        if len(present.shape) == 1:
+            present = ops.expand_dims(present, -1)
         for moving, batch_value in ((self.moving_mean, mean), (self.moving_variance, variance)):
             old = ops.convert_to_tensor(moving)
             batch_value = ops.cast(batch_value, old.dtype)

@@ -113,7 +113,7 @@ class DomainHead(keras.layers.Layer, DomainLayer):
         routing.check_batch(domain, inputs)
         if isinstance(domain, int):
             return self._static_logits(inputs, domain)
-        selection = routing.select(domain, self.num_domains)
+        selection = routing.select(domain, self.num_domains, inputs)
         # A GEMM with the stacked kernel, then each example's columns. The kernel gradient
         # `features^T @ upstream` would be NaN in every domain's columns (NaN x 0) when one
         # example's features are not finite: such rows enter as zeros and leave as NaN.

@@ -1,5 +1,6 @@
 """FactorizedConv1D / FactorizedConv2D: per-task convolutions with a factorised stacked kernel."""
 
+import itertools
 import math
 
 import keras
@@ -21,7 +22,9 @@ class BaseFactorizedConv(BaseFactorized):
     are the bond ranks, and the rest (output factor, domain codes) is contracted afterwards like
     a dense layer. A mixed batch without the factored path runs one convolution with
     `filters * E` channels against the shared part and mixes per example with the domain codes
-    (E: LAF K, Tucker r_T, TT the last rank, or T), so no per-example kernel is built.
+    (E: LAF K, Tucker r_T, TT the last rank, or T); or, where those multiply the flops, each
+    example's kernel is contracted from its domain code and meets the input's patches in one
+    batched matmul (a uniform batch's flops; `contraction_paths()["mixed"] == "per_example"`).
     """
 
     rank_spatial = None
@@ -89,6 +92,9 @@ class BaseFactorizedConv(BaseFactorized):
         if input_shape[-1] is None:
             raise ValueError(f"The channel dimension of the inputs must be known. "
                              f"Received: input_shape={input_shape}")
+        # Later calls with other channels (or rank) raise Keras' clear input-spec error.
+        self.input_spec = keras.layers.InputSpec(
+            ndim=len(input_shape), axes={-1: input_shape[-1]})
         in_dims, out_dims = self._factor_dims(input_shape)
         fan_in, fan_out = fans(in_dims, out_dims, math.prod(self.kernel_size))
         self._build_factors(in_dims, out_dims, fan_in, fan_out, self.filters)
@@ -113,10 +119,40 @@ class BaseFactorizedConv(BaseFactorized):
         return ops.conv(inputs, kernel, strides=self.strides, padding=self.padding,
                         data_format="channels_last", dilation_rate=self.dilation_rate)
 
+    def _patches(self, inputs):
+        """`(patches, spatial)`: the input under each output position's kernel window.
+
+        `patches` is `(batch, prod(spatial), prod(kernel_size) * C_in)`, ordered as the
+        flattened kernel `(*kernel_size, C_in)`; `spatial` the static output size. The same
+        padding as `keras.ops.conv` ("same": the excess split with the extra row after).
+        """
+        sizes = tuple(inputs.shape[1:-1])
+        spatial = self.compute_output_shape(inputs.shape)[1:-1]
+        pads = [(0, 0)]
+        for size, out, kernel, stride, dilation in zip(sizes, spatial, self.kernel_size,
+                                                       self.strides, self.dilation_rate):
+            total = 0
+            if self.padding == "same":
+                total = max((out - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)
+            pads.append((total // 2, total - total // 2))
+        pads.append((0, 0))
+        if any(pad != (0, 0) for pad in pads):
+            inputs = ops.pad(inputs, pads)
+        taps = []
+        for offsets in itertools.product(*(range(k) for k in self.kernel_size)):
+            window = tuple(
+                slice(offset * dilation, offset * dilation + (out - 1) * stride + 1, stride)
+                for offset, out, stride, dilation in zip(offsets, spatial, self.strides,
+                                                         self.dilation_rate))
+            taps.append(inputs[(slice(None),) + window + (slice(None),)])
+        patches = ops.concatenate(taps, axis=-1) if len(taps) > 1 else taps[0]
+        return ops.reshape(patches, (-1, math.prod(spatial), patches.shape[-1])), spatial
+
     def call(self, inputs, domain=None):
         route, selection = self._domain(domain, inputs)
         inputs = ops.cast(inputs, self.compute_dtype)
-        outputs = planning.conv(self._plan, self.factorization, inputs, route, self._conv)
+        outputs = planning.conv(self._plan, self.factorization, inputs, route, self._conv,
+                                self._patches)
         return self._finish(outputs, route, selection)
 
     def contraction_paths(self):

@@ -19,7 +19,9 @@ class FactorizedDense(BaseFactorized):
     `num_domains=1` and `factorization="tt_matrix"` it is a tensorised (TT-matrix) dense layer
     that compresses one big layer. The forward path (factor-by-factor contraction in the best
     order, or reconstruct-then-matmul) is chosen once at build time from the shapes, the ranks
-    and the batch size by a cost model; a mixed-domain batch never builds a weight per example.
+    and the batch size by a cost model; a mixed-domain batch gathers each example's domain code
+    and, on 2-D inputs, never builds a weight per example (inputs `(batch, ..., D_in)` with
+    many rows per example may: one weight per example, then one batched matmul).
 
     Args:
         units: output dimension.
@@ -118,22 +120,34 @@ class FactorizedDense(BaseFactorized):
         if input_shape[-1] is None:
             raise ValueError(f"The last dimension of the inputs must be known. "
                              f"Received: input_shape={input_shape}")
+        # Later calls with other features raise Keras' clear input-spec error.
+        self.input_spec = keras.layers.InputSpec(min_ndim=2, axes={-1: input_shape[-1]})
         in_dims, out_dims = self._factor_dims(input_shape)
         self._build_factors(in_dims, out_dims, in_dims[0], self.units, self.units)
         leading = input_shape[:-1]
-        if all(dim is not None for dim in leading):
-            batch = 1
-            for dim in leading:
-                batch *= dim
+        positions = None
+        if all(dim is not None for dim in leading[1:]):
+            positions = 1
+            for dim in leading[1:]:
+                positions *= dim
+        if leading[0] is not None and positions is not None:
+            batch = leading[0] * positions
         else:
-            batch = self.batch_size_hint or _DEFAULT_BATCH_HINT
-        self._plan = planning.plan_dense(self.factorization, batch, self.contraction)
+            batch = (self.batch_size_hint or _DEFAULT_BATCH_HINT) * (positions or 1)
+        self._plan = planning.plan_dense(self.factorization, batch, self.contraction, positions)
 
     def call(self, inputs, domain=None):
         route, selection = self._domain(domain, inputs)
         inputs = ops.cast(inputs, self.compute_dtype)
         if len(inputs.shape) == 2:
             outputs = planning.matmul(self._plan, self.factorization, inputs, route)
+            return self._finish(outputs, route, selection)
+        shape = ops.shape(inputs)
+        if (isinstance(route, Selection) and not is_uniform(route.ids)
+                and self._plan.per_example is not None):
+            rows = ops.reshape(inputs, (shape[0], -1, inputs.shape[-1]))
+            outputs = planning.per_example_matmul(self._plan, self.factorization, rows, route)
+            outputs = ops.reshape(outputs, tuple(shape[:-1]) + (self.units,))
             return self._finish(outputs, route, selection)
         flat = ops.reshape(inputs, (-1, inputs.shape[-1]))
         flat_route = route
@@ -142,7 +156,6 @@ class FactorizedDense(BaseFactorized):
             # `segments` keeps invalid ids invalid (-1) in the repeated selection.
             flat_route = select(ops.repeat(route.segments, positions, axis=0), self.num_domains)
         outputs = planning.matmul(self._plan, self.factorization, flat, flat_route)
-        shape = ops.shape(inputs)
         outputs = ops.reshape(outputs, tuple(shape[:-1]) + (self.units,))
         return self._finish(outputs, route, selection)
 

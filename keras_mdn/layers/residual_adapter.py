@@ -259,14 +259,11 @@ class ResidualAdapter(keras.layers.Layer, DomainLayer):
             return self._pointwise(routing.gather_domain(self.adapter_kernel, domain), inputs)
         # Per-example kernels as one batched GEMM: (B, positions, in) @ (B, in, out).
         # (An einsum with an ellipsis here runs about 7x slower on TensorFlow's CPU.)
-        selection = routing.select(domain, self.num_domains)
-        batch = inputs.shape[0] if inputs.shape[0] is not None else ops.shape(inputs)[0]
+        selection = routing.select(domain, self.num_domains, inputs)
         spatial = tuple(inputs.shape[1:-1])
         if any(size is None for size in spatial):
             spatial = tuple(ops.shape(inputs)[1:-1])
-        flat = ops.reshape(
-            inputs, (batch, math.prod(spatial) if spatial else 1, inputs.shape[-1])
-        )
+        flat = ops.reshape(inputs, (-1, math.prod(spatial) if spatial else 1, inputs.shape[-1]))
         kernels = routing.read(self.adapter_kernel)
         outputs = routing.domain_matmul(flat, kernels, selection)
         return ops.reshape(outputs, (-1, *spatial, kernels.shape[-1]))

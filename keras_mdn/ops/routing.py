@@ -124,15 +124,19 @@ class Selection:
         num_domains: int.
     """
 
-    def __init__(self, domain, num_domains):
+    def __init__(self, domain, num_domains, same_length=True):
         self.num_domains = num_domains
         self.valid = valid_domains(domain, num_domains)
+        if same_length is not True:
+            # A length-1 vector against a batch of unknown size: NaN rows, not a broadcast.
+            self.valid = ops.logical_and(self.valid, same_length)
         self.ids = ops.cast(ops.where(self.valid, domain, 0), "int32")
         self.segments = ops.where(self.valid, self.ids, -1)
         # Not lazy: a tensor first made inside a custom gradient (a JAX custom_vjp trace)
         # must not be cached for use outside it.
         self._nan_ids = ops.where(self.valid, self.ids, num_domains)
-        self._counts = None
+        # Lazy, shared by the layers of one call (made outside any custom gradient).
+        self._counts = self._divisors = self._present = None
 
     def nan_ids(self):
         """int32 ids, invalid ones `num_domains`: the NaN row `take_domains` appends."""
@@ -145,6 +149,18 @@ class Selection:
             self._counts = self._segment_sum(ones)
         return self._counts
 
+    def divisors(self):
+        """`(num_domains, 1)` float32: examples per domain, at least 1 (for averages)."""
+        if self._divisors is None:
+            self._divisors = ops.expand_dims(ops.maximum(self.counts(), 1.0), -1)
+        return self._divisors
+
+    def present(self):
+        """`(num_domains, 1)` bool: the domains with at least one (valid) example."""
+        if self._present is None:
+            self._present = ops.expand_dims(ops.greater(self.counts(), 0.0), -1)
+        return self._present
+
     def _segment_sum(self, data):
         return ops.segment_sum(data, self.segments, num_segments=self.num_domains)
 
@@ -152,21 +168,29 @@ class Selection:
 _last_selection = threading.local()
 
 
-def select(domain, num_domains):
+def select(domain, num_domains, inputs=None):
     """Prepares a tensor `domain` (rank 0 or 1) for repeated selections: a `Selection`.
 
     The last one is kept (per thread) and reused for the very same tensor object: every
     layer of a functional model's call gets the same domain tensor, so its ids, validity and
     per-domain counts are computed once per call, not once per layer (fewer graph ops, a
     shorter trace). The identity check keeps it from ever crossing graphs or traces.
+
+    With `inputs` (the caller's batch), a domain vector's length is checked against the
+    batch once per call (`same_length`): where it cannot be known while tracing, every id of
+    a vector of another length is invalid (NaN rows; a length-1 vector would otherwise
+    broadcast to the batch), unless a reshape or broadcast raises first.
     """
     if isinstance(domain, Selection):
         return domain
+    checks = inputs is not None and len(domain.shape) == 1
     cached = getattr(_last_selection, "value", None)
-    if cached is not None and cached[0] is domain and cached[1] == num_domains:
+    if (cached is not None and cached[0] is domain and cached[1] == num_domains
+            and (cached[3] or not checks)):
         return cached[2]
-    selection = Selection(domain, num_domains)
-    _last_selection.value = (domain, num_domains, selection)
+    same = same_length(domain, inputs) if checks else True
+    selection = Selection(domain, num_domains, same)
+    _last_selection.value = (domain, num_domains, selection, checks)
     return selection
 
 
@@ -234,20 +258,34 @@ def domain_matmul(inputs, kernels, selection):
 
     @custom_gradient
     def matmul(inputs, kernels):
-        # Naming the inputs' batch makes a domain vector of another length raise.
-        batch = inputs.shape[0] if inputs.shape[0] is not None else ops.shape(inputs)[0]
-        rows = ops.reshape(take_domains(kernels, selection), (batch, *kernels.shape[1:]))
+        # No reshape of the rows to the batch: the selection made with the inputs
+        # (`select(domain, num_domains, inputs)`) NaNs a vector of another length, and the
+        # batched product raises for any other mismatch.
+        rows = take_domains(kernels, selection)
         outputs = ops.matmul(inputs, rows)
 
         def grad(*upstream):
             upstream = upstream[0]
-            input_grad = ops.matmul(upstream, ops.transpose(rows, (0, 2, 1)))
-            row_grads = ops.matmul(ops.transpose(inputs, (0, 2, 1)), upstream)
+            input_grad = _matmul_transposed(upstream, rows, transpose_b=True)
+            row_grads = _matmul_transposed(inputs, upstream, transpose_a=True)
             return input_grad, domain_sums(row_grads, selection)
 
         return outputs, grad
 
     return matmul(inputs, kernels)
+
+
+def _matmul_transposed(a, b, transpose_a=False, transpose_b=False):
+    """Batched `a @ b` with the last two axes of `a` or `b` transposed (no transpose op on TF)."""
+    if K.backend() == "tensorflow":
+        import tensorflow as tf
+
+        return tf.linalg.matmul(a, b, adjoint_a=transpose_a, adjoint_b=transpose_b)
+    if transpose_a:
+        a = ops.swapaxes(a, -1, -2)
+    if transpose_b:
+        b = ops.swapaxes(b, -1, -2)
+    return ops.matmul(a, b)
 
 
 def read(variable):
@@ -306,6 +344,19 @@ def check_batch(domain, inputs, name="domain"):
             f"Received: {name} with shape={tuple(domain.shape)} for inputs with "
             f"shape={tuple(inputs.shape)}"
         )
+
+
+def same_length(domain, inputs):
+    """Whether a domain vector has the inputs' batch length: a Python bool, or a traced scalar.
+
+    A reshape of per-example rows to the batch does not catch a length-1 vector in a TF graph
+    of unknown batch size: Grappler drops a reshape between shapes it cannot tell apart
+    (`(?, n)` to `(?, n)`), and the rows broadcast to the whole batch.
+    """
+    length, batch = domain.shape[0], inputs.shape[0]
+    if length is not None and batch is not None:
+        return length == batch
+    return ops.equal(ops.shape(domain)[0], ops.shape(inputs)[0])
 
 
 def route(domain, uniform_fn, mixed_fn):

@@ -97,3 +97,34 @@ def test_mixed_batch_gathers_the_domain_operand_per_example():
     for b, task in enumerate(tasks):
         assert_close(mixed[b:b + 1], planning.matmul(layer._plan, kind, x[b:b + 1], int(task)),
                      atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_per_example_conv_plan_matches_reference(kind):
+    layer = FactorizedConv2D(4, 3, num_domains=TASKS, factorization=kind, rank=2,
+                             padding="same", use_bias=False)
+    layer.build((None, 5, 5, 3))
+    factorization = layer.factorization
+    sizes = dict(factorization.network_.sizes, B=2, P=25)
+    step = planning._per_example(factorization, sizes, 50, 27, 4)
+    plan = planning.ConvPlan(None, step)
+    assert planning.describe_conv(plan, factorization)["mixed"] == "per_example"
+    x = rng(1).normal(size=(2, 5, 5, 3)).astype("float32")
+    mixed = np.array([2, 0], dtype="int32")
+    outputs = planning.conv(plan, factorization, x, routing.select(mixed, TASKS), layer._conv,
+                            layer._patches)
+    assert_close(outputs, conv_reference(layer, x, mixed), atol=1e-4)
+
+
+def test_per_example_conv_plan_chosen_where_the_coded_kernel_multiplies_flops():
+    # LAF K = 4, T = 10, 32 -> 32 channels at 16 x 16: the coded kernel convolves to 4 x 32
+    # channels (4x a uniform batch's flops); per example kernels keep the flops of one domain.
+    layer = FactorizedConv2D(32, 3, num_domains=10, factorization="laf", rank=4,
+                             padding="same")
+    layer.build((16, 16, 16, 32))
+    assert layer.contraction_paths()["mixed"] == "per_example"
+    # Three input channels and five output pixels: patches and per-example kernels cost more
+    # than the coded kernel's few extra channels.
+    small = FactorizedConv2D(4, 3, num_domains=10, factorization="laf", rank=2)
+    small.build((16, 7, 7, 3))
+    assert small.contraction_paths()["mixed"] != "per_example"

@@ -168,3 +168,25 @@ def check_bad_ids_reach_no_domain_weights(layer, x, jit_compile):
         for entry in layer.domain_variables():
             if not entry.shared:
                 assert not np.any(grads[index[id(entry.variable)]]), entry.name
+
+
+def check_length_one_vector_and_changed_features(layer, x, jit_compile):
+    """A length-1 domain vector in a TF graph of unknown batch gives NaN (or raises), never
+    the one domain's answer broadcast to the batch; other features after build raise a clear
+    input-spec error naming the axis."""
+    import pytest
+    import tensorflow as tf
+
+    from tests.helpers import to_numpy
+
+    layer(x, domain=0)
+    spec = tf.TensorSpec((None,) + x.shape[1:], "float32")
+    call = tf.function(lambda x, domain: layer(x, domain=domain), jit_compile=jit_compile,
+                       input_signature=[spec, tf.TensorSpec((None,), tf.int32)])
+    try:
+        assert np.isnan(to_numpy(call(x, np.array([1], "int32")))).all()
+    except tf.errors.InvalidArgumentError:
+        pass  # raising is the other allowed answer
+    other = np.zeros(x.shape[:-1] + (x.shape[-1] + 1,), "float32")
+    with pytest.raises(ValueError, match="axis -1"):
+        layer(other, domain=0)

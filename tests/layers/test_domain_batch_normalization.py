@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from keras_mdn import DomainBatchNormalization
-from tests.helpers import assert_close, rng, save_and_load, to_numpy
+from tests.helpers import assert_close, rng, save_and_load, skip_unless_tensorflow, to_numpy
 
 T = 3
 
@@ -203,3 +203,38 @@ def test_mixed_training_gradient_matches_automatic_differentiation(shape):
     )
     for a, e in zip(actual, expected):
         assert_close(a, e, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_length_one_domain_vector_never_broadcasts_in_a_graph_of_unknown_batch(training):
+    # The batch-length check lives in the call's Selection: NaN outputs (or an error), and
+    # no domain's statistics move.
+    skip_unless_tensorflow()
+    import tensorflow as tf
+
+    x = rng(0).normal(size=(4, 3, 3, 2)).astype("float32")
+    bn = DomainBatchNormalization(T)
+    bn(x, domain=0)
+    before = [to_numpy(v).copy() for v in bn.non_trainable_weights]
+    call = tf.function(
+        lambda x, domain: bn(x, domain=domain, training=training),
+        input_signature=[tf.TensorSpec((None, 3, 3, 2)), tf.TensorSpec((None,), tf.int32)],
+    )
+    try:
+        outputs = to_numpy(call(x, np.array([1], "int32")))
+        assert np.isnan(outputs).all()
+    except tf.errors.InvalidArgumentError:
+        pass  # raising is the other allowed answer
+    for old, new in zip(before, bn.non_trainable_weights):
+        np.testing.assert_array_equal(to_numpy(new), old)
+
+
+def test_integer_inputs_normalise_in_floats():
+    # As Keras' BatchNormalization: a cast back to int32 would truncate the outputs.
+    x = np.arange(2 * 3 * 3 * 2).reshape(2, 3, 3, 2).astype("int32")
+    bn = DomainBatchNormalization(T)
+    outputs = bn(x, domain=np.array([0, 1], "int32"), training=True)
+    expected = keras.layers.BatchNormalization()
+    assert keras.backend.standardize_dtype(outputs.dtype) == "float32"
+    reference = np.stack([to_numpy(expected(x[i:i + 1], training=True))[0] for i in range(2)])
+    assert_close(outputs, reference, atol=1e-4, rtol=1e-4)

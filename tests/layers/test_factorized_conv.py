@@ -7,10 +7,19 @@ from keras import ops
 
 import keras_mdn
 from keras_mdn import FactorizedConv, FactorizedConv1D, FactorizedConv2D
-from tests.helpers import assert_close, backend, rng, save_and_load, to_numpy
+from keras_mdn.factorizations import planning
+from tests.helpers import (
+    assert_close,
+    backend,
+    rng,
+    save_and_load,
+    skip_unless_tensorflow,
+    to_numpy,
+)
 from tests.layers.factorized_helpers import (
     check_bad_ids_give_nan_in_compiled_graphs,
     check_bad_ids_reach_no_domain_weights,
+    check_length_one_vector_and_changed_features,
     check_mixed_precision,
     check_nan_example_stays_in_its_domain,
     gradients,
@@ -54,6 +63,31 @@ def test_forward_every_task_uniform_and_mixed(kind, contraction):
     assert_close(layer(x, domain=mixed), reference(layer, x, mixed), atol=1e-5)
 
 
+def per_example(layer):
+    """`layer` with its mixed-batch plan replaced by per-example kernels (patches + GEMM)."""
+    factorization = layer.factorization
+    sizes = dict(factorization.network_.sizes, B=8, P=16)
+    step = planning._per_example(factorization, sizes, 128, 27, layer.filters)
+    layer._plan = planning.ConvPlan(layer._plan.uniform, step)
+    return layer
+
+
+# Every kind once and every window geometry once (the patches do not depend on the kind).
+@pytest.mark.parametrize("kind,cls,size,kwargs", [
+    ("laf", FactorizedConv2D, 7, {"strides": 2, "padding": "same"}),
+    ("tucker", FactorizedConv2D, 8, {"strides": 2, "padding": "same"}),
+    ("tt", FactorizedConv2D, 7, {"strides": (1, 2), "padding": "valid"}),
+    ("tt_matrix", FactorizedConv2D, 7, {"padding": "same", "dilation_rate": 2}),
+    ("laf", FactorizedConv1D, 7, {"strides": 2, "padding": "same"}),
+])
+def test_per_example_kernels_match_reference(kind, cls, size, kwargs):
+    layer = per_example(make(kind, cls=cls, **kwargs))
+    shape = (5,) + (size,) * cls.rank_spatial + (3,)
+    x = rng(6).normal(size=shape).astype("float32")
+    mixed = np.array([0, 2, 1, 1, 2], dtype="int32")
+    assert_close(layer(x, domain=mixed), reference(layer, x, mixed), atol=1e-5)
+
+
 @pytest.mark.parametrize("kind", ["tucker", "tt"])
 def test_factored_path_convolves_with_input_side_factors_only(kind):
     # Wide channels, low rank: the cost model convolves to the bond ranks, then contracts.
@@ -78,9 +112,12 @@ def test_conv1d_with_dilation(kind):
 
 
 @pytest.mark.parametrize("kind,contraction", [("tucker", "auto"), ("tt", "auto"),
-                                              ("tt", "reconstruct")])
+                                              ("tt", "reconstruct"), ("laf", "per_example")])
 def test_gradients_match_dense_reference(kind, contraction):
-    layer = make(kind, contraction=contraction)
+    if contraction == "per_example":
+        layer = per_example(make(kind))
+    else:
+        layer = make(kind, contraction=contraction)
     x = rng(2).normal(size=(3, 5, 5, 3)).astype("float32")
     tasks = np.array([2, 0, 2], dtype="int32")
     upstream = rng(3).normal(size=(3, 5, 5, 4)).astype("float32")
@@ -255,3 +292,24 @@ def test_nan_example_never_reaches_other_domains(kind, contraction, jit_compile)
     check_nan_example_stays_in_its_domain(layer, x, mixed, jit_compile)
     check_bad_ids_reach_no_domain_weights(layer, x[:4], jit_compile)
     check_nan_example_stays_in_its_domain(layer, x, np.array(2, "int32"), jit_compile)
+
+
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_per_example_kernels_keep_nan_and_bad_ids_in_their_examples(jit_compile):
+    if backend() == "jax" and not jit_compile:
+        pytest.skip("JAX always compiles with XLA")
+    x = rng(4).normal(size=(4, 6, 6, 3)).astype("float32")
+    layer = per_example(make("laf"))
+    check_nan_example_stays_in_its_domain(layer, x, np.array([0, 1, 2, 1], "int32"),
+                                          jit_compile)
+    check_bad_ids_reach_no_domain_weights(layer, x, jit_compile)
+    check_bad_ids_give_nan_in_compiled_graphs(per_example(make("tucker")), x, jit_compile)
+
+
+@pytest.mark.parametrize("kind", ["laf", "tt"])
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_length_one_vector_and_changed_features(kind, jit_compile):
+    skip_unless_tensorflow()
+    x = rng(5).normal(size=(4, 5, 5, 3)).astype("float32")
+    layer = FactorizedConv2D(4, 3, num_domains=TASKS, factorization=kind, rank=2, padding="same")
+    check_length_one_vector_and_changed_features(layer, x, jit_compile)

@@ -19,6 +19,7 @@ from tests.helpers import (
 from tests.layers.factorized_helpers import (
     check_bad_ids_give_nan_in_compiled_graphs,
     check_bad_ids_reach_no_domain_weights,
+    check_length_one_vector_and_changed_features,
     check_mixed_precision,
     check_nan_example_stays_in_its_domain,
     compiled_outputs_and_gradients,
@@ -92,6 +93,37 @@ def test_sequence_inputs_and_per_example_task():
     assert out.shape == (4, 5, 8)
     for b in range(4):
         assert_close(out[b], reference(layer, x[b], tasks[b]), atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_sequence_inputs_with_per_example_weights_match_reference(kind):
+    # Built for (batch, 4, 5, 6): 20 rows per example share its weight, so one weight per
+    # example and a batched matmul beat the per-row path.
+    layer = FactorizedDense(4, num_domains=TASKS, factorization=kind, rank=2)
+    layer.build((None, 4, 5, 6))
+    layer.bias.assign(rng(5).normal(size=(TASKS, 4)).astype("float32"))
+    assert "per_example" in layer.contraction_paths()
+    x = rng(3).normal(size=(3, 4, 5, 6)).astype("float32")
+    tasks = np.array([2, 0, 2], dtype="int32")
+    out = to_numpy(layer(x, domain=tasks))
+    for b in range(3):
+        assert_close(out[b].reshape(20, 4), reference(layer, x[b].reshape(20, 6), tasks[b]),
+                     atol=1e-5)
+    assert_close(layer(x, domain=1), reference(layer, x.reshape(60, 6), 1).reshape(3, 4, 5, 4),
+                 atol=1e-5)
+
+
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_per_example_weights_keep_a_nan_example_in_its_domain(jit_compile):
+    if backend() == "jax" and not jit_compile:
+        pytest.skip("JAX always compiles with XLA")
+    layer = FactorizedDense(4, num_domains=TASKS, factorization="tucker", rank=2)
+    layer.build((None, 5, 6))
+    assert "per_example" in layer.contraction_paths()
+    x = rng(7).normal(size=(4, 5, 6)).astype("float32")
+    check_nan_example_stays_in_its_domain(layer, x, np.array([0, 1, 2, 1], "int32"),
+                                          jit_compile)
+    check_bad_ids_reach_no_domain_weights(layer, x, jit_compile)
 
 
 def test_mixed_path_never_builds_a_weight_per_example():
@@ -352,3 +384,12 @@ def test_bad_id_with_sequence_inputs_gives_nan_for_its_example_only():
 
 def reference_nd(layer, x, tasks):
     return np.stack([reference(layer, x[b], tasks[b]) for b in range(len(x))])
+
+
+@pytest.mark.parametrize("kind", ["laf", "tt"])
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_length_one_vector_and_changed_features(kind, jit_compile):
+    skip_unless_tensorflow()
+    x = rng(5).normal(size=(4, 12)).astype("float32")
+    layer = FactorizedDense(8, num_domains=TASKS, factorization=kind, rank=2)
+    check_length_one_vector_and_changed_features(layer, x, jit_compile)

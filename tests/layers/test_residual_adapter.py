@@ -3,7 +3,14 @@ import numpy as np
 import pytest
 
 from keras_mdn import DomainBatchNormalization, ResidualAdapter
-from tests.helpers import assert_close, np_conv, rng, save_and_load, to_numpy
+from tests.helpers import (
+    assert_close,
+    np_conv,
+    rng,
+    save_and_load,
+    skip_unless_tensorflow,
+    to_numpy,
+)
 
 T = 3
 
@@ -342,3 +349,24 @@ def test_dropout_bad_rates_raise_clear_errors():
     with pytest.raises(ValueError, match="dropout=0.5 with mode='series'"):
         ResidualAdapter(conv, T, mode="series", dropout=0.5)
     ResidualAdapter(conv, T, mode="series", dropout=0.0)  # rate 0 is allowed in series mode
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_length_one_domain_vector_never_broadcasts_in_a_graph_of_unknown_batch(training):
+    skip_unless_tensorflow()
+    import tensorflow as tf
+
+    layer = ResidualAdapter(keras.layers.Conv2D(3, 3, padding="same"), T)
+    x = rng(0).normal(size=(4, 6, 6, 2)).astype("float32")
+    layer(x, domain=0)
+    _randomize(layer)
+    call = tf.function(
+        lambda x, domain: layer(x, domain=domain, training=training),
+        input_signature=[tf.TensorSpec((None, 6, 6, 2)), tf.TensorSpec((None,), tf.int32)],
+    )
+    try:
+        outputs = to_numpy(call(x, np.array([1], "int32")))
+    except tf.errors.InvalidArgumentError:
+        return
+    assert np.isnan(outputs).all()
+    assert_close(call(x, np.full((4,), 1, "int32")), layer(x, domain=1), atol=1e-5)
