@@ -25,9 +25,18 @@ domain's classes best, the new domain's starting point unless said otherwise):
 - `series`: series adapters (a network pretrained with series adapters);
 - `parallel_lowrank`: low-rank parallel adapters (`resnet26(rank=...)`, pretrained so).
 
-Not run, because neither keras_mdn nor Keras has the step (no glue written here): per-group
-learning rates (Keras optimizers take one learning rate), the authors' adapter dropout (no
-option of `ResidualAdapter` or `resnet26`).
+The recipe variants below all start fresh (`add_domain`'s default, the digits' winner):
+
+- `series_fresh`, `lowrank_fresh`: `series`, `parallel_lowrank` from the initializers;
+- `parallel_grouplr`: `parallel_fresh` with the adapter kernels at `--adapter-lr-multiplier`
+  (9) times the learning rate (`keras_mdn.optimizers.GroupLearningRates`): under one rate a
+  1x1 adapter's output moves about 1/9 as fast per step as the 3x3 conv's it sits beside;
+- `parallel_l2`: `parallel_fresh` with the authors' per-group coupled L2 (their README's
+  adapter commands: `--wd1x1 1 --wd 5`, i.e. 1e-4 on the 1x1 adapters, 5e-4 on the batch
+  norms and the head; `GroupLearningRates(l2=...)`, PyTorch's form: added to the gradient);
+- `parallel_dropout`: `parallel_fresh` on a network pretrained with the authors' adapter
+  dropout (`resnet26(adapter_dropout=...)`: 2-D dropout of the adapter's input, p 0.5 in
+  their code), where this keras_mdn has it.
 
 Data: the digits domains (native 8x8) and Omniglot small1 (5 alphabets, 32x32). Alphabets outside
 small1 are not on this machine, so "new alphabets never seen in any form" is not checked here.
@@ -37,12 +46,23 @@ limit allows; results are saved after every run):
 
     nice python benchmarks/new_domain.py --time-limit 5400
 
+Omniglot (12 training images per class: an epoch is 8-15 steps, so a longer patience):
+
+    nice python benchmarks/new_domain.py --dataset omniglot --pretrain-max-epochs 60 \
+        --max-epochs 80 --patience 10 --methods finetune frozen parallel_fresh \
+        --seeds 0 --out benchmarks/results/new_domain_omniglot_s0
+
+Several processes (other seeds, rotations or methods, each with its own `--out`) share the
+pretrained networks through `--cache`; `--report --out benchmarks/results/new_domain_omniglot
+--merge <their --out>...` writes one table.
+
 `--report` rewrites the .md and .png from the .json.
 """
 
 import argparse
 import json
 import os
+import tempfile
 import time
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -55,6 +75,7 @@ import keras_mdn  # noqa: E402
 from keras_mdn import DomainBatchNormalization, DomainHead  # noqa: E402
 from keras_mdn.datasets import load_digits_domains, load_omniglot_domains  # noqa: E402
 from keras_mdn.models import resnet26  # noqa: E402
+from keras_mdn.optimizers import GroupLearningRates  # noqa: E402
 from keras_mdn.report import parameter_report  # noqa: E402
 from keras_mdn.surgery import add_domain, closest_domain, train_only_domains  # noqa: E402
 
@@ -63,15 +84,27 @@ OMNIGLOT_ZIP = os.path.normpath(os.path.join(
     os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data", "omniglot",
     "images_background_small1.zip"))
 METHODS = ("finetune", "frozen", "bn_only", "parallel", "parallel_fresh", "parallel_wd",
-           "series", "parallel_lowrank")
+           "series", "parallel_lowrank", "series_fresh", "lowrank_fresh", "parallel_grouplr",
+           "parallel_l2", "parallel_dropout")
+# Methods that start the new domain from the closest existing domain (the others: fresh).
+FROM_CLOSEST = ("finetune", "frozen", "bn_only", "parallel", "parallel_wd", "series",
+                "parallel_lowrank")
+ADAPTER_KERNELS = r".*adapter_(kernel|projection)"
 LABELS = {"finetune": "full fine-tuning", "frozen": "frozen extractor (new head)",
           "bn_only": "BN + head", "parallel": "parallel adapters (from closest)",
           "parallel_fresh": "parallel adapters (fresh)",
           "parallel_wd": "parallel adapters + adapter weight decay",
           "series": "series adapters (from closest)",
-          "parallel_lowrank": "low-rank parallel adapters (from closest)"}
+          "parallel_lowrank": "low-rank parallel adapters (from closest)",
+          "series_fresh": "series adapters (fresh)",
+          "lowrank_fresh": "low-rank parallel adapters (fresh)",
+          "parallel_grouplr": "parallel adapters (fresh), adapters at 9x lr",
+          "parallel_l2": "parallel adapters (fresh), authors' per-group L2",
+          "parallel_dropout": "parallel adapters (fresh), adapter dropout"}
 # The pretrained network each method starts from: (adapter kind, low rank or None).
-PRETRAINED = {"series": ("series", None), "parallel_lowrank": ("parallel", "rank")}
+PRETRAINED = {"series": ("series", None), "parallel_lowrank": ("parallel", "rank"),
+              "series_fresh": ("series", None), "lowrank_fresh": ("parallel", "rank"),
+              "parallel_dropout": ("parallel_dropout", None)}
 SETTINGS = {"digits": {"image_size": None, "batch_size": 64},  # the native 8x8
             "omniglot": {"image_size": 32, "batch_size": 32}}
 
@@ -79,18 +112,38 @@ SETTINGS = {"digits": {"image_size": None, "batch_size": 64},  # the native 8x8
 # === Training to convergence ===
 
 
-def train(model, data, domains, seed, args, max_epochs, patience, adapter_weight_decay=None):
+def method_optimizer(method, model, args):
+    """SGD + momentum 0.9; the per-group variants through `GroupLearningRates`."""
+    decay = args.adapter_weight_decay if method == "parallel_wd" else None
+    optimizer = keras.optimizers.SGD(method_learning_rate(method, args), momentum=0.9,
+                                     weight_decay=decay)
+    if decay:
+        optimizer.exclude_from_weight_decay(var_list=[
+            v for v in model.trainable_variables if not v.path.endswith("adapter_kernel")
+            and not v.path.endswith("adapter_projection")])
+    if method == "parallel_grouplr":
+        return GroupLearningRates(optimizer,
+                                  multipliers={ADAPTER_KERNELS: args.adapter_lr_multiplier})
+    if method == "parallel_l2":  # every other trained variable: batch norms and head
+        return GroupLearningRates(optimizer, l2={
+            ADAPTER_KERNELS: 1e-4, rf"(?!{ADAPTER_KERNELS}$).*": 5e-4})
+    return optimizer
+
+
+def method_learning_rate(method, args):
+    """`--method-learning-rate method=rate`, else `--learning-rate`."""
+    rates = dict(pair.split("=") for pair in args.method_learning_rate or [])
+    return float(rates.get(method, args.learning_rate))
+
+
+def train(model, data, domains, seed, args, max_epochs, patience, optimizer=None):
     """SGD + momentum until validation accuracy stops improving; the best epoch's weights.
 
     Returns `(epochs run, best epoch, best validation accuracy)`.
     """
     batch_size = SETTINGS[args.dataset]["batch_size"]
-    optimizer = keras.optimizers.SGD(args.learning_rate, momentum=0.9,
-                                     weight_decay=adapter_weight_decay)
-    if adapter_weight_decay:
-        optimizer.exclude_from_weight_decay(var_list=[
-            v for v in model.trainable_variables if not v.path.endswith("adapter_kernel")
-            and not v.path.endswith("adapter_projection")])
+    if optimizer is None:
+        optimizer = keras.optimizers.SGD(args.learning_rate, momentum=0.9)
     model.compile(optimizer=optimizer, metrics=["accuracy"],
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     steps = data.steps_per_epoch("train", batch_size, batching="per_domain", domains=domains)
@@ -109,13 +162,30 @@ def train(model, data, domains, seed, args, max_epochs, patience, adapter_weight
     return len(accuracy), int(np.argmax(accuracy)) + 1, float(np.max(accuracy))
 
 
+def pretrained_model(data, kind, rank, args):
+    """The (untrained) ResNet-26 with `kind` adapters on domains 0..T-2."""
+    extra = {}
+    if kind == "parallel_dropout":
+        kind, extra = "parallel", {"adapter_dropout": args.adapter_dropout}
+    return resnet26([data.num_classes[d] for d in range(data.num_domains - 1)], adapter=kind,
+                    rank=rank, input_shape=data.image_shape, width_factor=args.width_factor,
+                    name=f"pretrained_{kind}{rank or ''}", **extra)
+
+
+def pretrained_path(args, name, kind, rank):
+    """Where a pretrained network and its info are kept between processes (`--cache`)."""
+    key = (f"{args.dataset}_{name}_{kind}{rank or ''}_w{args.width_factor}_s{args.pretrain_seed}"
+           f"_lr{args.learning_rate}_e{args.pretrain_max_epochs}p{args.pretrain_patience}")
+    if kind == "parallel_dropout":
+        key += f"_d{args.adapter_dropout}"
+    return os.path.join(args.cache, key.replace(" ", "_").replace("/", "_"))
+
+
 def pretrain(data, kind, rank, args):
     """A ResNet-26 with `kind` adapters trained from scratch on domains 0..T-2 (all weights)."""
     keras.utils.set_random_seed(args.pretrain_seed)
     old = list(range(data.num_domains - 1))
-    model = resnet26([data.num_classes[d] for d in old], adapter=kind, rank=rank,
-                     input_shape=data.image_shape, width_factor=args.width_factor,
-                     name=f"pretrained_{kind}{rank or ''}")
+    model = pretrained_model(data, kind, rank, args)
     start = time.perf_counter()
     epochs, best, validation = train(model, data, old, args.pretrain_seed, args,
                                      args.pretrain_max_epochs, args.pretrain_patience)
@@ -133,7 +203,7 @@ def method_model(method, pretrained, closest, data, seed):
     new = data.num_domains - 1
     classes = data.num_classes[new]
     keras.utils.set_random_seed(seed)
-    init_from = None if method == "parallel_fresh" else closest
+    init_from = closest if method in FROM_CLOSEST else None
     model = add_domain(pretrained, num_classes=classes, init_from=init_from,
                        freeze_existing=method != "finetune")
     if method == "frozen":
@@ -183,17 +253,30 @@ def run(args):
         key = (name, kind, rank)
         if key not in cache:
             rot = rotated[name]
-            model, info = pretrain(rot, kind, rank, args)
-            new = rot.num_domains - 1
-            images, labels = rot.arrays("train", new)
-            closest = closest_domain(model, images, labels)
-            info.update(closest=rot.names[closest.domain],
-                        closest_scores={rot.names[d]: s for d, s in closest.scores.items()})
+            stored = pretrained_path(args, name, kind, rank)
+            if os.path.isfile(stored + ".json"):  # pretrained by an earlier process
+                with open(stored + ".json") as f:
+                    info = json.load(f)
+                model = pretrained_model(rot, kind, rank, args)
+                model.load_weights(stored + ".weights.h5")
+                print(f"pretrained {kind}{rank or ''} without {name}: loaded {stored}",
+                      flush=True)
+            else:
+                model, info = pretrain(rot, kind, rank, args)
+                new = rot.num_domains - 1
+                images, labels = rot.arrays("train", new)
+                closest = closest_domain(model, images, labels)
+                info.update(closest=rot.names[closest.domain],
+                            closest_scores={rot.names[d]: s for d, s in closest.scores.items()})
+                os.makedirs(os.path.dirname(stored), exist_ok=True)
+                model.save_weights(stored + ".weights.h5")
+                with open(stored + ".json", "w") as f:
+                    json.dump(info, f)
+                print(f"pretrained {kind}{rank or ''} without {name}: {info['epochs']} epochs, "
+                      f"test {info['test']}, closest {info['closest']}", flush=True)
             results["pretrained"][f"{args.dataset}/{name}/{kind}{rank or ''}"] = info
             save_results(args.out, results)
-            print(f"pretrained {kind}{rank or ''} without {name}: {info['epochs']} epochs, "
-                  f"test {info['test']}, closest {info['closest']}", flush=True)
-            cache[key] = (model, closest.domain)
+            cache[key] = (model, rot.names.index(info["closest"]))
         return cache[key]
 
     for name in names:  # rotation-major: a time limit leaves whole rotations, all seeds
@@ -209,16 +292,17 @@ def run(args):
                 pretrained, closest = pretrained_for(name, method)
                 model = method_model(method, pretrained, closest, rot, seed)
                 start = time.perf_counter()
-                decay = args.adapter_weight_decay if method == "parallel_wd" else None
                 epochs, best, validation = train(model, rot, [new], seed, args,
-                                                 args.max_epochs, args.patience, decay)
+                                                 args.max_epochs, args.patience,
+                                                 method_optimizer(method, model, args))
                 accuracy = keras_mdn.domain_accuracies(model, rot, "test", domains=[new])[name]
                 results["runs"].append({
                     "dataset": args.dataset, "new_domain": name, "method": method,
                     "seed": seed, "test_accuracy": accuracy, "validation_accuracy": validation,
                     "epochs": epochs, "best_epoch": best, "init_from": (
-                        None if method == "parallel_fresh" else rot.names[closest]),
+                        rot.names[closest] if method in FROM_CLOSEST else None),
                     "trained_parameters": trained_parameters(model, new),
+                    "learning_rate": method_learning_rate(method, args),
                     "seconds": round(time.perf_counter() - start, 1)})
                 save_results(args.out, results)
                 print(f"{args.dataset} new={name} seed={seed} {method}: test {accuracy:.4f} "
@@ -294,13 +378,17 @@ def report(args):
     runs = results.get("runs", [])
     lines = ["# New domains: adapters against fine-tuning, to convergence", "",
              "Protocol and methods: the docstring of `benchmarks/new_domain.py`. Written by "
-             "the script from `new_domain.json`; load average at the start and end of each "
+             f"the script from `{os.path.basename(args.out)}.json`"
+             + "".join(f", `{os.path.basename(m)}.json`" for m in args.merge or [])
+             + "; load average at the start and end of each "
              "run: " + "; ".join(f"{x['when']} {x['time']}: {' '.join(x['loadavg'])}"
                                  for x in results.get("loadavg", [])) + ".", ""]
     for prefix in [args.out] + (args.merge or []):
         lines += [f"Note ({os.path.basename(prefix)}): {note}"
                   for note in load_results(prefix).get("notes", [])]
-    settings = results.get("settings", {})
+    settings = results.get("settings") or next(
+        (load_results(p)["settings"] for p in args.merge or [] if "settings" in load_results(p)),
+        {})
     if settings:
         lines += [f"Settings: max {settings.get('max_epochs')} epochs (patience "
                   f"{settings.get('patience')}) for a new domain, max "
@@ -308,7 +396,9 @@ def report(args):
                   f"{settings.get('pretrain_patience')}) for pretraining; SGD lr "
                   f"{settings.get('learning_rate')}, momentum 0.9; width factor "
                   f"{settings.get('width_factor')}; adapter weight decay "
-                  f"{settings.get('adapter_weight_decay')}; low rank "
+                  f"{settings.get('adapter_weight_decay')}; adapter lr multiplier "
+                  f"{settings.get('adapter_lr_multiplier')}; adapter dropout "
+                  f"{settings.get('adapter_dropout')}; low rank "
                   f"{settings.get('rank')}; new-domain seeds {settings.get('seeds')}, "
                   f"pretraining seed {settings.get('pretrain_seed')}.", ""]
     verdicts = []
@@ -353,10 +443,11 @@ def report(args):
                 lines.append(f"| {key.split('/', 1)[1]} | {info['epochs']} | {test} | "
                              f"{info['closest']} ({scores}) |")
             lines.append("")
-        verdicts.append(target_lines(dataset, table))
+        verdicts.append(target_lines(dataset, table) + paired_lines(dataset, runs))
     for verdict in verdicts:
         lines += verdict
-    lines += ["Plot: `new_domain.png` (mean test accuracy per method and new domain).", ""]
+    lines += [f"Plot: `{os.path.basename(args.out)}.png` (mean test accuracy per method and "
+              "new domain).", ""]
     with open(args.out + ".md", "w") as f:
         f.write("\n".join(lines))
     plot(runs, args.out + ".png")
@@ -371,7 +462,7 @@ def target_lines(dataset, table):
              "and the frozen extractor all ran):", ""]
     if any(m not in table for m in ("finetune", "frozen")):
         return lines + ["- not enough runs to check", ""]
-    for method in [m for m in table if m.startswith("parallel") or m == "series"]:
+    for method in [m for m in table if m not in ("finetune", "frozen", "bn_only")]:
         row = table[method]
         common = [d for d in row["per_domain"] if d in table["finetune"]["per_domain"]
                   and d in table["frozen"]["per_domain"]]
@@ -391,6 +482,26 @@ def target_lines(dataset, table):
                      f"{lead:+.1f} points above the frozen extractor: "
                      f"{'met' if held else 'missed'}")
     return lines + [""]
+
+
+def paired_lines(dataset, runs, reference="parallel_fresh"):
+    """Each method against `reference` on the (new domain, seed) pairs both ran."""
+    runs = [r for r in runs if r["dataset"] == dataset]
+    accuracy = {(r["method"], r["new_domain"], r["seed"]): r["test_accuracy"] for r in runs}
+    lines = []
+    for method in [m for m in METHODS if m != reference]:
+        pairs = [(d, s) for (m, d, s) in accuracy if m == method
+                 and (reference, d, s) in accuracy]
+        if pairs:
+            diff = [100 * (accuracy[(method, *p)] - accuracy[(reference, *p)]) for p in pairs]
+            lines.append(f"- {LABELS[method]} minus {LABELS[reference]}, paired over "
+                         f"{len(pairs)} (new domain, seed) runs: {np.mean(diff):+.1f} points "
+                         f"(std {np.std(diff):.1f}, {sum(d > 0 for d in diff)} higher, "
+                         f"{sum(d < 0 for d in diff)} lower)")
+    if lines:
+        lines = [f"Paired with {LABELS[reference]} (same new domain, pretrained network and "
+                 "seed):", ""] + lines + [""]
+    return lines
 
 
 def plot(runs, path):
@@ -441,9 +552,17 @@ def parse_args(argv=None):
     parser.add_argument("--pretrain-patience", type=int, default=4)
     parser.add_argument("--adapter-weight-decay", type=float, default=5e-4)
     parser.add_argument("--rank", type=int, default=4, help="rank of the low-rank adapters")
+    parser.add_argument("--adapter-lr-multiplier", type=float, default=9.0)
+    parser.add_argument("--method-learning-rate", nargs="+", default=None, metavar="METHOD=LR",
+                        help="a new domain's learning rate for some methods (pretraining and "
+                             "the others: --learning-rate)")
+    parser.add_argument("--adapter-dropout", type=float, default=0.5)
     parser.add_argument("--time-limit", type=float, default=None,
                         help="seconds after which no new run starts (seed-major order)")
     parser.add_argument("--out", default=os.path.join(RESULTS, "new_domain"))
+    parser.add_argument("--cache", default=os.path.join(tempfile.gettempdir(),
+                                                        "keras_mdn_new_domain"),
+                        help="folder of the pretrained networks, shared between processes")
     parser.add_argument("--merge", nargs="+", default=None,
                         help="with --report: result prefixes of other processes to merge")
     parser.add_argument("--report", action="store_true",

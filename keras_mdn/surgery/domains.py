@@ -33,6 +33,14 @@ def add_domains(model, count=None, num_classes=None, init_from=None, freeze_exis
     Train on batches of the new domains (the batch norms' moving statistics of absent domains
     do not move).
 
+    Recipe (`benchmarks/results/new_domain.md`, `new_domain_omniglot.md`: leave one domain
+    out, training to convergence): the defaults (fresh adapters and batch norms,
+    `init_from=None`; the closest domain was no better) and the adapter kernels at 9x the
+    learning rate, `keras_mdn.optimizers.adapter_learning_rates(optimizer)` (Omniglot, 5
+    alphabets x 3 seeds: level with full fine-tuning at 10.8 % of its parameters, +2.9
+    points over one rate for every parameter; the authors' per-group L2 and extra adapter
+    weight decay did not help).
+
     Args:
         model: a functional multi-domain model with a `"domain"` input.
         count: int, how many domains to add. Defaults to `len(num_classes)`.
