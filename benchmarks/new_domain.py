@@ -36,7 +36,10 @@ The recipe variants below all start fresh (`add_domain`'s default, the digits' w
   norms and the head; `GroupLearningRates(l2=...)`, PyTorch's form: added to the gradient);
 - `parallel_dropout`: `parallel_fresh` on a network pretrained with the authors' adapter
   dropout (`resnet26(adapter_dropout=...)`: 2-D dropout of the adapter's input, p 0.5 in
-  their code), where this keras_mdn has it.
+  their code), where this keras_mdn has it;
+- `series_grouplr`, `lowrank_grouplr`, `dropout_grouplr`: `series_fresh`, `lowrank_fresh`,
+  `parallel_dropout` with the adapter kernels (a low-rank adapter's two factors included) at
+  `--adapter-lr-multiplier` times the rate, as `parallel_grouplr`.
 
 Data: the digits domains (native 8x8) and Omniglot small1 (5 alphabets, 32x32). Alphabets outside
 small1 are not on this machine, so "new alphabets never seen in any form" is not checked here.
@@ -85,7 +88,10 @@ OMNIGLOT_ZIP = os.path.normpath(os.path.join(
     "images_background_small1.zip"))
 METHODS = ("finetune", "frozen", "bn_only", "parallel", "parallel_fresh", "parallel_wd",
            "series", "parallel_lowrank", "series_fresh", "lowrank_fresh", "parallel_grouplr",
-           "parallel_l2", "parallel_dropout")
+           "parallel_l2", "parallel_dropout", "series_grouplr", "lowrank_grouplr",
+           "dropout_grouplr")
+# Methods with the adapter kernels at `--adapter-lr-multiplier` times the learning rate.
+GROUPLR = ("parallel_grouplr", "series_grouplr", "lowrank_grouplr", "dropout_grouplr")
 # Methods that start the new domain from the closest existing domain (the others: fresh).
 FROM_CLOSEST = ("finetune", "frozen", "bn_only", "parallel", "parallel_wd", "series",
                 "parallel_lowrank")
@@ -100,11 +106,16 @@ LABELS = {"finetune": "full fine-tuning", "frozen": "frozen extractor (new head)
           "lowrank_fresh": "low-rank parallel adapters (fresh)",
           "parallel_grouplr": "parallel adapters (fresh), adapters at 9x lr",
           "parallel_l2": "parallel adapters (fresh), authors' per-group L2",
-          "parallel_dropout": "parallel adapters (fresh), adapter dropout"}
+          "parallel_dropout": "parallel adapters (fresh), adapter dropout",
+          "series_grouplr": "series adapters (fresh), adapters at 9x lr",
+          "lowrank_grouplr": "low-rank parallel adapters (fresh), adapters at 9x lr",
+          "dropout_grouplr": "parallel adapters (fresh), adapter dropout, adapters at 9x lr"}
 # The pretrained network each method starts from: (adapter kind, low rank or None).
 PRETRAINED = {"series": ("series", None), "parallel_lowrank": ("parallel", "rank"),
               "series_fresh": ("series", None), "lowrank_fresh": ("parallel", "rank"),
-              "parallel_dropout": ("parallel_dropout", None)}
+              "parallel_dropout": ("parallel_dropout", None), "series_grouplr": ("series", None),
+              "lowrank_grouplr": ("parallel", "rank"),
+              "dropout_grouplr": ("parallel_dropout", None)}
 SETTINGS = {"digits": {"image_size": None, "batch_size": 64},  # the native 8x8
             "omniglot": {"image_size": 32, "batch_size": 32}}
 
@@ -121,7 +132,7 @@ def method_optimizer(method, model, args):
         optimizer.exclude_from_weight_decay(var_list=[
             v for v in model.trainable_variables if not v.path.endswith("adapter_kernel")
             and not v.path.endswith("adapter_projection")])
-    if method == "parallel_grouplr":
+    if method in GROUPLR:
         return GroupLearningRates(optimizer,
                                   multipliers={ADAPTER_KERNELS: args.adapter_lr_multiplier})
     if method == "parallel_l2":  # every other trained variable: batch norms and head
