@@ -20,13 +20,19 @@ def conv_reference(layer, x, domains):
                      for b, d in enumerate(domains)])
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_every_conv_kernel_split_matches_reference(kind):
+def built_conv(kind):
+    """A built 3x3 factorised conv (3 -> 4 channels, 5x5 inputs), its factorisation and the
+    sizes of a batch of 2."""
     layer = FactorizedConv2D(4, 3, num_domains=TASKS, factorization=kind, rank=2,
                              padding="same", use_bias=False)
     layer.build((None, 5, 5, 3))
     factorization = layer.factorization
-    sizes = dict(factorization.network_.sizes, B=2, P=25)
+    return layer, factorization, dict(factorization.network_.sizes, B=2, P=25)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_conv_kernel_split_matches_reference(kind):
+    layer, factorization, sizes = built_conv(kind)
     x = rng(0).normal(size=(2, 5, 5, 3)).astype("float32")
     mixed = np.array([2, 0], dtype="int32")
     expected_mixed, expected_one = conv_reference(layer, x, mixed), conv_reference(layer, x, 1)
@@ -101,11 +107,7 @@ def test_mixed_batch_gathers_the_domain_operand_per_example():
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_per_example_conv_plan_matches_reference(kind):
-    layer = FactorizedConv2D(4, 3, num_domains=TASKS, factorization=kind, rank=2,
-                             padding="same", use_bias=False)
-    layer.build((None, 5, 5, 3))
-    factorization = layer.factorization
-    sizes = dict(factorization.network_.sizes, B=2, P=25)
+    layer, factorization, sizes = built_conv(kind)
     step = planning._per_example(factorization, sizes, 50, 27, 4)
     plan = planning.ConvPlan(None, step)
     assert planning.describe_conv(plan, factorization)["mixed"] == "per_example"
