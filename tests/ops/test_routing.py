@@ -44,42 +44,65 @@ def test_tensor_domains():
         routing.check_num_domains(0)
 
 
-def test_invalid_ids_select_nan_rows_and_no_segment():
+@pytest.mark.parametrize("by_mask", [False, True], ids=["gather", "masked"])
+def test_invalid_ids_select_nan_rows_and_no_segment(by_mask):
     table = np.arange(12, dtype="float32").reshape(3, 4)
     ids = keras.ops.convert_to_tensor([2, -1, 3, 0])
     selection = routing.select(ids, 3)
-    rows = to_numpy(routing.take_domains(table, selection))
+    rows = to_numpy(routing.take_domains(table, selection, by_mask=by_mask))
     np.testing.assert_array_equal(rows[[0, 3]], table[[2, 0]])
     assert np.isnan(rows[[1, 2]]).all()
+    # Rows of any rank; invalid ids read NaN, or (`fill_invalid=False`) finite values.
+    cube = table.reshape(3, 2, 2)
+    rows = to_numpy(routing.take_domains(cube, selection, by_mask=by_mask))
+    assert rows.shape == (4, 2, 2)
+    np.testing.assert_array_equal(rows[[0, 3]], cube[[2, 0]])
+    assert np.isnan(rows[[1, 2]]).all()
+    kept = to_numpy(routing.take_domains(table, selection, fill_invalid=False, by_mask=by_mask))
+    np.testing.assert_array_equal(kept[[0, 3]], table[[2, 0]])
+    assert np.isfinite(kept).all()
     data = np.array([[1.0], [np.nan], [np.nan], [np.nan]], "float32")
     data[3] = 5.0
-    sums = to_numpy(routing.domain_sums(data, selection))
+    sums = to_numpy(routing.domain_sums(data, selection, by_mask=by_mask))
     np.testing.assert_array_equal(sums, [[5.0], [0.0], [1.0]])
+    vector_sums = to_numpy(routing.domain_sums(data[:, 0], selection, by_mask=by_mask))
+    np.testing.assert_array_equal(vector_sums, [5.0, 0.0, 1.0])
     np.testing.assert_array_equal(to_numpy(selection.counts()), [1.0, 0.0, 1.0])
     scalar = routing.select(keras.ops.convert_to_tensor(-4), 3)
-    assert np.isnan(to_numpy(routing.take_domains(table, scalar))).all()
+    assert np.isnan(to_numpy(routing.take_domains(table, scalar, by_mask=by_mask))).all()
+    scalar = routing.select(keras.ops.convert_to_tensor(1), 3)
+    row = to_numpy(routing.take_domains(cube, scalar, by_mask=by_mask))
+    np.testing.assert_array_equal(row, cube[1])
     floats = routing.select(keras.ops.convert_to_tensor([1.0, 1.5]), 3)
     np.testing.assert_array_equal(to_numpy(floats.valid), [True, False])
 
 
-def test_gathered_rows_get_gradients_of_their_own_examples_only():
+@pytest.mark.parametrize("by_mask", [False, True], ids=["gather", "masked"])
+def test_gathered_rows_get_gradients_of_their_own_examples_only(by_mask):
     table = keras.Variable(np.ones((3, 2), "float32"))
+    table.assign(np.array([[1.0, 1.0], [np.nan, 1.0], [1.0, 1.0]], "float32"))
     selection = routing.select(keras.ops.convert_to_tensor([0, 0, 2]), 3)
     upstream = np.array([[np.nan, 1.0], [1.0, 1.0], [2.0, 3.0]], "float32")
+
+    def loss(t):
+        rows = routing.take_domains(t, selection, by_mask=by_mask)
+        return keras.ops.sum(rows * upstream), rows
+
     if keras.backend.backend() == "tensorflow":
         import tensorflow as tf
 
         with tf.GradientTape() as tape:
-            loss = keras.ops.sum(routing.take_domains(table, selection) * upstream)
-        grad = to_numpy(tf.convert_to_tensor(tape.gradient(loss, table.value)))
+            value, rows = loss(table.value)
+        grad = to_numpy(tf.convert_to_tensor(tape.gradient(value, table.value)))
     elif keras.backend.backend() == "jax":
         import jax
 
-        grad = to_numpy(jax.grad(
-            lambda t: keras.ops.sum(routing.take_domains(t, selection) * upstream)
-        )(table.value))
+        grad = to_numpy(jax.grad(lambda t: loss(t)[0])(table.value))
+        rows = loss(table.value)[1]
     else:
         pytest.skip("gradient check written for TensorFlow and JAX")
+    # Domain 1's NaN weight reaches no example of another domain.
+    assert np.isfinite(to_numpy(rows)).all()
     assert np.isnan(grad[0, 0])
     np.testing.assert_array_equal(grad[1:], [[0.0, 0.0], [2.0, 3.0]])
 
