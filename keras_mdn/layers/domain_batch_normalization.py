@@ -199,7 +199,8 @@ class DomainBatchNormalization(keras.layers.Layer, DomainLayer):
     def _mixed_training(self, inputs, selection, synchronized=False):
         """Normalises each example with its domain's batch statistics; moves those domains."""
         x = ops.cast(inputs, "float32")
-        moving_mean = ops.convert_to_tensor(self.moving_mean)
+        # Read once (on TF each use of a variable is another read op to trace).
+        moving_mean = routing.read(self.moving_mean)
         shift = routing.take_domains(moving_mean, selection, fill_invalid=False)
         shift = routing.per_example(shift, x)
         if synchronized:  # over every replica's examples of each domain
@@ -220,7 +221,7 @@ class DomainBatchNormalization(keras.layers.Layer, DomainLayer):
         normalized, shifted_mean, variance = per_domain_normalization(
             x, gamma, beta, shift, sizes, selection, self.epsilon, synchronized
         )
-        self._update_moving(moving_mean + shifted_mean, variance, present)
+        self._update_moving(moving_mean + shifted_mean, variance, present, moving_mean)
         return normalized
 
     def affine(self, domain, mean=None, variance=None):
@@ -264,16 +265,18 @@ class DomainBatchNormalization(keras.layers.Layer, DomainLayer):
         self._update_moving(mean, variance, present)
         return mean, variance
 
-    def _update_moving(self, mean, variance, present):
+    def _update_moving(self, mean, variance, present, old_mean=None):
         """Moves the statistics of the `present` domains (bool, `(num_domains[, 1])`) only.
 
         `where`, not a product with a mask: the other domains keep their values bit for bit
-        even when the batch's statistics are NaN.
+        even when the batch's statistics are NaN. `old_mean`: the moving mean already read.
         """
         if len(present.shape) == 1:
             present = ops.expand_dims(present, -1)
-        for moving, batch_value in ((self.moving_mean, mean), (self.moving_variance, variance)):
-            old = ops.convert_to_tensor(moving)
+        for moving, batch_value, old in (
+            (self.moving_mean, mean, old_mean), (self.moving_variance, variance, None)
+        ):
+            old = routing.read(moving) if old is None else old
             batch_value = ops.cast(batch_value, old.dtype)
             moved = old * self.momentum + batch_value * (1.0 - self.momentum)
             moving.assign(ops.where(present, moved, old))
