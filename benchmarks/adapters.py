@@ -48,6 +48,7 @@ import adapters_methods as methods  # noqa: E402
 import adapters_output as output  # noqa: E402
 
 import keras_mdn  # noqa: E402
+from keras_mdn.baselines import fine_tune_each_domain  # noqa: E402
 from keras_mdn.datasets import load_digits_domains, load_omniglot_domains  # noqa: E402
 from keras_mdn.report import parameter_report  # noqa: E402
 from keras_mdn.surgery import transfer_weights  # noqa: E402
@@ -146,21 +147,19 @@ def run_dataset(name, args):
     log(name, "pretrained", report["pretrain_test_accuracy"], start)
 
     # 1. Independent fine-tuned networks. One 5-domain model whose every weight is trainable
-    # stands for the five networks: it is reset to the pretrained weights (and a fresh
-    # optimizer state) before each domain and trained on that domain alone, so domain d's
-    # network is the shared convs + its BN row + its head, exactly a fine-tuned ResNet-26.
+    # stands for the five networks (`fine_tune_each_domain`: reset to the pretrained weights
+    # and a fresh optimizer state before each domain, trained on that domain alone), so domain
+    # d's network is the shared convs + its BN row + its head, exactly a fine-tuned ResNet-26.
     # (One traced train step instead of five: tracing costs more than training here.)
     start = time.perf_counter()
     keras.utils.set_random_seed(seed + 1)
     finetune = methods.resnet26(classes, input_shape=shape, width_factor=width, name="finetune")
     transfer_weights(pretrained, finetune, source_domain=source)
-    initial = finetune.get_weights()
-    accuracy = {}
-    for d in range(data.num_domains):
-        if d:
-            finetune.set_weights(initial)
-        methods.fit(finetune, data, epochs, batch_size, lr, seed, compile=d == 0, domains=[d])
-        accuracy.update(methods.accuracies(finetune, data, domains=[d]))
+    methods.compile_model(finetune, 1, lr)  # the schedule's length is set per domain
+    accuracy = fine_tune_each_domain(
+        finetune, data, epochs, batch_size, seed=seed, batching="per_domain",
+        training_augmentation=True, callbacks=[methods.ScheduleLength()], verbose=0,
+    )
     shared = int(parameter_report(finetune).shared)  # the shared convs
     total = methods.parameter_count(finetune) + (data.num_domains - 1) * shared
     record(report, "finetune", accuracy, total, None, start)

@@ -46,22 +46,21 @@ def compile_model(model, steps, learning_rate):
     return model
 
 
-def restart(model, steps):
-    """Zeroes the optimizer's state (step count, momenta) and sets the schedule's length."""
-    for variable in model.optimizer.variables:
-        variable.assign(np.zeros(variable.shape, dtype=variable.dtype))
-    _SCHEDULES[id(model)].total_steps.assign(float(steps))
+class ScheduleLength(keras.callbacks.Callback):
+    """Sets the model's `CosineSchedule` to the length of each `fit` (steps x epochs) when it
+    starts: the fine-tuned networks share one model and one traced step
+    (`keras_mdn.baselines.fine_tune_each_domain`), and their domains differ in size."""
+
+    def on_train_begin(self, logs=None):
+        steps = self.params["steps"] * self.params["epochs"]
+        _SCHEDULES[id(self.model)].total_steps.assign(float(steps))
 
 
-def fit(model, data, epochs, batch_size, learning_rate, seed, augment=True, compile=True,
-        domains=None):
+def fit(model, data, epochs, batch_size, learning_rate, seed, augment=True, domains=None):
     """Trains `model` for `epochs` epochs of per-domain batches over `domains` (all by
     default): the same budget for every method."""
     steps = data.steps_per_epoch("train", batch_size, batching="per_domain", domains=domains)
-    if compile:
-        compile_model(model, steps * epochs, learning_rate)
-    else:
-        restart(model, steps * epochs)
+    compile_model(model, steps * epochs, learning_rate)
     dataset = data.dataset(
         "train",
         domains=domains,

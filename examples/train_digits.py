@@ -5,7 +5,8 @@ one of them with a different label space) trains in about a minute on a laptop C
 
 1. a shared network is pretrained on the first domain ("original");
 2. the baseline: the pretrained network fine-tuned, all weights, on each domain separately
-   (what the Visual Decathlon calls fine-tuning: one full network per domain);
+   (what the Visual Decathlon calls fine-tuning: one full network per domain), with
+   `keras_mdn.baselines.fine_tune_each_domain`;
 3. the multi-domain network: the pretrained 3x3 convs are shared and frozen, and each domain
    learns only its parallel adapters, batch norms and head, on batches of one domain each;
 4. per-domain test accuracy, the decathlon score with fine-tuning as the baseline, the
@@ -24,6 +25,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 
 import keras_mdn  # noqa: E402
+from keras_mdn.baselines import fine_tune_each_domain  # noqa: E402
 from keras_mdn.datasets import load_digits_domains  # noqa: E402
 from keras_mdn.models import plain_resnet26, resnet26  # noqa: E402
 from keras_mdn.report import parameter_report  # noqa: E402
@@ -59,12 +61,6 @@ def train(model, data, domains, args, learning_rate=0.05, with_domain=True):
     model.fit(train_set, epochs=args.epochs, steps_per_epoch=steps, verbose=2)
 
 
-def build_plain(num_classes, image_shape, args, name):
-    """A one-domain ResNet-26 of plain Keras layers: pretraining and the fine-tuning baseline."""
-    return plain_resnet26(num_classes, input_shape=image_shape, width_factor=args.width_factor,
-                          name=name)
-
-
 def main():
     args = parse_args()
     keras.utils.set_random_seed(0)
@@ -73,19 +69,23 @@ def main():
 
     print("\n== 1. Pretraining the shared network on domain 'original' ==")
     original = data.select(["original"])
-    pretrained = build_plain(original.num_classes[0], data.image_shape, args, "digits_pretrained")
+    # A one-domain ResNet-26 of plain Keras layers.
+    pretrained = plain_resnet26(original.num_classes[0], input_shape=data.image_shape,
+                                width_factor=args.width_factor, name="digits_pretrained")
     train(pretrained, original, None, args, with_domain=False)
 
     print("\n== 2. Baseline: fine-tuning a full copy of the network per domain ==")
-    finetuned = {}
-    for name in data.names:
-        domain = data.select([name])  # a one-domain network sees its domain as domain 0
-        network = build_plain(domain.num_classes[0], data.image_shape, args,
-                              f"digits_finetuned_{name}")
-        transfer_weights(pretrained, network, source_domain=0 if name == "original" else None)
-        print(f"-- {name}")
-        train(network, domain, None, args, learning_rate=0.02, with_domain=False)
-        finetuned[name] = domain_accuracies(network, domain)[name]
+    # One model, every weight trainable, holds the five fine-tuned networks in turn (a domain
+    # reads the shared convs and its own batch norms and head): each domain trains alone from
+    # the pretrained weights, and one traced training step serves all five.
+    baseline = resnet26(data.num_classes, adapter=None, input_shape=data.image_shape,
+                        width_factor=args.width_factor, name="digits_finetuned")
+    transfer_weights(pretrained, baseline, source_domain=0)  # 'original' keeps its classifier
+    compile_model(baseline, learning_rate=0.02)
+    finetuned = fine_tune_each_domain(baseline, data, epochs=args.epochs,
+                                      batch_size=args.batch_size, verbose=0)
+    print("fine-tuned test accuracy: "
+          + ", ".join(f"{name} {accuracy:.3f}" for name, accuracy in finetuned.items()))
 
     print("\n== 3. Parallel residual adapters on the frozen shared network ==")
     model = resnet26(data.num_classes, adapter="parallel", input_shape=data.image_shape,

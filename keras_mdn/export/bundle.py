@@ -46,7 +46,8 @@ def export_all(model, directory, domains=None, domain_names=None, quantizations=
 
     Args:
         model: functional multi-domain model (inputs `"image"` and `"domain"`).
-        directory: output directory (created).
+        directory: output directory (created). The files an earlier `export_all` listed in
+            its manifest there are removed first, so no stale layout stays beside the new.
         domains: domains to export (ints). Defaults to all. A list of strings is read as
             `domain_names` (all domains exported).
         domain_names: optional list of names, one per domain of the model (stored in the
@@ -96,6 +97,7 @@ def export_all(model, directory, domains=None, domain_names=None, quantizations=
              if isinstance(getattr(layer, "num_classes", None), (list, tuple))]
     name, spec = input_spec(graph)
     os.makedirs(directory, exist_ok=True)
+    _remove_previous_export(directory)
     manifest = {
         "format": packs.FORMAT_VERSION,
         "model": model.name,
@@ -177,6 +179,49 @@ def export_all(model, directory, domains=None, domain_names=None, quantizations=
     with open(os.path.join(directory, MANIFEST), "w") as f:
         json.dump(manifest, f, indent=2)
     return manifest
+
+
+def _remove_previous_export(directory):
+    """Deletes what an earlier `export_all` listed in `directory`'s manifest (and the manifest).
+
+    A layout not written this time would otherwise stay beside the new files, stale. Only
+    the manifest's own paths inside `directory` are removed, never other files; an unreadable
+    manifest is left alone (and overwritten).
+    """
+    import shutil
+
+    try:
+        manifest = read_manifest(directory)
+    except (FileNotFoundError, ValueError):
+        return
+    paths = [manifest.get("saved_model")]
+    for variants in manifest["layouts"].values():
+        for entry in (variants.values() if isinstance(variants, dict) else ()):
+            if not isinstance(entry, dict):
+                continue
+            paths += [entry.get(key) for key in ("path", "base", "template", "fold")]
+            for key in ("paths", "packs"):
+                if isinstance(entry.get(key), dict):
+                    paths += list(entry[key].values())
+    root = os.path.realpath(directory)
+    parents = set()
+    for path in paths:
+        if not isinstance(path, str):
+            continue
+        full = os.path.realpath(os.path.join(directory, path))
+        if os.path.commonpath([root, full]) != root or full == root:
+            continue
+        if os.path.isdir(full):
+            shutil.rmtree(full)
+        elif os.path.isfile(full):
+            os.remove(full)
+        else:
+            continue
+        parents.add(os.path.dirname(full))
+    for parent in sorted(parents, reverse=True):
+        if parent != root and os.path.isdir(parent) and not os.listdir(parent):
+            os.rmdir(parent)
+    os.remove(os.path.join(directory, MANIFEST))
 
 
 def read_manifest(directory):

@@ -512,7 +512,7 @@ def export_fold_on_switch_tflite(model, directory, domains=None, pack_dtype="flo
     def serve(image):
         return folded(image, training=False)
 
-    saved = write_endpoints(probe, {TEMPLATE_SIGNATURE: (serve, [spec])})
+    saved = write_endpoints({TEMPLATE_SIGNATURE: (serve, [spec])})
     data = tflite.convert_saved_model(saved, [TEMPLATE_SIGNATURE])
     data = tflite.add_metadata(data, tflite.MODEL_ID_METADATA,
                                plan.model_id.hex().encode("ascii"))
@@ -534,7 +534,7 @@ def export_fold_on_switch_tflite(model, directory, domains=None, pack_dtype="flo
 
     signature = {TEMPLATE_INPUT + key: s for key, s in current_specs.items()}
     signature.update(pack_specs)
-    saved = write_endpoints(probe, {FOLD_SIGNATURE: (fold, [signature])})
+    saved = write_endpoints({FOLD_SIGNATURE: (fold, [signature])})
     fold_data = tflite.convert_saved_model(saved, [FOLD_SIGNATURE])
     fold_data = tflite.add_metadata(fold_data, tflite.MODEL_ID_METADATA,
                                     plan.model_id.hex().encode("ascii"))

@@ -1,6 +1,6 @@
 """SavedModel export: one endpoint per domain and a generic endpoint taking the domain index.
 
-Written with Keras' export API (`keras.export.ExportArchive`). Endpoint `domain_<d>` takes the
+Written with `tf.saved_model.save` (see `write_endpoints`). Endpoint `domain_<d>` takes the
 image batch and runs domain `d` traced with a Python int, so its per-domain weights are sliced
 while tracing (adapters become plain 1x1 convolutions), and returns the domain's logits
 `(batch, num_classes[d])` (the Keras model's output without the padding columns). Endpoint
@@ -15,8 +15,6 @@ silently returns zeros, hence the check.
 
 import os
 import tempfile
-
-import keras
 
 from keras_mdn.surgery.graph import FunctionalGraph, call_with_domain
 
@@ -113,31 +111,37 @@ def export_saved_model(model, path, domains=None, generic=True, batch_size=None)
         raise ValueError(f"Model {model.name!r} has no domain layers to export.")
     domains = check_domains(domains, graph.num_domains)
     _, spec = input_spec(graph, batch_size)
-    archive = keras.export.ExportArchive()
-    archive.track(model)
-    for domain in domains:
-        archive.add_endpoint(
-            endpoint_name(domain), _domain_function(model, graph, domain), input_signature=[spec]
-        )
+    endpoints = {endpoint_name(d): (_domain_function(model, graph, d), [spec]) for d in domains}
     if generic:
-        archive.add_endpoint(
-            GENERIC_ENDPOINT,
+        endpoints[GENERIC_ENDPOINT] = (
             _generic_function(model, graph),
-            input_signature=[spec, tf.TensorSpec((), tf.int32, name="domain")],
+            [spec, tf.TensorSpec((), tf.int32, name="domain")],
         )
-    archive.write_out(str(path), verbose=False)
-    return str(path)
+    return write_endpoints(endpoints, path)
 
 
-def write_endpoints(model, endpoints, path=None):
-    """Writes `model`'s variables and `{name: (fn, input_signature)}` as a SavedModel.
+def write_endpoints(endpoints, path=None):
+    """Writes `{name: (fn, input_signature)}` and the variables they read as a SavedModel.
+
+    Each endpoint is an attribute of the saved object (`loaded.<name>(...)`) and a serving
+    signature (`loaded.signatures[name]`); the first is also `"serving_default"`, as Keras'
+    `ExportArchive` does. Each function is traced once: `tf.saved_model.save` retraces every
+    `tf.function` it finds on the object (TensorFlow keys its trace cache on the save
+    context), which doubled the export time, so the object holds the concrete functions.
 
     Returns the directory (a new temporary one when `path` is None).
     """
-    path = path or tempfile.mkdtemp(prefix="keras_mdn_export_")
-    archive = keras.export.ExportArchive()
-    archive.track(model)
+    import tensorflow as tf
+
+    path = os.fspath(path or tempfile.mkdtemp(prefix="keras_mdn_export_"))
+    root = tf.Module()
+    signatures, variables = {}, {}
     for name, (fn, signature) in endpoints.items():
-        archive.add_endpoint(name, fn, input_signature=signature)
-    archive.write_out(os.fspath(path), verbose=False)
-    return os.fspath(path)
+        concrete = tf.function(fn, autograph=False).get_concrete_function(*signature)
+        setattr(root, name, concrete)
+        signatures[name] = concrete
+        variables.update((id(v), v) for v in concrete.variables)
+    signatures.setdefault("serving_default", next(iter(signatures.values())))
+    root.endpoint_variables = list(variables.values())
+    tf.saved_model.save(root, path, signatures=signatures)
+    return path

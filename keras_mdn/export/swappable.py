@@ -59,6 +59,9 @@ class SwappablePlan:
         input_name: name of the (non-domain) input.
         specs: dict tensor name -> shape of every swapped tensor, in pack order.
         model_id: 32-byte digest of the base model (architecture, shared weights, reference).
+
+    A plan is a snapshot: the model id and each domain's tensors are read from the model once
+    (the first time they are needed) and kept. Make a new plan after the weights change.
     """
 
     def __init__(self, model, reference_domain=0):
@@ -99,6 +102,7 @@ class SwappablePlan:
                 node.operation, node.name, None if affine is None else affine.operation
             )
         self._reference = None
+        self._domain_tensors = {}
         self.specs = {name: value.shape for name, value in self.reference_tensors().items()}
         self.model_id = packs.model_digest(self._architecture(), self._shared_weights())
 
@@ -124,6 +128,8 @@ class SwappablePlan:
         if isinstance(domain, (bool, np.bool_)) or not isinstance(domain, (int, np.integer)):
             raise TypeError(f"`domain` must be an int. Received: domain={domain!r}")
         domain = check_domain(domain, self.num_domains)
+        if domain in self._domain_tensors:
+            return dict(self._domain_tensors[domain])
         tensors = {}
         for unit in self.units.values():
             affine = None
@@ -132,7 +138,10 @@ class SwappablePlan:
                 affine = (parts["scale"], parts["offset"])
             for part, value in unit.layer.swappable_tensors(domain, affine=affine).items():
                 tensors[f"{unit.name}{SEPARATOR}{part}"] = np.asarray(value, dtype="float32")
-        return tensors
+        # Evaluated once per domain: each layer's tensors are eager ops, and the export reads
+        # every domain's several times (packs, verification).
+        self._domain_tensors[domain] = tensors
+        return dict(tensors)
 
     def reference_tensors(self):
         """The tensors of `reference_domain`: the base model's values before any pack."""

@@ -195,7 +195,7 @@ def export_folded_tflite(model, directory, domains=None, quantization=None,
         folded = fold_domain(model, domain)
         key = endpoint_name(domain)
 
-        saved = write_endpoints(folded, {key: (_inference(folded), [spec])})
+        saved = write_endpoints({key: (_inference(folded), [spec])})
         dataset = _representative(
             representative_data, [domain], lambda d, x, key=key: (key, {name: x})
         )
@@ -295,7 +295,7 @@ def export_swappable_tflite(model, directory, domains=None, quantization=None,
     def serve(image):
         return plan.call(image, {k: v.read_value() for k, v in variables.items()})
 
-    saved = write_endpoints(model, {
+    saved = write_endpoints({
         SWAPPABLE_SIGNATURE: (serve, [spec]),
         SET_DOMAIN_SIGNATURE: (set_domain, [pack_signature]),
     })
