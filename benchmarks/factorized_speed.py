@@ -382,6 +382,13 @@ def conv_paths(layer, batch, positions):
         if isinstance(step, planning.PerExampleConv):
             result[key] = f"per example: {chosen[key + '_detail']}"
             result[f"{key}_flops"] = step.kernel_path.flops + 2 * calls * in_size * out_size
+            if step.project is not None:  # U_in, the per-example GEMM in rank space, U_out
+                sizes = factorization.network_.sizes
+                first, last = step.project
+                r_in, r_out = (sizes[factorization.network_.labels[i][1]] for i in (first, last))
+                channels = factorization.in_dims[-1]
+                result[f"{key}_flops"] = step.kernel_path.flops + 2 * calls * (
+                    channels * r_in + in_size // channels * r_in * r_out + r_out * out_size)
         elif step is not None:
             width = math.prod(factorization.network_.sizes[lab] for lab in step.bonds)
             result[key] = f"factored: {chosen[key + '_detail']}"
