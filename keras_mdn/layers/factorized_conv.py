@@ -139,10 +139,13 @@ class BaseFactorizedConv(BaseFactorized):
         if any(pad != (0, 0) for pad in pads):
             inputs = ops.pad(inputs, pads)
         taps = []
+        plain_slices = (keras.backend.backend() == "tensorflow"
+                        and all(stride == 1 for stride in self.strides))
         for offsets in itertools.product(*(range(k) for k in self.kernel_size)):
-            if all(stride == 1 for stride in self.strides):
+            if plain_slices:
                 # A plain slice: its gradient is a pad, where a TF graph runs the gradient of
                 # a strided slice 3x slower (the input's gradient, and U_in's when projected).
+                # (XLA fuses Python slices into the concatenation; `slice` it does not.)
                 start = (0,) + tuple(o * d for o, d in zip(offsets, self.dilation_rate)) + (0,)
                 taps.append(ops.slice(inputs, start, (ops.shape(inputs)[0],) + tuple(spatial)
                                       + (inputs.shape[-1],)))
