@@ -609,6 +609,11 @@ def _conv_plan_variants(layer):
     plans = {
         "per_example": planning.ConvPlan(base.uniform, planning._per_example(
             factorization, sizes, calls, in_size, out_size)),
+    }
+    projected = planning._per_example(factorization, sizes, calls, in_size, out_size, True)
+    if projected is not None:
+        plans["per_example projected"] = planning.ConvPlan(base.uniform, projected)
+    plans |= {
         f"coded (E={min(factorization.code_size(), layer.num_domains)})":
             planning.ConvPlan(base.uniform, None),
     }
@@ -652,7 +657,9 @@ def conv_plan_rows(backend, jit, reps=11):
             RNG.permutation(np.arange(shape[0]) % tasks).astype("int32"))
         variants = _conv_plan_variants(layer)
         row = {"shape": f"conv {kind} T{tasks}", "backend": backend, "jit": jit,
-               "chosen": layer.contraction_paths()["mixed"], "plans": list(variants)}
+               "chosen": layer.contraction_paths()["mixed"] + (
+                   " projected" if getattr(layer._plan.mixed, "project", None) else ""),
+               "plans": list(variants)}
         for backward in (False, True):
             tag = "fwd_bwd_" if backward else ""
 
