@@ -24,7 +24,8 @@ class BaseFactorizedConv(BaseFactorized):
     `filters * E` channels against the shared part and mixes per example with the domain codes
     (E: LAF K, Tucker r_T, TT the last rank, or T); or, where those multiply the flops, each
     example's kernel is contracted from its domain code and meets the input's patches in one
-    batched matmul (a uniform batch's flops; `contraction_paths()["mixed"] == "per_example"`).
+    batched matmul (a uniform batch's flops; `contraction_paths()["mixed"] == "per_example"`;
+    Tucker: in the rank space, between its input- and output-channel factors).
     """
 
     rank_spatial = None
