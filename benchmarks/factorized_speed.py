@@ -382,6 +382,13 @@ def conv_paths(layer, batch, positions):
         if isinstance(step, planning.PerExampleConv):
             result[key] = f"per example: {chosen[key + '_detail']}"
             result[f"{key}_flops"] = step.kernel_path.flops + 2 * calls * in_size * out_size
+            if step.project is not None:  # U_in, the per-example GEMM in rank space, U_out
+                sizes = factorization.network_.sizes
+                first, last = step.project
+                r_in, r_out = (sizes[factorization.network_.labels[i][1]] for i in (first, last))
+                channels = factorization.in_dims[-1]
+                result[f"{key}_flops"] = step.kernel_path.flops + 2 * calls * (
+                    channels * r_in + in_size // channels * r_in * r_out + r_out * out_size)
         elif step is not None:
             width = math.prod(factorization.network_.sizes[lab] for lab in step.bonds)
             result[key] = f"factored: {chosen[key + '_detail']}"
@@ -577,6 +584,155 @@ def _compile_paths_markdown(result):
     return lines
 
 
+# === Mixed-batch conv plans side by side (issue 8: per-example vs coded vs one-hot) ===
+
+CONV_PLAN_SHAPES = [("laf", 10), ("tucker", 10)]
+
+
+def _conv_plan_variants(layer):
+    """Every mixed-batch form of a factorised conv: name -> (apply(x, domain), ConvPlan)."""
+    from keras_mdn.factorizations import planning
+
+    base = layer._plan
+    factorization = layer.factorization
+    net = factorization.network_
+    sizes = dict(net.sizes, B=base.uniform.post.sizes["B"] if base.uniform else 32)
+    sizes["P"] = CONV_SIZE * CONV_SIZE
+    calls = sizes["B"] * sizes["P"]
+    in_size = math.prod(factorization.in_dims)
+    out_size = math.prod(factorization.out_dims)
+    factored = None
+    for subset in planning._kernel_subsets(net, mixed=True):
+        found = planning._factored(factorization, subset, sizes, calls, in_size, True)
+        if found is not None and (factored is None or found.cost < factored.cost):
+            factored = found
+    plans = {
+        "per_example": planning.ConvPlan(base.uniform, planning._per_example(
+            factorization, sizes, calls, in_size, out_size)),
+    }
+    projected = planning._per_example(factorization, sizes, calls, in_size, out_size, True)
+    if projected is not None:
+        plans["per_example projected"] = planning.ConvPlan(base.uniform, projected)
+    plans |= {
+        f"coded (E={min(factorization.code_size(), layer.num_domains)})":
+            planning.ConvPlan(base.uniform, None),
+    }
+    if factored is not None:
+        plans["factored (" + " x ".join(factored.bonds) + " channels)"] = planning.ConvPlan(
+            base.uniform, factored)
+    variants = {}
+    for name, plan in plans.items():
+        def apply(y, d, plan=plan):
+            layer._plan = plan
+            try:
+                return layer(y, domain=d)
+            finally:
+                layer._plan = base
+        variants[name] = apply
+
+    def one_hot(y, d):
+        # The masked combination: every domain's kernel in one conv (T * filters channels),
+        # then each example keeps its domain's block (a one-hot product, as a user would).
+        tasks = layer.num_domains
+        kernel = keras.ops.reshape(layer.stacked_kernel(),
+                                   factorization.in_dims + (out_size * tasks,))
+        z = layer._conv(y, kernel)
+        z = keras.ops.reshape(z, tuple(keras.ops.shape(z)[:-1]) + (out_size, tasks))
+        mask = keras.ops.one_hot(d, tasks)[:, None, None, None, :]
+        return keras.ops.sum(z * mask, axis=-1) + keras.ops.take(layer.bias, d, axis=0)[
+            :, None, None, :]
+
+    variants[f"one-hot (T={layer.num_domains})"] = one_hot
+    return variants
+
+
+def conv_plan_rows(backend, jit, reps=11):
+    """Times of each mixed-batch plan of the T10 convs against the uniform batch."""
+    rows = []
+    for kind, tasks in CONV_PLAN_SHAPES:
+        layer, _, shape = _compile_layers("conv", kind, tasks)
+        x = keras.ops.convert_to_tensor(RNG.normal(size=shape).astype("float32"))
+        uniform = keras.ops.convert_to_tensor(np.int32(1))
+        mixed = keras.ops.convert_to_tensor(
+            RNG.permutation(np.arange(shape[0]) % tasks).astype("int32"))
+        variants = _conv_plan_variants(layer)
+        row = {"shape": f"conv {kind} T{tasks}", "backend": backend, "jit": jit,
+               "chosen": layer.contraction_paths()["mixed"] + (
+                   " projected" if getattr(layer._plan.mixed, "project", None) else ""),
+               "plans": list(variants)}
+        for backward in (False, True):
+            tag = "fwd_bwd_" if backward else ""
+
+            def apply(y, d, layer=layer):
+                return layer(y, domain=d)
+
+            methods = {"uniform": (_compiled(apply, layer.weights, backend, jit, backward),
+                                   uniform)}
+            for name, fn in variants.items():
+                methods[name] = (_compiled(fn, layer.weights, backend, jit, backward), mixed)
+            for fn, domain in methods.values():
+                fn(x, domain)
+                fn(x, domain)
+            samples = {name: [] for name in methods}
+            for _ in range(reps):
+                for name in RNG.permutation(list(methods)):
+                    fn, domain = methods[name]
+                    start = time.perf_counter()
+                    fn(x, domain)
+                    samples[name].append(time.perf_counter() - start)
+            base = statistics.median(samples["uniform"])
+            row[f"{tag}uniform_ms"] = 1e3 * base
+            for name in variants:
+                row[f"{tag}{name}"] = statistics.median(samples[name]) / base
+        rows.append(row)
+    return rows
+
+
+def measure_conv_plans():
+    """`conv_plan_rows` on TF graph, TF XLA (this process) and JAX jit (a child process)."""
+    load_start = [round(v, 2) for v in os.getloadavg()]
+    rows = conv_plan_rows("tensorflow", False) + conv_plan_rows("tensorflow", True)
+    env = dict(os.environ, KERAS_BACKEND="jax")
+    child = subprocess.run([sys.executable, os.path.abspath(__file__), "--conv-plans-json"],
+                           env=env, capture_output=True, text=True, timeout=900)
+    if child.returncode == 0:
+        rows += json.loads(child.stdout.strip().splitlines()[-1])
+    else:
+        print("JAX conv plans failed:", child.stderr[-2000:], file=sys.stderr)
+    result = {"rows": rows, "load_average_start": load_start,
+              "load_average_end": [round(v, 2) for v in os.getloadavg()]}
+    with open(os.path.join(RESULTS, "factorized_speed_conv_plans.json"), "w") as handle:
+        json.dump(result, handle, indent=1)
+    with open(os.path.join(RESULTS, "factorized_speed_conv_plans.md"), "w") as handle:
+        handle.write("\n".join(_conv_plans_markdown(result)) + "\n")
+    return result
+
+
+def _conv_plans_markdown(result):
+    lines = ["# Mixed-batch plans of the T10 factorised convs (issue 8)", "",
+             "Regenerate: `KERAS_BACKEND=tensorflow python benchmarks/factorized_speed.py "
+             "--conv-plans`.", "",
+             f"Conv3x3 32->32 channels, 16x16 px, batch {CONV_BATCH}, rank as in the "
+             "compile-path table. Each mixed-batch plan of the layer (forced in turn) over the "
+             "uniform batch's time (a 0-d domain, the layer's own plan), forward and "
+             "forward+backward, medians of interleaved repetitions in one process per backend. "
+             f"Load average {result['load_average_start']} at start, "
+             f"{result['load_average_end']} at end (shared machine: ratios only).", ""]
+    for tag, title in (("", "Forward"), ("fwd_bwd_", "Forward+backward")):
+        names = list(dict.fromkeys(name for row in result["rows"] for name in row["plans"]))
+        lines += [f"## {title}: mixed plan / uniform", "",
+                  "| shape | path | chosen | uniform ms | " + " | ".join(names) + " |",
+                  "|---|---|---|---|" + "---|" * len(names)]
+        for row in result["rows"]:
+            path = "JAX jit" if row["backend"] == "jax" else (
+                "TF XLA" if row["jit"] else "TF graph")
+            cells = [_fmt(row.get(f"{tag}{name}")) for name in names]
+            lines.append(f"| {row['shape']} | {path} | {row['chosen']} | "
+                         f"{row[f'{tag}uniform_ms']:.3f} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return lines
+
+
 # === Grid ===
 
 
@@ -654,9 +810,19 @@ def main(argv=None):
                              "(replacing their 'skipped' entries)")
     parser.add_argument("--compile-paths-json", action="store_true",
                         help="(internal) print this backend's compile-path rows as JSON")
+    parser.add_argument("--conv-plans", action="store_true",
+                        help="only time every mixed-batch plan of the T10 convs side by side")
+    parser.add_argument("--conv-plans-json", action="store_true",
+                        help="(internal) print this backend's conv-plan rows as JSON")
     parser.add_argument("--no-compile-paths", action="store_true",
                         help="skip the TF XLA / JAX jit section")
     args = parser.parse_args(argv)
+    if args.conv_plans_json:
+        print(json.dumps(conv_plan_rows(keras.backend.backend(), True)))
+        return
+    if args.conv_plans:
+        measure_conv_plans()
+        return
     if args.compile_paths_json:
         print(json.dumps(compile_path_rows(keras.backend.backend(), True)))
         return

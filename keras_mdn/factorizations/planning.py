@@ -79,13 +79,22 @@ class PerExampleConv(NamedTuple):
     uniform batch's (the coded kernel's are `E` times those), paid for by writing the patches
     and `B` kernels.
 
+    With `project` (Tucker), the input-channel factor `U_in` `(C_in, r_in)` first projects the
+    input to `r_in` channels (one 2-D GEMM), each example's kernel maps `r_in` to `r_out`
+    channels, and the output factor `U_out` `(filters, r_out)` follows as a 2-D GEMM: patches,
+    kernels and the batched GEMM shrink by `r_in / C_in` and `r_out / filters` (XLA on a CPU
+    writes patches slowly, about 1 ms per million elements on this machine).
+
     Attributes:
-        kernel_path: path building the per-example kernels from the example operands.
+        kernel_path: path building the per-example kernels from the example operands (all of
+            them, or all but `project`'s two factors).
         cost: modelled cost, in the units of `contraction`.
+        project: None, or `(input factor index, output factor index)`.
     """
 
     kernel_path: contraction.Path
     cost: float
+    project: object = None
 
 
 class ConvPlan(NamedTuple):
@@ -246,26 +255,62 @@ def plan_conv(factorization, batch_size, positions, mode="auto"):
             if found is not None and (best is None or found.cost < best.cost):
                 best = found
         if key == "mixed":
-            candidate = _per_example(factorization, sizes, calls, in_size, out_size)
-            if best is None or candidate.cost < best.cost:
-                best = candidate
+            for project in (False, True):
+                candidate = _per_example(factorization, sizes, calls, in_size, out_size,
+                                         project)
+                if candidate is not None and (best is None or candidate.cost < best.cost):
+                    best = candidate
         plans[key] = best if best is not None and best.cost < baselines[key] else None
     return ConvPlan(plans.get("uniform"), plans.get("mixed"))
 
 
-def _per_example(factorization, sizes, calls, in_size, out_size):
-    """The `PerExampleConv` of a mixed batch and its modelled cost."""
+def _per_example(factorization, sizes, calls, in_size, out_size, project=False):
+    """The `PerExampleConv` of a mixed batch and its modelled cost (`project`: the form with
+    the channel factors as 2-D GEMMs; None when the kind has no such factors)."""
     net = factorization.network_
     batch = sizes[contraction.BATCH]
-    output = (contraction.BATCH,) + net.in_labels + net.out_labels
-    kernel_path = contraction.search_path(factorization.example_labels(), output, sizes)
+    labels = factorization.example_labels()
+    kernel_in, kernel_out = net.in_labels, net.out_labels
+    operands = list(range(len(labels)))
+    extra = 0.0
+    pair = _channel_factors(net) if project else None
+    if project and pair is None:
+        return None
+    if pair is not None:
+        (first, first_bond), (last, last_bond) = pair
+        operands = [i for i in operands if i not in (first, last)]
+        kernel_in = net.in_labels[:-1] + (first_bond,)
+        kernel_out = (last_bond,)
+        channels_in, channels_out = sizes[net.in_labels[-1]], sizes[net.out_labels[-1]]
+        in_size = in_size // channels_in * sizes[first_bond]
+        out_size = sizes[last_bond]
+        # The input projection (at the input's positions, ~ the output's at stride 1) and the
+        # output factor, each one 2-D GEMM.
+        extra = (_conv_cost(calls, channels_in, sizes[first_bond])
+                 + _conv_cost(calls, out_size, channels_out))
+    output = (contraction.BATCH,) + kernel_in + kernel_out
+    kernel_path = contraction.search_path([labels[i] for i in operands], output, sizes)
     # Patches written once and read by the GEMM (a convolution packs its input the same way,
     # inside the kernel), the kernels read by the GEMM, then the convolution's own cost.
-    cost = (kernel_path.cost
+    cost = (kernel_path.cost + extra
             + (contraction.OUTPUT_COST + contraction.INPUT_COST) * calls * in_size
             + contraction.INPUT_COST * batch * in_size * out_size
             + _conv_cost(calls, in_size, out_size))
-    return PerExampleConv(kernel_path, cost)
+    return PerExampleConv(kernel_path, cost, None if pair is None else (pair[0][0], pair[1][0]))
+
+
+def _channel_factors(net):
+    """`((index, bond), (index, bond))` of the factors `(C_in, r_in)` and `(filters, r_out)`
+    when each is the only operand on its mode (Tucker's), else None."""
+    if len(net.out_labels) != 1:
+        return None
+    found = []
+    for mode in (net.in_labels[-1], net.out_labels[0]):
+        users = [i for i, labels in enumerate(net.labels) if mode in labels]
+        if len(users) != 1 or len(net.labels[users[0]]) != 2 or net.labels[users[0]][0] != mode:
+            return None
+        found.append((users[0], net.labels[users[0]][1]))
+    return tuple(found)
 
 
 def _conv_cost(calls, in_size, width):
@@ -333,11 +378,22 @@ def conv(plan, factorization, inputs, domain, conv_fn, patches_fn=None):
         return conv_fn(inputs, factorization.task_weight(d))
 
     def per_example(step, operands):
-        kernels = contraction.contract(step.kernel_path, operands)
-        kernels = contraction.reshape(kernels, (-1, math.prod(factorization.in_dims),
-                                                out_channels))
-        patches, spatial = patches_fn(inputs)
+        x, kernel_operands, channels = inputs, operands, out_channels
+        if step.project is not None:
+            first, last = step.project
+            projection = ops.cast(operands[first], inputs.dtype)  # (C_in, r_in)
+            x = contraction.matmul(ops.reshape(inputs, (-1, inputs.shape[-1])), projection)
+            x = ops.reshape(x, tuple(ops.shape(inputs)[:-1]) + (projection.shape[-1],))
+            kernel_operands = [op for i, op in enumerate(operands) if i not in step.project]
+            channels = operands[last].shape[-1]
+        kernels = contraction.contract(step.kernel_path, kernel_operands)
+        patches, spatial = patches_fn(x)
+        kernels = contraction.reshape(kernels, (-1, patches.shape[-1], channels))
         outputs = contraction.matmul(patches, ops.cast(kernels, patches.dtype))
+        if step.project is not None:  # (B, P, r_out) by U_out (filters, r_out)
+            outputs = contraction.matmul(ops.reshape(outputs, (-1, channels)),
+                                         ops.cast(operands[last], outputs.dtype),
+                                         transpose_right=True)
         return ops.reshape(outputs, (-1,) + tuple(spatial) + (out_channels,))
 
     def mixed(selection):
@@ -367,8 +423,14 @@ def describe_conv(plan, factorization):
     for key, step in plan._asdict().items():
         if isinstance(step, PerExampleConv):
             summary[key] = "per_example"
-            summary[f"{key}_detail"] = (f"each example's kernel {step.kernel_path.describe(names)}"
-                                        ", then one GEMM per example with the input's patches")
+            kernel_names = [name for i, name in enumerate(names)
+                            if step.project is None or i not in step.project]
+            detail = (f"each example's kernel {step.kernel_path.describe(kernel_names)}, then "
+                      "one GEMM per example with the input's patches")
+            if step.project is not None:
+                detail = (f"input channels projected by {names[step.project[0]]}, {detail}, "
+                          f"then {names[step.project[1]]}")
+            summary[f"{key}_detail"] = detail
             continue
         summary[key] = "reconstruct" if step is None else "factored"
         if step is not None:

@@ -24,7 +24,8 @@ class BaseFactorizedConv(BaseFactorized):
     `filters * E` channels against the shared part and mixes per example with the domain codes
     (E: LAF K, Tucker r_T, TT the last rank, or T); or, where those multiply the flops, each
     example's kernel is contracted from its domain code and meets the input's patches in one
-    batched matmul (a uniform batch's flops; `contraction_paths()["mixed"] == "per_example"`).
+    batched matmul (a uniform batch's flops; `contraction_paths()["mixed"] == "per_example"`;
+    Tucker: in the rank space, between its input- and output-channel factors).
     """
 
     rank_spatial = None
@@ -139,7 +140,17 @@ class BaseFactorizedConv(BaseFactorized):
         if any(pad != (0, 0) for pad in pads):
             inputs = ops.pad(inputs, pads)
         taps = []
+        plain_slices = (keras.backend.backend() == "tensorflow"
+                        and all(stride == 1 for stride in self.strides))
         for offsets in itertools.product(*(range(k) for k in self.kernel_size)):
+            if plain_slices:
+                # A plain slice: its gradient is a pad, where a TF graph runs the gradient of
+                # a strided slice 3x slower (the input's gradient, and U_in's when projected).
+                # (XLA fuses Python slices into the concatenation; `slice` it does not.)
+                start = (0,) + tuple(o * d for o, d in zip(offsets, self.dilation_rate)) + (0,)
+                taps.append(ops.slice(inputs, start, (ops.shape(inputs)[0],) + tuple(spatial)
+                                      + (inputs.shape[-1],)))
+                continue
             window = tuple(
                 slice(offset * dilation, offset * dilation + (out - 1) * stride + 1, stride)
                 for offset, out, stride, dilation in zip(offsets, spatial, self.strides,

@@ -63,11 +63,12 @@ def test_forward_every_task_uniform_and_mixed(kind, contraction):
     assert_close(layer(x, domain=mixed), reference(layer, x, mixed), atol=1e-5)
 
 
-def per_example(layer):
-    """`layer` with its mixed-batch plan replaced by per-example kernels (patches + GEMM)."""
+def per_example(layer, project=False):
+    """`layer` with its mixed-batch plan replaced by per-example kernels (patches + GEMM;
+    `project`: Tucker's channel factors as 2-D GEMMs around them)."""
     factorization = layer.factorization
     sizes = dict(factorization.network_.sizes, B=8, P=16)
-    step = planning._per_example(factorization, sizes, 128, 27, layer.filters)
+    step = planning._per_example(factorization, sizes, 128, 27, layer.filters, project)
     layer._plan = planning.ConvPlan(layer._plan.uniform, step)
     return layer
 
@@ -86,6 +87,38 @@ def test_per_example_kernels_match_reference(kind, cls, size, kwargs):
     x = rng(6).normal(size=shape).astype("float32")
     mixed = np.array([0, 2, 1, 1, 2], dtype="int32")
     assert_close(layer(x, domain=mixed), reference(layer, x, mixed), atol=1e-5)
+
+
+@pytest.mark.parametrize("cls,size,kwargs", [
+    (FactorizedConv2D, 8, {"strides": 2, "padding": "same"}),
+    (FactorizedConv2D, 7, {"strides": (1, 2), "padding": "valid", "dilation_rate": 1}),
+    (FactorizedConv1D, 9, {"padding": "same", "dilation_rate": 2}),
+])
+def test_projected_per_example_kernels_match_reference(cls, size, kwargs):
+    # Tucker: the input projected by U_in, (r_in -> r_out) kernels per example, then U_out.
+    layer = per_example(make("tucker", rank=(2,) * cls.rank_spatial + (2, 3, 3), cls=cls,
+                             **kwargs), project=True)
+    assert layer._plan.mixed.project is not None
+    assert "projected by factor_" in layer.contraction_paths()["mixed_detail"]
+    x = rng(6).normal(size=(5,) + (size,) * cls.rank_spatial + (3,)).astype("float32")
+    mixed = np.array([0, 2, 1, 1, 2], dtype="int32")
+    assert_close(layer(x, domain=mixed), reference(layer, x, mixed), atol=1e-5)
+
+
+def test_projected_per_example_chosen_for_tucker_with_many_domains():
+    # Tucker T = 10, rank 16, 32 -> 32 channels at 16 x 16 (the benchmark's shape): the coded
+    # kernel is the one-hot stack (r_T = T); per-example kernels in the rank space keep the
+    # patches at 16 channels.
+    layer = FactorizedConv2D(32, 3, num_domains=10, factorization="tucker", rank=16,
+                             padding="same")
+    layer.build((16, 16, 16, 32))
+    assert layer.contraction_paths()["mixed"] == "per_example"
+    assert layer._plan.mixed.project is not None
+    # LAF and TT have no channel factor of their own: no projected form.
+    for kind in ("laf", "tt"):
+        other = make(kind)
+        sizes = dict(other.factorization.network_.sizes, B=8, P=16)
+        assert planning._per_example(other.factorization, sizes, 128, 27, 4, True) is None
 
 
 @pytest.mark.parametrize("kind", ["tucker", "tt"])
@@ -112,10 +145,11 @@ def test_conv1d_with_dilation(kind):
 
 
 @pytest.mark.parametrize("kind,contraction", [("tucker", "auto"), ("tt", "auto"),
-                                              ("tt", "reconstruct"), ("laf", "per_example")])
+                                              ("tt", "reconstruct"), ("laf", "per_example"),
+                                              ("tucker", "projected")])
 def test_gradients_match_dense_reference(kind, contraction):
-    if contraction == "per_example":
-        layer = per_example(make(kind))
+    if contraction in ("per_example", "projected"):
+        layer = per_example(make(kind), project=contraction == "projected")
     else:
         layer = make(kind, contraction=contraction)
     x = rng(2).normal(size=(3, 5, 5, 3)).astype("float32")
@@ -304,6 +338,10 @@ def test_per_example_kernels_keep_nan_and_bad_ids_in_their_examples(jit_compile)
                                           jit_compile)
     check_bad_ids_reach_no_domain_weights(layer, x, jit_compile)
     check_bad_ids_give_nan_in_compiled_graphs(per_example(make("tucker")), x, jit_compile)
+    projected = per_example(make("tucker"), project=True)
+    check_nan_example_stays_in_its_domain(projected, x, np.array([2, 1, 0, 1], "int32"),
+                                          jit_compile)
+    check_bad_ids_give_nan_in_compiled_graphs(projected, x, jit_compile)
 
 
 @pytest.mark.parametrize("kind", ["laf", "tt"])

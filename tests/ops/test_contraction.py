@@ -161,3 +161,16 @@ def test_transposed_operands_are_read_by_the_matmul():
     path = contraction.search_path(labels, ("B", "o"), sizes)
     assert_close(contraction.contract(path, operands),
                  einsum_reference(labels, ("B", "o"), operands), atol=1e-5)
+
+
+@pytest.mark.parametrize("labels", [[("i", "o", "k"), ("k",)], [("k", "i", "o"), ("k",)],
+                                    [("k",), ("i", "k")]])
+def test_matrix_times_short_vector_matches_einsum(labels):
+    # A domain code (k) meeting its factor: on JAX a sum of scaled columns, elsewhere a GEMV;
+    # the factor laid out with k last, first, or the vector given first.
+    sizes = {"i": 5, "o": 3, "k": 4}
+    output = tuple(lab for labs in labels for lab in labs if lab != "k")
+    operands = random_operands(labels, sizes, seed=5)
+    path = contraction.search_path(labels, output, sizes)
+    assert_close(contraction.contract(path, operands),
+                 einsum_reference(labels, output, operands), atol=1e-5)
