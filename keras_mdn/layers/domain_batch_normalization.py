@@ -185,7 +185,7 @@ class DomainBatchNormalization(keras.layers.Layer, DomainLayer):
         # NaN rows, so their outputs are NaN.
         tables = [self.moving_mean, self.moving_variance]
         tables += [w for w in (self.gamma, self.beta) if w is not None]
-        rows = routing.take_domains(ops.concatenate(tables, axis=-1), selection)
+        rows = routing.take_domains(ops.concatenate(tables, axis=-1), selection, by_mask="auto")
         rows = ops.split(rows, len(tables), axis=-1)
         gamma = rows[2] if self.gamma is not None else None
         beta = rows[-1] if self.beta is not None else None
@@ -201,7 +201,7 @@ class DomainBatchNormalization(keras.layers.Layer, DomainLayer):
         x = ops.cast(inputs, "float32")
         # Read once (on TF each use of a variable is another read op to trace).
         moving_mean = routing.read(self.moving_mean)
-        shift = routing.take_domains(moving_mean, selection, fill_invalid=False)
+        shift = routing.take_domains(moving_mean, selection, fill_invalid=False, by_mask="auto")
         shift = routing.per_example(shift, x)
         if synchronized:  # over every replica's examples of each domain
             counts = distribution.cross_replica_sum(selection.counts())
@@ -372,14 +372,15 @@ def per_domain_normalization(x, gamma, beta, shift, sizes, selection, epsilon, s
         """This replica's per-domain sums of two per-example tensors, and all replicas'."""
         if spatial:
             first, second = ops.sum(first, axis=spatial), ops.sum(second, axis=spatial)
-        sums = routing.domain_sums(ops.concatenate([first, second], axis=-1), selection)
+        sums = routing.domain_sums(ops.concatenate([first, second], axis=-1), selection,
+                                   by_mask="auto")
         local = ops.split(sums, 2, axis=-1)
         if not synchronized:
             return local, local
         return local, ops.split(distribution.cross_replica_sum(sums), 2, axis=-1)
 
     def per_example(table, parts):
-        rows = routing.per_example(routing.take_domains(table, selection), x)
+        rows = routing.per_example(routing.take_domains(table, selection, by_mask="auto"), x)
         return ops.split(rows, parts, axis=-1)
 
     @routing.custom_gradient
