@@ -547,19 +547,25 @@ def _mixed_flop_ratio(layer, shape):
     return paths["mixed_flops"] / paths["uniform_flops"]
 
 
-def measure_compile_paths():
-    """TF graph and TF XLA in this process, JAX jit in a child process (one backend each)."""
+def on_three_paths(rows_of, flag):
+    """`rows_of(backend, jit)` on TF graph and TF XLA in this process and on JAX jit in a child
+    process run with `flag` (one backend per process), with the load averages."""
     load_start = [round(v, 2) for v in os.getloadavg()]
-    rows = compile_path_rows("tensorflow", False) + compile_path_rows("tensorflow", True)
+    rows = rows_of("tensorflow", False) + rows_of("tensorflow", True)
     env = dict(os.environ, KERAS_BACKEND="jax")
-    child = subprocess.run([sys.executable, os.path.abspath(__file__), "--compile-paths-json"],
+    child = subprocess.run([sys.executable, os.path.abspath(__file__), flag],
                            env=env, capture_output=True, text=True, timeout=900)
     if child.returncode == 0:
         rows += json.loads(child.stdout.strip().splitlines()[-1])
     else:
-        print("JAX compile paths failed:", child.stderr[-2000:], file=sys.stderr)
+        print(f"JAX {flag} failed:", child.stderr[-2000:], file=sys.stderr)
     return {"rows": rows, "load_average_start": load_start,
             "load_average_end": [round(v, 2) for v in os.getloadavg()]}
+
+
+def measure_compile_paths():
+    """TF graph and TF XLA in this process, JAX jit in a child process (one backend each)."""
+    return on_three_paths(compile_path_rows, "--compile-paths-json")
 
 
 def _compile_paths_markdown(result):
@@ -690,17 +696,7 @@ def conv_plan_rows(backend, jit, reps=11):
 
 def measure_conv_plans():
     """`conv_plan_rows` on TF graph, TF XLA (this process) and JAX jit (a child process)."""
-    load_start = [round(v, 2) for v in os.getloadavg()]
-    rows = conv_plan_rows("tensorflow", False) + conv_plan_rows("tensorflow", True)
-    env = dict(os.environ, KERAS_BACKEND="jax")
-    child = subprocess.run([sys.executable, os.path.abspath(__file__), "--conv-plans-json"],
-                           env=env, capture_output=True, text=True, timeout=900)
-    if child.returncode == 0:
-        rows += json.loads(child.stdout.strip().splitlines()[-1])
-    else:
-        print("JAX conv plans failed:", child.stderr[-2000:], file=sys.stderr)
-    result = {"rows": rows, "load_average_start": load_start,
-              "load_average_end": [round(v, 2) for v in os.getloadavg()]}
+    result = on_three_paths(conv_plan_rows, "--conv-plans-json")
     with open(os.path.join(RESULTS, "factorized_speed_conv_plans.json"), "w") as handle:
         json.dump(result, handle, indent=1)
     with open(os.path.join(RESULTS, "factorized_speed_conv_plans.md"), "w") as handle:
