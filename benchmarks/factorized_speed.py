@@ -490,6 +490,22 @@ def _compiled(fn, layer_weights, backend, jit, backward):
     return lambda x, d: jax.block_until_ready(compiled(values, x, d))
 
 
+def _interleaved_medians(methods, x, reps):
+    """Median seconds of each `{name: (fn, domain)}` applied to `x`, after two warm-up calls,
+    over `reps` rounds in a random order per round."""
+    for fn, domain in methods.values():
+        fn(x, domain)
+        fn(x, domain)
+    samples = {name: [] for name in methods}
+    for _ in range(reps):
+        for name in RNG.permutation(list(methods)):
+            fn, domain = methods[name]
+            start = time.perf_counter()
+            fn(x, domain)
+            samples[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
 def compile_path_rows(backend, jit, reps=11):
     """Uniform / mixed / plain-layer times of `COMPILE_SHAPES` on one compile path."""
     rows = []
@@ -516,18 +532,8 @@ def compile_path_rows(backend, jit, reps=11):
                 "plain": (_compiled(apply_plain, plain.weights, backend, jit, backward),
                           uniform),
             }
-            for fn, domain in methods.values():
-                fn(x, domain)
-                fn(x, domain)
-            samples = {name: [] for name in methods}
-            for _ in range(reps):
-                for name in RNG.permutation(list(methods)):
-                    fn, domain = methods[name]
-                    start = time.perf_counter()
-                    fn(x, domain)
-                    samples[name].append(time.perf_counter() - start)
-            for name, values in samples.items():
-                row[f"{tag}{name}_ms"] = 1e3 * statistics.median(values)
+            for name, seconds in _interleaved_medians(methods, x, reps).items():
+                row[f"{tag}{name}_ms"] = 1e3 * seconds
             row[f"{tag}mixed_over_uniform"] = row[f"{tag}mixed_ms"] / row[f"{tag}uniform_ms"]
             row[f"{tag}uniform_over_plain"] = row[f"{tag}uniform_ms"] / row[f"{tag}plain_ms"]
         rows.append(row)
@@ -676,20 +682,11 @@ def conv_plan_rows(backend, jit, reps=11):
                                    uniform)}
             for name, fn in variants.items():
                 methods[name] = (_compiled(fn, layer.weights, backend, jit, backward), mixed)
-            for fn, domain in methods.values():
-                fn(x, domain)
-                fn(x, domain)
-            samples = {name: [] for name in methods}
-            for _ in range(reps):
-                for name in RNG.permutation(list(methods)):
-                    fn, domain = methods[name]
-                    start = time.perf_counter()
-                    fn(x, domain)
-                    samples[name].append(time.perf_counter() - start)
-            base = statistics.median(samples["uniform"])
+            medians = _interleaved_medians(methods, x, reps)
+            base = medians["uniform"]
             row[f"{tag}uniform_ms"] = 1e3 * base
             for name in variants:
-                row[f"{tag}{name}"] = statistics.median(samples[name]) / base
+                row[f"{tag}{name}"] = medians[name] / base
         rows.append(row)
     return rows
 
