@@ -15,10 +15,11 @@ while tracing (never a run-time `cond`, which XLA compiles into a slow program):
 Per-example selection is a gather (`take_domains`), whose gradient adds each example into its
 own domain's row only, so a NaN in one example reaches only its own domain (a one-hot product
 would spread `0 * NaN` to every domain). Per-domain reductions (`domain_sums`) are segment sums
-for the same reason. On JAX, small tables (a batch norm's per-domain rows) are selected and
-summed by masked reductions instead, `sum(where(mask, table, 0))`: a select, so a NaN stays in
-its domain just as with a gather, and one fused loop for XLA, which compiles gathers and the
-scatters of their gradients slowly (`masked`). `domain_matmul` (each example times its
+for the same reason. On JAX, a batch norm's per-domain rows (asked for with
+`by_mask="auto"`) are selected and summed by masked reductions instead,
+`sum(where(mask, table, 0))`: a select, so a NaN stays in its domain just as with a
+gather, and one fused loop for XLA, which compiles gathers and the scatters of their
+gradients slowly (`masked`). `domain_matmul` (each example times its
 domain's matrix) writes its gradient out as a batched GEMM and one segment sum: automatic
 differentiation of a gather builds several times the graph ops, and graph ops are most of a
 multi-domain network's trace and compile time. A tensor domain is prepared once
@@ -232,9 +233,9 @@ def gather_domain(params, domain):
     return take_domains(params, select(domain, params.shape[0]))
 
 
-# Per-example selections (`take_domains`) and per-domain sums (`domain_sums`) of at most this
-# many values per example (number of domains x row size) are masked reductions, larger ones
-# gathers and segment sums (see `masked`).
+# With `by_mask="auto"` (the batch norms), per-example selections (`take_domains`) and
+# per-domain sums (`domain_sums`) of at most this many values per example (number of domains
+# x row size) are masked reductions on JAX, larger ones gathers and segment sums (`masked`).
 MASKED_MAX_VALUES = 8192
 
 
