@@ -159,11 +159,35 @@ class BaseFactorizedConv(BaseFactorized):
         patches = ops.concatenate(taps, axis=-1) if len(taps) > 1 else taps[0]
         return ops.reshape(patches, (-1, math.prod(spatial), patches.shape[-1])), spatial
 
+    def _grouped_conv(self, inputs, kernels):
+        """Example `b` of `inputs` convolved with `kernels[b]` `(prod(kernel_size) * C_in,
+        filters')`, all as one convolution with the batch folded into the channels (`B`
+        groups): `(batch, *spatial, filters')`. TensorFlow only (`planning.grouped_conv_wins`):
+        `tf.nn.convolution` itself, as `keras.ops.conv` compiles a grouped convolution with
+        XLA on a CPU, whose gradient is ~100x slower."""
+        import tensorflow as tf
+
+        rank = len(self.kernel_size)
+        channels, filters = inputs.shape[-1], kernels.shape[-1]
+        # (B, *kernel, C, F) -> (*kernel, C, B, F) -> (*kernel, C, B * F)
+        kernels = ops.reshape(kernels, (-1,) + self.kernel_size + (channels, filters))
+        kernels = ops.transpose(kernels, tuple(range(1, rank + 2)) + (0, rank + 2))
+        kernels = ops.reshape(kernels, self.kernel_size + (channels, -1))
+        # (B, *spatial, C) -> (1, *spatial, B * C)
+        grouped = ops.transpose(inputs, tuple(range(1, rank + 1)) + (0, rank + 1))
+        grouped = ops.reshape(grouped, (1,) + tuple(inputs.shape[1:-1]) + (-1,))
+        outputs = tf.nn.convolution(grouped, kernels, strides=self.strides,
+                                    padding=self.padding.upper(),
+                                    dilations=self.dilation_rate)  # (1, *spatial', B * F)
+        spatial = tuple(outputs.shape[1:-1])
+        outputs = ops.reshape(outputs, spatial + (-1, filters))
+        return ops.transpose(outputs, (rank,) + tuple(range(rank)) + (rank + 1,))
+
     def call(self, inputs, domain=None):
         route, selection = self._domain(domain, inputs)
         inputs = ops.cast(inputs, self.compute_dtype)
         outputs = planning.conv(self._plan, self.factorization, inputs, route, self._conv,
-                                self._patches)
+                                self._patches, self._grouped_conv)
         return self._finish(outputs, route, selection)
 
     def contraction_paths(self):

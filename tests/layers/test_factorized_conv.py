@@ -89,6 +89,50 @@ def test_per_example_kernels_match_reference(kind, cls, size, kwargs):
     assert_close(layer(x, domain=mixed), reference(layer, x, mixed), atol=1e-5)
 
 
+# Each window geometry, plain and projected (Tucker): the grouped convolution (TF graph) and
+# the patches give the same outputs and gradients, in one TF graph.
+@pytest.mark.parametrize("kind,project,cls,size,kwargs", [
+    ("laf", False, FactorizedConv2D, 7, {"strides": 2, "padding": "same"}),
+    ("tt", False, FactorizedConv2D, 7, {"strides": (1, 2), "padding": "valid"}),
+    ("laf", False, FactorizedConv2D, 7, {"padding": "same", "dilation_rate": 2}),
+    ("laf", False, FactorizedConv1D, 8, {"strides": 2, "padding": "same"}),
+    ("tucker", True, FactorizedConv2D, 8, {"strides": 2, "padding": "same"}),
+])
+def test_grouped_per_example_conv_matches_patches(kind, project, cls, size, kwargs,
+                                                  monkeypatch):
+    skip_unless_tensorflow()
+    from tests.layers.factorized_helpers import compiled_outputs_and_gradients
+
+    rank = (2,) * cls.rank_spatial + (2, 3, 3) if project else 2
+    layer = per_example(make(kind, rank=rank, cls=cls, **kwargs), project=project)
+    x = rng(7).normal(size=(5,) + (size,) * cls.rank_spatial + (3,)).astype("float32")
+    mixed = np.array([0, 2, 1, 1, 2], dtype="int32")
+    grouped = compiled_outputs_and_gradients(layer, x, mixed, jit_compile=False, power=2)
+    monkeypatch.setattr(planning, "grouped_conv_wins", lambda: False)
+    patches = compiled_outputs_and_gradients(layer, x, mixed, jit_compile=False, power=2)
+    assert_close(grouped[0], patches[0], atol=1e-5)
+    assert_close(grouped[0], reference(layer, x, mixed), atol=1e-5)
+    for ours, theirs in zip(grouped[1], patches[1], strict=True):
+        assert_close(ours, theirs, atol=1e-4)
+
+
+def test_grouped_conv_only_in_a_tensorflow_graph_without_xla():
+    if backend() != "tensorflow":
+        assert not planning.grouped_conv_wins()
+        return
+    import tensorflow as tf
+
+    seen = {}
+
+    def probe(jit):
+        seen[jit] = planning.grouped_conv_wins()
+        return tf.zeros(())
+
+    tf.function(lambda: probe(False), jit_compile=False)()
+    tf.function(lambda: probe(True), jit_compile=True)()
+    assert seen == {False: True, True: False}
+
+
 @pytest.mark.parametrize("cls,size,kwargs", [
     (FactorizedConv2D, 8, {"strides": 2, "padding": "same"}),
     (FactorizedConv2D, 7, {"strides": (1, 2), "padding": "valid", "dilation_rate": 1}),
