@@ -29,7 +29,8 @@ listed in the results. The committed results also ran (load ~13 on 2 cores):
     KERAS_BACKEND=tensorflow timeout 420 python benchmarks/factorized_speed.py \
         --recheck --time-limit 300
 
-`--quick` runs a tiny grid in a few minutes (`_quick` suffix).
+`--quick` runs a tiny grid in a few minutes (`_quick` suffix). `--compile-paths` runs only
+the "Compile paths" table (TF graph, TF XLA, JAX jit; `_compile_paths` suffix, a few minutes).
 """
 
 import argparse
@@ -574,6 +575,18 @@ def measure_compile_paths():
     return on_three_paths(compile_path_rows, "--compile-paths-json")
 
 
+def write_compile_paths(result):
+    """The compile-path table alone (`--compile-paths`): its own JSON and Markdown."""
+    base = os.path.join(RESULTS, "factorized_speed_compile_paths")
+    with open(base + ".json", "w") as handle:
+        json.dump(result, handle, indent=1)
+    lines = ["# Factorised layers' mixed-task batches on every compile path (issue 8)", "",
+             "Regenerate: `KERAS_BACKEND=tensorflow python benchmarks/factorized_speed.py "
+             "--compile-paths` (the same rows as the `--quick` results' last table)."]
+    with open(base + ".md", "w") as handle:
+        handle.write("\n".join(lines + _compile_paths_markdown(result)) + "\n")
+
+
 def _compile_paths_markdown(result):
     lines = ["", "## Compile paths: TF graph, TF XLA, JAX jit", "",
              "Forward and forward+backward (gradients of the weights) of one layer, compiled "
@@ -807,6 +820,8 @@ def main(argv=None):
                         help="only time every mixed-batch plan of the T10 convs side by side")
     parser.add_argument("--conv-plans-json", action="store_true",
                         help="(internal) print this backend's conv-plan rows as JSON")
+    parser.add_argument("--compile-paths", action="store_true",
+                        help="only the compile-path table (TF graph, TF XLA, JAX jit)")
     parser.add_argument("--no-compile-paths", action="store_true",
                         help="skip the TF XLA / JAX jit section")
     args = parser.parse_args(argv)
@@ -821,6 +836,9 @@ def main(argv=None):
         return
     if keras.backend.backend() != "tensorflow":
         sys.exit("Run with KERAS_BACKEND=tensorflow (t3f and tf.function timing).")
+    if args.compile_paths:
+        write_compile_paths(measure_compile_paths())
+        return
     opts = Options(args.quick)
     if args.recheck:
         recheck(opts, "_quick" if args.quick else "", args.time_limit or 600)

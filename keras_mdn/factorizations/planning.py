@@ -16,7 +16,8 @@ A factorised layer holds a `DensePlan` or a `ConvPlan` made here from its factor
   with the lowest modelled cost is taken; the full kernel (`"reconstruct"`) is one candidate.
   A mixed batch has one more candidate, `PerExampleConv`: each example's kernel from its
   gathered codes, the input's patches, one batched matmul (a uniform batch's conv flops, where
-  the other forms multiply them by the code size).
+  the other forms multiply them by the code size); in a TF graph not compiled by XLA, one
+  grouped convolution instead of the patches (`grouped_conv_wins`).
 
 The form of the domain decides the path while tracing (never a run-time `cond`): an int or 0-d
 tensor takes `uniform`, a `keras_mdn.ops.routing.Selection` of a domain vector takes `mixed`.

@@ -25,7 +25,8 @@ class BaseFactorizedConv(BaseFactorized):
     (E: LAF K, Tucker r_T, TT the last rank, or T); or, where those multiply the flops, each
     example's kernel is contracted from its domain code and meets the input's patches in one
     batched matmul (a uniform batch's flops; `contraction_paths()["mixed"] == "per_example"`;
-    Tucker: in the rank space, between its input- and output-channel factors).
+    Tucker: in the rank space, between its input- and output-channel factors); in a TF graph
+    not compiled by XLA, the batch folded into the channels of one grouped convolution.
     """
 
     rank_spatial = None
