@@ -198,30 +198,25 @@ class DomainBatchNormalization(keras.layers.Layer, DomainLayer):
 
     def _mixed_training(self, inputs, selection, synchronized=False):
         """Normalises each example with its domain's batch statistics; moves those domains."""
-        x = ops.cast(inputs, "float32")
-        # Read once (on TF each use of a variable is another read op to trace).
-        moving_mean = routing.read(self.moving_mean)
-        shift = routing.take_domains(moving_mean, selection, fill_invalid=False, by_mask="auto")
-        shift = routing.per_example(shift, x)
         if synchronized:  # over every replica's examples of each domain
             counts = distribution.cross_replica_sum(selection.counts())
             divisors = ops.expand_dims(ops.maximum(counts, 1.0), -1)
             present = ops.expand_dims(ops.greater(counts, 0.0), -1)
         else:  # computed once per call, shared by every layer
             divisors, present = selection.divisors(), selection.present()
-        spatial = x.shape[1:-1]
-        if any(size is None for size in spatial):
-            positions = ops.cast(math.prod(ops.shape(x)[1:-1]), "float32")
-        else:
-            positions = float(math.prod(spatial))
-        sizes = divisors * positions
-        shape = (self.num_domains, x.shape[-1])
+        shape = (self.num_domains, inputs.shape[-1])
         gamma = ops.ones(shape) if self.gamma is None else routing.read(self.gamma)
         beta = ops.zeros(shape) if self.beta is None else routing.read(self.beta)
-        normalized, shifted_mean, variance = per_domain_normalization(
-            x, gamma, beta, shift, sizes, selection, self.epsilon, synchronized
+        # On TF, traced once per signature and shared by the model's batch norms of one shape
+        # (`routing.shared_trace`); synchronized sums need the replica context: traced here.
+        step = _mixed_training if synchronized else _shared_mixed_training
+        normalized, mean, variance = step(
+            inputs, routing.read(self.moving_mean), routing.read(self.moving_variance), gamma,
+            beta, selection.parts(), divisors, present, self.num_domains, self.epsilon,
+            self.momentum, synchronized,
         )
-        self._update_moving(moving_mean + shifted_mean, variance, present, moving_mean)
+        self.moving_mean.assign(mean)
+        self.moving_variance.assign(variance)
         return normalized
 
     def affine(self, domain, mean=None, variance=None):
@@ -265,21 +260,10 @@ class DomainBatchNormalization(keras.layers.Layer, DomainLayer):
         self._update_moving(mean, variance, present)
         return mean, variance
 
-    def _update_moving(self, mean, variance, present, old_mean=None):
-        """Moves the statistics of the `present` domains (bool, `(num_domains[, 1])`) only.
-
-        `where`, not a product with a mask: the other domains keep their values bit for bit
-        even when the batch's statistics are NaN. `old_mean`: the moving mean already read.
-        """
-        if len(present.shape) == 1:
-            present = ops.expand_dims(present, -1)
-        for moving, batch_value, old in (
-            (self.moving_mean, mean, old_mean), (self.moving_variance, variance, None)
-        ):
-            old = routing.read(moving) if old is None else old
-            batch_value = ops.cast(batch_value, old.dtype)
-            moved = old * self.momentum + batch_value * (1.0 - self.momentum)
-            moving.assign(ops.where(present, moved, old))
+    def _update_moving(self, mean, variance, present):
+        """Moves the statistics of the `present` domains (bool, `(num_domains[, 1])`) only."""
+        for moving, batch_value in ((self.moving_mean, mean), (self.moving_variance, variance)):
+            moving.assign(moved(routing.read(moving), batch_value, present, self.momentum))
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -330,6 +314,43 @@ class DomainBatchNormalization(keras.layers.Layer, DomainLayer):
 
     def swappable_call(self, inputs, tensors):
         return inputs * tensors["scale"] + tensors["offset"]
+
+
+def _mixed_training(inputs, moving_mean, moving_variance, gamma, beta, parts, divisors, present,
+                    num_domains, epsilon, momentum, synchronized):
+    """A mixed training batch's outputs and the moved `(moving_mean, moving_variance)`."""
+    selection = routing.Selection.from_parts(num_domains, parts)
+    x = ops.cast(inputs, "float32")
+    shift = routing.take_domains(moving_mean, selection, fill_invalid=False, by_mask="auto")
+    shift = routing.per_example(shift, x)
+    spatial = x.shape[1:-1]
+    if any(size is None for size in spatial):
+        positions = ops.cast(math.prod(ops.shape(x)[1:-1]), "float32")
+    else:
+        positions = float(math.prod(spatial))
+    normalized, shifted_mean, variance = per_domain_normalization(
+        x, gamma, beta, shift, divisors * positions, selection, epsilon, synchronized
+    )
+    return (
+        normalized,
+        moved(moving_mean, moving_mean + shifted_mean, present, momentum),
+        moved(moving_variance, variance, present, momentum),
+    )
+
+
+def moved(old, batch_value, present, momentum):
+    """A moving average moved towards `batch_value` for the `present` domains only.
+
+    `present`: bool `(num_domains[, 1])`. `where`, not a product with a mask: the other
+    domains keep their values bit for bit even when the batch's statistics are NaN.
+    """
+    if len(present.shape) == 1:
+        present = ops.expand_dims(present, -1)
+    new = old * momentum + ops.cast(batch_value, old.dtype) * (1.0 - momentum)
+    return ops.where(present, new, old)
+
+
+_shared_mixed_training = routing.shared_trace(_mixed_training)
 
 
 def per_domain_normalization(x, gamma, beta, shift, sizes, selection, epsilon, synchronized):

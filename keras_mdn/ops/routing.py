@@ -147,6 +147,20 @@ class Selection:
         # Lazy, shared by the layers of one call (made outside any custom gradient).
         self._counts = self._divisors = self._present = None
 
+    def parts(self):
+        """The selection's tensors, for `from_parts` (to pass it into a `shared_trace`)."""
+        return (self.valid, self.ids, self.segments, self._nan_ids)
+
+    @classmethod
+    def from_parts(cls, num_domains, parts):
+        """A `Selection` of the tensors `parts()` returned (inside a `shared_trace`)."""
+        selection = cls.__new__(cls)
+        selection.num_domains = num_domains
+        selection.valid, selection.ids, selection.segments, selection._nan_ids = parts
+        selection._masks = selection._make_masks() if K.backend() == "jax" else None
+        selection._counts = selection._divisors = selection._present = None
+        return selection
+
     def nan_ids(self):
         """int32 ids, invalid ones `num_domains`: the NaN row `take_domains` appends."""
         return self._nan_ids
@@ -218,6 +232,36 @@ def select(domain, num_domains, inputs=None):
     selection = Selection(domain, num_domains, same)
     _last_selection.value = (domain, num_domains, selection, checks)
     return selection
+
+
+# Set to False to trace every call of a `shared_trace` function apart (A/B measurements).
+SHARE_TRACES = True
+
+
+def shared_trace(fn):
+    """`fn` built once per distinct signature and reused by every call with that signature.
+
+    On TensorFlow inside a traced function, `fn` becomes a `tf.function`: each distinct
+    combination of argument shapes, dtypes and Python values is traced once (forward and
+    gradient), and every further call is one function-call op that TensorFlow inlines before
+    running it, so the layers of one shape in a model share one trace. A traced graph's op
+    creation (~0.7 ms per op) is most of a multi-domain model's first step on TensorFlow.
+    Elsewhere (eager, JAX, torch), `fn` itself. `fn` must be pure: tensors and Python values
+    in, tensors out, no variables read or assigned.
+    """
+    if K.backend() != "tensorflow":
+        return fn
+    import tensorflow as tf
+
+    traced = tf.function(fn, autograph=False)
+
+    def call(*args):
+        if not SHARE_TRACES or tf.executing_eagerly():
+            return fn(*args)
+        return traced(*args)
+
+    call.traced = traced
+    return call
 
 
 def gather_domain(params, domain):
@@ -325,6 +369,12 @@ def domain_matmul(inputs, kernels, selection):
     differentiating the gather, which builds about four times the graph ops.
     """
 
+    return _shared_domain_matmul(inputs, kernels, selection.parts(), selection.num_domains)
+
+
+def _domain_matmul(inputs, kernels, parts, num_domains):
+    selection = Selection.from_parts(num_domains, parts)
+
     @custom_gradient
     def matmul(inputs, kernels):
         # No reshape of the rows to the batch: the selection made with the inputs
@@ -345,6 +395,9 @@ def domain_matmul(inputs, kernels, selection):
         return outputs, grad
 
     return matmul(inputs, kernels)
+
+
+_shared_domain_matmul = shared_trace(_domain_matmul)
 
 
 def _matmul_transposed(a, b, transpose_a=False, transpose_b=False):

@@ -238,3 +238,45 @@ def test_integer_inputs_normalise_in_floats():
     assert keras.backend.standardize_dtype(outputs.dtype) == "float32"
     reference = np.stack([to_numpy(expected(x[i:i + 1], training=True))[0] for i in range(2)])
     assert_close(outputs, reference, atol=1e-4, rtol=1e-4)
+
+
+def test_layers_of_one_shape_share_one_trace_with_unchanged_results(monkeypatch):
+    # TF graph: the mixed training path is traced once per signature and shared by the
+    # layers of that shape; the values, gradients and statistics are those of a trace per
+    # layer.
+    skip_unless_tensorflow()
+    import tensorflow as tf
+
+    from keras_mdn.layers import domain_batch_normalization as module
+    from keras_mdn.ops import routing
+
+    x = rng(3).normal(size=(6, 2, 2, 11)).astype("float32")  # 11 channels: a fresh signature
+    domain = np.array([0, 2, 2, 1, 0, 2], "int32")
+
+    def run(share):
+        monkeypatch.setattr(routing, "SHARE_TRACES", share)
+        layers = [DomainBatchNormalization(T, name=f"bn{i}") for i in range(3)]
+
+        @tf.function
+        def step(x):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                y = x
+                for layer in layers:
+                    y = layer(y, domain=domain, training=True) * 1.5
+                loss = tf.reduce_sum(y * y)
+            weights = [w for layer in layers for w in (layer.gamma, layer.beta)]
+            return y, tape.gradient(loss, [x, *weights])
+
+        before = module._shared_mixed_training.traced.experimental_get_tracing_count()
+        y, grads = step(tf.constant(x))
+        traces = module._shared_mixed_training.traced.experimental_get_tracing_count() - before
+        statistics = [to_numpy(w) for layer in layers for w in layer.non_trainable_weights]
+        return traces, [to_numpy(y)] + [to_numpy(g) for g in grads] + statistics
+
+    traces, shared = run(True)
+    assert traces == 1  # three layers, one signature
+    traces, separate = run(False)
+    assert traces == 0
+    for a, b in zip(shared, separate):
+        assert_close(a, b, atol=1e-5, rtol=1e-5)

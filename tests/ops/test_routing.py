@@ -179,3 +179,42 @@ def test_domain_matmul_and_its_gradient_match_per_example_products():
     _, (_, kernel_grad) = _value_and_grads(ours, nan_inputs, kernels)
     kernel_grad = to_numpy(kernel_grad)
     assert np.isnan(kernel_grad[0]).any() and np.isfinite(kernel_grad[1:]).all()
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="traces are shared on TF only")
+def test_shared_trace_traces_each_signature_once_with_the_same_values_and_gradients():
+    import tensorflow as tf
+
+    traces = []
+
+    def affine(x, scale):
+        traces.append(tuple(x.shape))
+        return x * scale + 1.0
+
+    shared = routing.shared_trace(affine)
+
+    @tf.function
+    def step(x, y):
+        with tf.GradientTape() as tape:
+            tape.watch([x, y])
+            out = shared(x, 2.0) + shared(y, 2.0) + tf.reduce_sum(shared(x[:1], 3.0))
+            loss = tf.reduce_sum(out * out)
+        return out, tape.gradient(loss, [x, y])
+
+    x = tf.random.normal((3, 4), seed=1)
+    y = tf.random.normal((3, 4), seed=2)
+    out, grads = step(x, y)
+    # (3, 4) with 2.0 once for two calls; (1, 4) with 3.0 once: not once per call.
+    assert sorted(traces) == [(1, 4), (3, 4)]
+    assert shared.traced.experimental_get_tracing_count() == 2
+    # the same values and gradients as the function itself
+    with tf.GradientTape() as tape:
+        tape.watch([x, y])
+        expected = affine(x, 2.0) + affine(y, 2.0) + tf.reduce_sum(affine(x[:1], 3.0))
+        expected_grads = tape.gradient(tf.reduce_sum(expected * expected), [x, y])
+    np.testing.assert_allclose(out.numpy(), expected.numpy(), rtol=1e-6)
+    for got, want in zip(grads, expected_grads):
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-6)
+    # eager calls run the function itself (no trace)
+    shared(x, 5.0)
+    assert shared.traced.experimental_get_tracing_count() == 2
