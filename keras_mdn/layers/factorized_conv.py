@@ -168,6 +168,21 @@ class BaseFactorizedConv(BaseFactorized):
         XLA on a CPU, whose gradient is ~100x slower."""
         import tensorflow as tf
 
+        if inputs.shape[0] is None:
+            # A grouped convolution of zero groups raises: an empty batch gets empty outputs.
+            spatial = self.compute_output_shape(inputs.shape)[1:-1]
+            return tf.cond(
+                tf.shape(inputs)[0] > 0,
+                lambda: self._grouped_conv_of(inputs, kernels),
+                lambda: tf.zeros((0,) + tuple(spatial) + (kernels.shape[-1],), inputs.dtype))
+        if inputs.shape[0] == 0:
+            spatial = self.compute_output_shape(inputs.shape)[1:-1]
+            return tf.zeros((0,) + tuple(spatial) + (kernels.shape[-1],), inputs.dtype)
+        return self._grouped_conv_of(inputs, kernels)
+
+    def _grouped_conv_of(self, inputs, kernels):
+        import tensorflow as tf
+
         rank = len(self.kernel_size)
         channels, filters = inputs.shape[-1], kernels.shape[-1]
         # (B, *kernel, C, F) -> (*kernel, C, B, F) -> (*kernel, C, B * F)

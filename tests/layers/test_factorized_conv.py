@@ -116,6 +116,26 @@ def test_grouped_per_example_conv_matches_patches(kind, project, cls, size, kwar
         assert_close(ours, theirs, atol=1e-4)
 
 
+def test_grouped_per_example_conv_of_an_empty_or_unknown_batch():
+    # A grouped convolution of zero groups raises in TensorFlow: an empty batch (static or
+    # known only at run time) gets empty outputs; one traced function serves every size.
+    skip_unless_tensorflow()
+    import tensorflow as tf
+
+    layer = per_example(make("laf"))
+    traced = tf.function(lambda x, d: layer(x, domain=d), input_signature=[
+        tf.TensorSpec((None, 6, 6, 3)), tf.TensorSpec((None,), tf.int32)])
+    for size in (0, 1, 3):
+        x = rng(8).normal(size=(size, 6, 6, 3)).astype("float32")
+        mixed = (np.arange(size) % TASKS).astype("int32")
+        outputs = traced(x, mixed)
+        assert tuple(outputs.shape) == (size, 6, 6, 4)
+        if size:
+            assert_close(outputs, reference(layer, x, mixed), atol=1e-5)
+    empty = layer(np.zeros((0, 6, 6, 3), "float32"), domain=np.zeros((0,), "int32"))
+    assert tuple(empty.shape) == (0, 6, 6, 4)
+
+
 def test_grouped_conv_only_in_a_tensorflow_graph_without_xla():
     if backend() != "tensorflow":
         assert not planning.grouped_conv_wins()
