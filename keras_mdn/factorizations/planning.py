@@ -431,10 +431,10 @@ def grouped_conv_wins():
     The batch folded into the channels (`B` groups, each example's kernel its group's) keeps
     a uniform batch's conv flops without writing the input's patches. In a TensorFlow graph
     (CPU) it was measured faster than patches and a batched matmul, conv LAF T10 (3x3,
-    32 -> 32 channels, 16x16 px, batch 16) mixed / uniform forward 1.8 -> 1.5 and
-    forward+backward 1.4-1.8 -> ~1.2 (`results/factorized_speed_floors.md`). Under XLA (TF
-    `jit_compile`, JAX) a grouped convolution's gradient runs 25x slower on a CPU: patches
-    there. Whether a TF graph is compiled by XLA is read from TensorFlow's XLA context (a
+    32 -> 32 channels, 16x16 px, batch 16) mixed / uniform forward 1.9 -> 1.35-1.43 and
+    forward+backward 1.7-2.0 -> 1.26-1.43 (`results/factorized_speed_floors.md`). Under XLA
+    (TF `jit_compile`, JAX) a grouped convolution's gradient runs 25-90x slower on a CPU:
+    patches there. Whether a TF graph is compiled by XLA is read from TensorFlow's XLA context (a
     private TF function: if it is missing, the patches are used).
     """
     if K.backend() != "tensorflow":
