@@ -388,8 +388,9 @@ def per_domain_normalization(x, gamma, beta, shift, sizes, selection, epsilon, s
         differentiated: they feed the moving averages).
     """
     spatial = tuple(range(1, len(x.shape) - 1))
+    num_domains = selection.num_domains
 
-    def per_domain_sums(first, second):
+    def per_domain_sums(selection, first, second):
         """This replica's per-domain sums of two per-example tensors, and all replicas'."""
         if spatial:
             first, second = ops.sum(first, axis=spatial), ops.sum(second, axis=spatial)
@@ -400,20 +401,25 @@ def per_domain_normalization(x, gamma, beta, shift, sizes, selection, epsilon, s
             return local, local
         return local, ops.split(distribution.cross_replica_sum(sums), 2, axis=-1)
 
-    def per_example(table, parts):
-        rows = routing.per_example(routing.take_domains(table, selection, by_mask="auto"), x)
-        return ops.split(rows, parts, axis=-1)
+    def per_example(selection, table, parts, like):
+        rows = routing.take_domains(table, selection, by_mask="auto")
+        return ops.split(routing.per_example(rows, like), parts, axis=-1)
 
+    # Every traced value the custom gradient uses is one of its arguments (none closed over:
+    # a `routing.shared_trace` on JAX re-traces the forward pass after its values are gone).
     @routing.custom_gradient
-    def normalize(x, gamma, beta):
+    def normalize(x, gamma, beta, shift, sizes, *parts):
+        selection = routing.Selection.from_parts(num_domains, parts)
         centered = x - shift
-        _, (shifted_sum, square_sum) = per_domain_sums(centered, ops.square(centered))
+        _, (shifted_sum, square_sum) = per_domain_sums(selection, centered, ops.square(centered))
         shifted_mean, mean_square = shifted_sum / sizes, square_sum / sizes
         variance = ops.maximum(mean_square - ops.square(shifted_mean), 0.0)
         inverse = ops.rsqrt(variance + epsilon)
         scale = gamma * inverse
         offset = beta - shifted_mean * scale
-        row_scale, row_offset = per_example(ops.concatenate([scale, offset], axis=-1), 2)
+        row_scale, row_offset = per_example(
+            selection, ops.concatenate([scale, offset], axis=-1), 2, centered
+        )
         outputs = row_offset + centered * row_scale
 
         def grad(*upstream):
@@ -422,7 +428,7 @@ def per_domain_normalization(x, gamma, beta, shift, sizes, selection, epsilon, s
                 upstream = upstream[0]
             # gamma and beta get this replica's sums (the optimizer sums the replicas'
             # gradients); the inputs' gradient reads every replica's, as the statistics do.
-            local, every = per_domain_sums(upstream, upstream * centered)
+            local, every = per_domain_sums(selection, upstream, upstream * centered)
             (beta_grad, centered_grad), (sum_grad, sum_centered_grad) = local, every
             gamma_grad = inverse * (centered_grad - shifted_mean * beta_grad)  # sum dy xhat
             sum_xhat_grad = gamma_grad
@@ -434,13 +440,13 @@ def per_domain_normalization(x, gamma, beta, shift, sizes, selection, epsilon, s
                  ratio * inverse * sum_xhat_grad],
                 axis=-1,
             )
-            row_scale, row_offset, row_slope = per_example(table, 3)
+            row_scale, row_offset, row_slope = per_example(selection, table, 3, upstream)
             x_grad = row_scale * upstream + row_offset - centered * row_slope
-            return x_grad, gamma_grad, beta_grad
+            return (x_grad, gamma_grad, beta_grad, None, None) + (None,) * len(parts)
 
         return (outputs, shifted_mean, variance), grad
 
-    return normalize(x, gamma, beta)
+    return normalize(x, gamma, beta, shift, sizes, *selection.parts())
 
 
 def check_momentum(momentum, name="momentum"):

@@ -239,29 +239,50 @@ SHARE_TRACES = True
 
 
 def shared_trace(fn):
-    """`fn` built once per distinct signature and reused by every call with that signature.
+    """`fn` traced once per distinct signature and reused by every call with that signature.
 
-    On TensorFlow inside a traced function, `fn` becomes a `tf.function`: each distinct
-    combination of argument shapes, dtypes and Python values is traced once (forward and
-    gradient), and every further call is one function-call op that TensorFlow inlines before
-    running it, so the layers of one shape in a model share one trace. A traced graph's op
-    creation (~0.7 ms per op) is most of a multi-domain model's first step on TensorFlow.
-    Elsewhere (eager, JAX, torch), `fn` itself. `fn` must be pure: tensors and Python values
-    in, tensors out, no variables read or assigned.
+    Inside a traced function (TF graph or XLA, JAX jit), each distinct combination of
+    argument shapes, dtypes and Python values is traced once, forward and gradient, and every
+    further call is one function-call op that the compiler inlines: the layers of one shape
+    in a model share one trace. Tracing is most of a multi-domain model's first step on
+    TensorFlow (op creation, ~0.7 ms per graph op) and part of it on JAX. On TF, `fn` becomes
+    a `tf.function`; on JAX a `jax.jit` whose non-array arguments are static. Eager calls
+    (and torch) run `fn` itself. `fn` must be pure: arrays (or tuples of arrays) and
+    hashable Python values in, tensors out, no variables read or assigned; a custom gradient
+    inside it must take every traced value it uses as an argument (JAX re-traces its forward
+    pass later, when the closed-over values are gone).
     """
-    if K.backend() != "tensorflow":
-        return fn
-    import tensorflow as tf
+    if K.backend() == "tensorflow":
+        import tensorflow as tf
 
-    traced = tf.function(fn, autograph=False)
+        traced = tf.function(fn, autograph=False)
 
-    def call(*args):
-        if not SHARE_TRACES or tf.executing_eagerly():
-            return fn(*args)
-        return traced(*args)
+        def call(*args):
+            if not SHARE_TRACES or tf.executing_eagerly():
+                return fn(*args)
+            return traced(*args)
 
-    call.traced = traced
-    return call
+        call.traced = traced
+        return call
+    if K.backend() == "jax":
+        import jax
+
+        jitted = {}  # one `jax.jit` per set of static (non-array) argument positions
+
+        def call(*args):
+            arrays = [isinstance(a, (jax.Array, tuple)) for a in args]
+            if not SHARE_TRACES or not any(
+                isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(args)
+            ):
+                return fn(*args)
+            static = tuple(i for i, is_array in enumerate(arrays) if not is_array)
+            if static not in jitted:
+                jitted[static] = jax.jit(fn, static_argnums=static)
+            return jitted[static](*args)
+
+        call.jitted = jitted
+        return call
+    return fn
 
 
 def gather_domain(params, domain):
@@ -373,10 +394,11 @@ def domain_matmul(inputs, kernels, selection):
 
 
 def _domain_matmul(inputs, kernels, parts, num_domains):
-    selection = Selection.from_parts(num_domains, parts)
-
+    # The selection's tensors are arguments of the custom gradient, not closed over: a
+    # traced value closed over by a custom gradient leaks out of a `jax.jit` (`shared_trace`).
     @custom_gradient
-    def matmul(inputs, kernels):
+    def matmul(inputs, kernels, *parts):
+        selection = Selection.from_parts(num_domains, parts)
         # No reshape of the rows to the batch: the selection made with the inputs
         # (`select(domain, num_domains, inputs)`) NaNs a vector of another length, and the
         # batched product raises for any other mismatch.
@@ -390,11 +412,12 @@ def _domain_matmul(inputs, kernels, parts, num_domains):
             upstream = upstream[0]
             input_grad = _matmul_transposed(upstream, rows, transpose_b=True)
             row_grads = _matmul_transposed(inputs, upstream, transpose_a=True)
-            return input_grad, domain_sums(row_grads, selection, by_mask=False)
+            kernel_grad = domain_sums(row_grads, selection, by_mask=False)
+            return (input_grad, kernel_grad) + (None,) * len(parts)
 
         return outputs, grad
 
-    return matmul(inputs, kernels)
+    return matmul(inputs, kernels, *parts)
 
 
 _shared_domain_matmul = shared_trace(_domain_matmul)

@@ -241,21 +241,50 @@ def test_integer_inputs_normalise_in_floats():
 
 
 def test_layers_of_one_shape_share_one_trace_with_unchanged_results(monkeypatch):
-    # TF graph: the mixed training path is traced once per signature and shared by the
-    # layers of that shape; the values, gradients and statistics are those of a trace per
-    # layer.
-    skip_unless_tensorflow()
-    import tensorflow as tf
-
+    # TF graph / JAX jit: the mixed training path is traced once per signature and shared by
+    # the layers of that shape; the values, gradients and statistics are those of a trace
+    # per layer.
+    if keras.backend.backend() not in ("tensorflow", "jax"):
+        pytest.skip("traces are shared on TF and JAX")
     from keras_mdn.layers import domain_batch_normalization as module
     from keras_mdn.ops import routing
 
     x = rng(3).normal(size=(6, 2, 2, 11)).astype("float32")  # 11 channels: a fresh signature
     domain = np.array([0, 2, 2, 1, 0, 2], "int32")
+    traced = []
+    monkeypatch.setattr(module, "per_domain_normalization", _counted(
+        module.per_domain_normalization, traced))
 
     def run(share):
         monkeypatch.setattr(routing, "SHARE_TRACES", share)
+        traced.clear()
         layers = [DomainBatchNormalization(T, name=f"bn{i}") for i in range(3)]
+        for layer in layers:
+            layer.build(x.shape)
+        values = _three_layer_step(layers, x, domain)
+        return len(traced), values
+
+    traces, shared = run(True)
+    assert traces == 1  # three layers, one signature
+    traces, separate = run(False)
+    assert traces == 3
+    for a, b in zip(shared, separate):
+        assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def _counted(fn, calls):
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return fn(*args, **kwargs)
+
+    return counted
+
+
+def _three_layer_step(layers, x, domain):
+    """A compiled training step through `layers`: outputs, gradients (inputs, gamma, beta of
+    each layer) and the moved statistics, as NumPy arrays."""
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
 
         @tf.function
         def step(x):
@@ -268,15 +297,23 @@ def test_layers_of_one_shape_share_one_trace_with_unchanged_results(monkeypatch)
             weights = [w for layer in layers for w in (layer.gamma, layer.beta)]
             return y, tape.gradient(loss, [x, *weights])
 
-        before = module._shared_mixed_training.traced.experimental_get_tracing_count()
         y, grads = step(tf.constant(x))
-        traces = module._shared_mixed_training.traced.experimental_get_tracing_count() - before
-        statistics = [to_numpy(w) for layer in layers for w in layer.non_trainable_weights]
-        return traces, [to_numpy(y)] + [to_numpy(g) for g in grads] + statistics
+        statistics = [w for layer in layers for w in layer.non_trainable_weights]
+        return [to_numpy(v) for v in (y, *grads, *statistics)]
+    import jax
 
-    traces, shared = run(True)
-    assert traces == 1  # three layers, one signature
-    traces, separate = run(False)
-    assert traces == 0
-    for a, b in zip(shared, separate):
-        assert_close(a, b, atol=1e-5, rtol=1e-5)
+    def loss(x, trainable):
+        y, moved = x, []
+        for layer, weights in zip(layers, trainable):
+            non_trainable = [v.value for v in layer.non_trainable_weights]
+            y, statistics = layer.stateless_call(weights, non_trainable, y, domain,
+                                                 training=True)
+            y = y * 1.5
+            moved += statistics
+        return (y * y).sum(), (y, moved)
+
+    trainable = [[v.value for v in layer.trainable_weights] for layer in layers]
+    step = jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))
+    (_, (y, moved)), (x_grad, weight_grads) = step(x, trainable)
+    grads = [g for layer_grads in weight_grads for g in layer_grads]
+    return [to_numpy(v) for v in (y, x_grad, *grads, *moved)]

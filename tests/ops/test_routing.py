@@ -181,10 +181,34 @@ def test_domain_matmul_and_its_gradient_match_per_example_products():
     assert np.isnan(kernel_grad[0]).any() and np.isfinite(kernel_grad[1:]).all()
 
 
-@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="traces are shared on TF only")
-def test_shared_trace_traces_each_signature_once_with_the_same_values_and_gradients():
-    import tensorflow as tf
+def _value_and_gradients(fn, x, y, jit):
+    """`(fn(x, y), d sum(fn^2) / d(x, y))`, compiled (a TF graph or a JAX jit) when `jit`."""
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
 
+        def step(x, y):
+            with tf.GradientTape() as tape:
+                tape.watch([x, y])
+                out = fn(x, y)
+                loss = tf.reduce_sum(out * out)
+            return out, tape.gradient(loss, [x, y])
+
+        out, grads = (tf.function(step) if jit else step)(tf.constant(x), tf.constant(y))
+        return to_numpy(out), [to_numpy(g) for g in grads]
+    import jax
+
+    def loss(x, y):
+        out = fn(x, y)
+        return (out * out).sum(), out
+
+    step = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)
+    (_, out), grads = (jax.jit(step) if jit else step)(x, y)
+    return to_numpy(out), [to_numpy(g) for g in grads]
+
+
+@pytest.mark.skipif(keras.backend.backend() not in ("tensorflow", "jax"),
+                    reason="traces are shared on TF and JAX")
+def test_shared_trace_traces_each_signature_once_with_the_same_values_and_gradients():
     traces = []
 
     def affine(x, scale):
@@ -193,28 +217,23 @@ def test_shared_trace_traces_each_signature_once_with_the_same_values_and_gradie
 
     shared = routing.shared_trace(affine)
 
-    @tf.function
-    def step(x, y):
-        with tf.GradientTape() as tape:
-            tape.watch([x, y])
-            out = shared(x, 2.0) + shared(y, 2.0) + tf.reduce_sum(shared(x[:1], 3.0))
-            loss = tf.reduce_sum(out * out)
-        return out, tape.gradient(loss, [x, y])
+    def model(fn):
+        return lambda x, y: fn(x, 2.0) + fn(y, 2.0) + keras.ops.sum(fn(x[:1], 3.0))
 
-    x = tf.random.normal((3, 4), seed=1)
-    y = tf.random.normal((3, 4), seed=2)
-    out, grads = step(x, y)
+    x = rng_normal(1, (3, 4))
+    y = rng_normal(2, (3, 4))
+    out, grads = _value_and_gradients(model(shared), x, y, jit=True)
     # (3, 4) with 2.0 once for two calls; (1, 4) with 3.0 once: not once per call.
     assert sorted(traces) == [(1, 4), (3, 4)]
-    assert shared.traced.experimental_get_tracing_count() == 2
-    # the same values and gradients as the function itself
-    with tf.GradientTape() as tape:
-        tape.watch([x, y])
-        expected = affine(x, 2.0) + affine(y, 2.0) + tf.reduce_sum(affine(x[:1], 3.0))
-        expected_grads = tape.gradient(tf.reduce_sum(expected * expected), [x, y])
-    np.testing.assert_allclose(out.numpy(), expected.numpy(), rtol=1e-6)
+    # the same values and gradients as the function itself (eager: no trace)
+    expected, expected_grads = _value_and_gradients(model(affine), x, y, jit=False)
+    assert len(traces) == 5
+    np.testing.assert_allclose(out, expected, rtol=1e-6)
     for got, want in zip(grads, expected_grads):
-        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-6)
-    # eager calls run the function itself (no trace)
-    shared(x, 5.0)
-    assert shared.traced.experimental_get_tracing_count() == 2
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+    shared(x, 5.0)  # an eager call runs the function itself
+    assert len(traces) == 6
+
+
+def rng_normal(seed, shape):
+    return np.random.default_rng(seed).normal(size=shape).astype("float32")
