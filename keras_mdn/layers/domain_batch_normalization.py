@@ -207,7 +207,7 @@ class DomainBatchNormalization(keras.layers.Layer, DomainLayer):
         shape = (self.num_domains, inputs.shape[-1])
         gamma = ops.ones(shape) if self.gamma is None else routing.read(self.gamma)
         beta = ops.zeros(shape) if self.beta is None else routing.read(self.beta)
-        # On TF, traced once per signature and shared by the model's batch norms of one shape
+        # Traced once per signature and shared by the model's batch norms of one shape
         # (`routing.shared_trace`); synchronized sums need the replica context: traced here.
         step = _mixed_training if synchronized else _shared_mixed_training
         normalized, mean, variance = step(

@@ -131,21 +131,15 @@ class Selection:
     """
 
     def __init__(self, domain, num_domains, same_length=True):
-        self.num_domains = num_domains
-        self.valid = valid_domains(domain, num_domains)
+        valid = valid_domains(domain, num_domains)
         if same_length is not True:
             # A length-1 vector against a batch of unknown size: NaN rows, not a broadcast.
-            self.valid = ops.logical_and(self.valid, same_length)
-        self.ids = ops.cast(ops.where(self.valid, domain, 0), "int32")
-        self.segments = ops.where(self.valid, self.ids, -1)
+            valid = ops.logical_and(valid, same_length)
+        ids = ops.cast(ops.where(valid, domain, 0), "int32")
         # Not lazy: a tensor first made inside a custom gradient (a JAX custom_vjp trace)
         # must not be cached for use outside it.
-        self._nan_ids = ops.where(self.valid, self.ids, num_domains)
-        # For masked selections and sums (`domain_mask`): made here on JAX, which masks
-        # (see `masked`), for the reason above; on demand elsewhere.
-        self._masks = self._make_masks() if K.backend() == "jax" else None
-        # Lazy, shared by the layers of one call (made outside any custom gradient).
-        self._counts = self._divisors = self._present = None
+        nan_ids = ops.where(valid, ids, num_domains)
+        self._set_parts(num_domains, (valid, ids, ops.where(valid, ids, -1), nan_ids))
 
     def parts(self):
         """The selection's tensors, for `from_parts` (to pass it into a `shared_trace`)."""
@@ -155,11 +149,17 @@ class Selection:
     def from_parts(cls, num_domains, parts):
         """A `Selection` of the tensors `parts()` returned (inside a `shared_trace`)."""
         selection = cls.__new__(cls)
-        selection.num_domains = num_domains
-        selection.valid, selection.ids, selection.segments, selection._nan_ids = parts
-        selection._masks = selection._make_masks() if K.backend() == "jax" else None
-        selection._counts = selection._divisors = selection._present = None
+        selection._set_parts(num_domains, parts)
         return selection
+
+    def _set_parts(self, num_domains, parts):
+        self.num_domains = num_domains
+        self.valid, self.ids, self.segments, self._nan_ids = parts
+        # For masked selections and sums (`domain_mask`): made here on JAX, which masks
+        # (see `masked`), for the reason above; on demand elsewhere.
+        self._masks = self._make_masks() if K.backend() == "jax" else None
+        # Lazy, shared by the layers of one call (made outside any custom gradient).
+        self._counts = self._divisors = self._present = None
 
     def nan_ids(self):
         """int32 ids, invalid ones `num_domains`: the NaN row `take_domains` appends."""
@@ -387,9 +387,9 @@ def domain_matmul(inputs, kernels, selection):
 
     One gather and a batched GEMM; the gradient is written out (a batched GEMM and one
     segment sum into the domains' matrices, so a NaN stays in its domain) instead of
-    differentiating the gather, which builds about four times the graph ops.
+    differentiating the gather, which builds about four times the graph ops. Traced once per
+    signature (`shared_trace`).
     """
-
     return _shared_domain_matmul(inputs, kernels, selection.parts(), selection.num_domains)
 
 
