@@ -168,16 +168,16 @@ class BaseFactorizedConv(BaseFactorized):
         XLA on a CPU, whose gradient is ~100x slower."""
         import tensorflow as tf
 
+        # A grouped convolution of zero groups raises: an empty batch gets empty outputs.
+        def empty():
+            spatial = tuple(self.compute_output_shape(inputs.shape)[1:-1])
+            return tf.zeros((0,) + spatial + (kernels.shape[-1],), inputs.dtype)
+
         if inputs.shape[0] is None:
-            # A grouped convolution of zero groups raises: an empty batch gets empty outputs.
-            spatial = self.compute_output_shape(inputs.shape)[1:-1]
-            return tf.cond(
-                tf.shape(inputs)[0] > 0,
-                lambda: self._grouped_conv_of(inputs, kernels),
-                lambda: tf.zeros((0,) + tuple(spatial) + (kernels.shape[-1],), inputs.dtype))
+            return tf.cond(tf.shape(inputs)[0] > 0,
+                           lambda: self._grouped_conv_of(inputs, kernels), empty)
         if inputs.shape[0] == 0:
-            spatial = self.compute_output_shape(inputs.shape)[1:-1]
-            return tf.zeros((0,) + tuple(spatial) + (kernels.shape[-1],), inputs.dtype)
+            return empty()
         return self._grouped_conv_of(inputs, kernels)
 
     def _grouped_conv_of(self, inputs, kernels):
