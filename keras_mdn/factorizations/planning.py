@@ -30,6 +30,7 @@ import itertools
 import math
 from typing import NamedTuple
 
+from keras import backend as K
 from keras import ops
 
 from keras_mdn.ops import contraction, routing
@@ -433,9 +434,18 @@ def grouped_conv_wins():
     32 -> 32 channels, 16x16 px, batch 16) mixed / uniform forward 1.9 -> 1.35-1.43 and
     forward+backward 1.7-2.0 -> 1.26-1.43 (`results/factorized_speed_floors.md`). Under XLA
     (TF `jit_compile`, JAX) a grouped convolution's gradient runs 25-90x slower on a CPU:
-    patches there (`routing.run_time_shapes`: if its private TF probe is missing, the patches).
+    patches there. Whether a TF graph is compiled by XLA is read from TensorFlow's XLA context (a
+    private TF function: if it is missing, the patches are used).
     """
-    return routing.run_time_shapes()
+    if K.backend() != "tensorflow":
+        return False
+    try:
+        import tensorflow as tf
+        from tensorflow.python.ops import control_flow_util
+
+        return not control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
+    except Exception:  # noqa: BLE001 - any failure of the private probe: the safe form
+        return False
 
 
 def describe_conv(plan, factorization):

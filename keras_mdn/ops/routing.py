@@ -20,10 +20,9 @@ for the same reason. On JAX, a batch norm's per-domain rows (asked for with
 `sum(where(mask, table, 0))`: a select, so a NaN stays in its domain just as with a
 gather, and one fused loop for XLA, which compiles gathers and the scatters of their
 gradients slowly (`masked`). `domain_matmul` (each example times its
-domain's matrix) writes its gradient out as a batched GEMM and one segment sum (in a TF
-graph not compiled by XLA: one GEMM per domain over its examples, `tf.dynamic_partition`):
-automatic differentiation of a gather builds several times the graph ops, and graph ops are
-most of a multi-domain network's trace and compile time. A tensor domain is prepared once
+domain's matrix) writes its gradient out as a batched GEMM and one segment sum: automatic
+differentiation of a gather builds several times the graph ops, and graph ops are most of a
+multi-domain network's trace and compile time. A tensor domain is prepared once
 (`select`): the layers of one model call, which all receive the same domain tensor, share
 one `Selection`.
 
@@ -391,12 +390,10 @@ def domain_matmul(inputs, kernels, selection):
     differentiating the gather, which builds about four times the graph ops. Traced once per
     signature (`shared_trace`).
     """
-    return _shared_domain_matmul(
-        inputs, kernels, selection.parts(), selection.num_domains, run_time_shapes()
-    )
+    return _shared_domain_matmul(inputs, kernels, selection.parts(), selection.num_domains)
 
 
-def _domain_matmul(inputs, kernels, parts, num_domains, partitioned):
+def _domain_matmul(inputs, kernels, parts, num_domains):
     # The selection's tensors are arguments of the custom gradient, not closed over: a
     # traced value closed over by a custom gradient leaks out of a `jax.jit` (`shared_trace`).
     @custom_gradient
@@ -414,11 +411,8 @@ def _domain_matmul(inputs, kernels, parts, num_domains, partitioned):
         def grad(*upstream):
             upstream = upstream[0]
             input_grad = _matmul_transposed(upstream, rows, transpose_b=True)
-            if partitioned:
-                kernel_grad = _partitioned_products(inputs, upstream, selection)
-            else:
-                row_grads = _matmul_transposed(inputs, upstream, transpose_a=True)
-                kernel_grad = domain_sums(row_grads, selection, by_mask=False)
+            row_grads = _matmul_transposed(inputs, upstream, transpose_a=True)
+            kernel_grad = domain_sums(row_grads, selection, by_mask=False)
             return (input_grad, kernel_grad) + (None,) * len(parts)
 
         return outputs, grad
@@ -427,52 +421,6 @@ def _domain_matmul(inputs, kernels, parts, num_domains, partitioned):
 
 
 _shared_domain_matmul = shared_trace(_domain_matmul)
-
-
-def _partitioned_products(inputs, upstream, selection):
-    """`(num_domains, in, out)`: each domain's `inputs^T @ upstream` over its own examples.
-
-    TensorFlow, outside XLA (`run_time_shapes`): the examples split by domain
-    (`tf.dynamic_partition`; invalid ids into a last part, dropped) and one GEMM per domain,
-    instead of a per-example `(batch, in, out)` product and its segment sum, which writes
-    `batch` kernel-sized matrices. A NaN example reaches its own domain's part only. Measured
-    on the parallel-adapter ResNet-26's mixed training step (TF graph, SGD momentum, batch 32,
-    5 domains, median of 6-12 in one process, load 1.2-1.3): width 0.25, 32 px 61.4 -> 58.9 ms,
-    width 1, 32 px 332 -> 308 ms (the plain network's 47 / 239 ms).
-    """
-    import tensorflow as tf
-
-    count = selection.num_domains
-    ids = selection.nan_ids()
-    lefts = tf.dynamic_partition(inputs, ids, count + 1)[:count]
-    rights = tf.dynamic_partition(upstream, ids, count + 1)[:count]
-    return tf.stack([
-        tf.matmul(tf.reshape(a, (-1, a.shape[-1])), tf.reshape(b, (-1, b.shape[-1])),
-                  adjoint_a=True)
-        for a, b in zip(lefts, rights)
-    ])
-
-
-def run_time_shapes():
-    """Whether ops whose output shapes are known only at run time may be used here.
-
-    True on TensorFlow, eagerly or in a graph that XLA does not compile (`jit_compile=False`;
-    Keras' default on a CPU): `tf.dynamic_partition`, grouped convolutions of a batch-sized
-    group count. False under XLA (TF `jit_compile`, JAX), which needs static shapes, and on
-    the other backends. Whether a TF graph is XLA-compiled is read from TensorFlow's XLA
-    context, a private TF function: if it is missing, False (the static forms, always
-    correct). Callers pass the answer into a `shared_trace` as an argument, so a graph and an
-    XLA program never share a trace.
-    """
-    if K.backend() != "tensorflow":
-        return False
-    try:
-        import tensorflow as tf
-        from tensorflow.python.ops import control_flow_util
-
-        return not control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
-    except Exception:  # noqa: BLE001 - any failure of the private probe: the static form
-        return False
 
 
 def _matmul_transposed(a, b, transpose_a=False, transpose_b=False):
