@@ -385,8 +385,10 @@ def model_intro(meta):
         "",
         f"Load average at start {meta['load_start']}, at end {meta['load_end']} "
         f"({meta['cpus']} CPUs). Batch {BATCH}, {NUM_DOMAINS} domains, median of "
-        f"{meta['rounds']} interleaved rounds at most (fewer where the time budget of "
-        f"{meta['budget_s']} s for the whole run is short: column `n`). Step target: BN only "
+        f"{meta['rounds']} interleaved rounds"
+        + (f" at most (fewer where the time budget of {meta['budget_s']} s for the whole run "
+           "is short: column `n`)" if meta["budget_s"] < 1e8 else "")
+        + f". Step target: BN only "
         f"{TARGETS['bn']}x, parallel {TARGETS['parallel']}x, series {TARGETS['series']}x, "
         f"mixed batch {TARGETS['mixed']}x; first step {TARGETS['first']}x. `!` marks a miss.",
         "",

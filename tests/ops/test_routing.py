@@ -181,6 +181,58 @@ def test_domain_matmul_and_its_gradient_match_per_example_products():
     assert np.isnan(kernel_grad[0]).any() and np.isfinite(kernel_grad[1:]).all()
 
 
+@pytest.mark.parametrize("path", ["eager", "graph", "xla"])
+def test_domain_matmul_gradient_matches_numpy_and_keeps_nan_in_its_domain_on_every_path(path):
+    # The written-out gradient against NumPy, eagerly and compiled (TF graph, XLA, JAX jit).
+    rng = np.random.default_rng(3)
+    inputs = rng.normal(size=(6, 4, 3)).astype("float32")
+    kernels = rng.normal(size=(3, 3, 2)).astype("float32")
+    upstream = rng.normal(size=(6, 4, 2)).astype("float32")
+    ids = np.array([2, 0, 2, 1, 0, 2], "int32")
+    expected_inputs = np.einsum("bpo,bio->bpi", upstream, kernels[ids])
+    expected_kernels = np.stack(
+        [np.einsum("bpi,bpo->io", inputs[ids == d], upstream[ids == d]) for d in range(3)]
+    )
+
+    def loss(x, k, d):
+        selection = routing.select(d, 3)
+        return keras.ops.sum(routing.domain_matmul(x, k, selection) * upstream)
+
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        def grads(x, k, d):
+            with tf.GradientTape() as tape:
+                tape.watch([x, k])
+                value = loss(x, k, d)
+            return tape.gradient(value, [x, k])
+
+        if path != "eager":
+            grads = tf.function(grads, jit_compile=path == "xla")
+        run = lambda x: grads(tf.constant(x), tf.constant(kernels), tf.constant(ids))  # noqa: E731
+    elif backend == "jax":
+        if path == "graph":
+            pytest.skip("JAX has no graph mode without XLA")
+        import jax
+
+        grads = jax.grad(loss, argnums=(0, 1))
+        if path == "xla":
+            grads = jax.jit(grads)
+        run = lambda x: grads(x, kernels, ids)  # noqa: E731
+    else:
+        pytest.skip("gradient check written for TensorFlow and JAX")
+    input_grad, kernel_grad = (to_numpy(g) for g in run(inputs))
+    np.testing.assert_allclose(input_grad, expected_inputs, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(kernel_grad, expected_kernels, rtol=1e-5, atol=1e-5)
+    nan_inputs = inputs.copy()
+    nan_inputs[1, 0, 0] = np.nan  # an example of domain 0
+    input_grad, kernel_grad = (to_numpy(g) for g in run(nan_inputs))
+    assert np.isnan(kernel_grad[0]).any()
+    np.testing.assert_allclose(kernel_grad[1:], expected_kernels[1:], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(input_grad, expected_inputs, rtol=1e-5, atol=1e-5)
+
+
 def _value_and_gradients(fn, x, y, jit):
     """`(fn(x, y), d sum(fn^2) / d(x, y))`, compiled (a TF graph or a JAX jit) when `jit`."""
     if keras.backend.backend() == "tensorflow":
